@@ -1,0 +1,160 @@
+"""The Python front door: `selfsup_lab.train(...)` returns a `Run`; `selfsup_lab.load_run(dir)` reopens one.
+
+    run = selfsup_lab.train("simclr", "digits", epochs=20)
+    run.history[-1]["loss"], run.metrics["knn_top1"]
+    features, labels = run.embed("test")
+    clusters = run.assign("test")          # clustering methods only
+
+Keyword options are the fields of `TrainConfig` (epochs, batch_size, backbone, ...); any other keyword is
+passed to the method as an option (the same as `--set key=value` on the command line).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .errors import UserError
+from .train import CHECKPOINT, Callback, Trainer, TrainConfig, load_checkpoint
+
+
+def evaluate(trainer: Trainer, linear: bool = True) -> dict:
+    """metrics.json: kNN (METHODS.md §5), linear probe, clustering ACC/NMI/ARI and final occupancy."""
+    from .metrics import clustering_scores, kmeans_clustering_scores, knn_accuracy, linear_probe
+
+    config = trainer.config
+    train_x = trainer.features(trainer.train_set.images)
+    test_x = trainer.features(trainer.test_set.images)
+    train_y, test_y = trainer.train_set.labels.to(train_x.device), trainer.test_set.labels.to(test_x.device)
+    metrics = {
+        "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn_k, temperature=config.knn_temperature),
+    }
+    if linear:
+        metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
+    own_clusters = trainer.features(trainer.test_set.images, fn=trainer.method.assign) \
+        if type(trainer.method).assign is not _base_assign() else None
+    if own_clusters is not None:
+        metrics.update(clustering_scores(test_y.cpu(), own_clusters.long().cpu()))
+        metrics["clustering_from"] = "the method's own K = C head"
+    else:
+        metrics.update(kmeans_clustering_scores(test_x, test_y, seed=config.seed))
+        metrics["clustering_from"] = "spherical k-means (K = C) on backbone features"
+    if trainer.history and "occupancy" in trainer.history[-1]:
+        metrics["occupancy"] = trainer.history[-1]["occupancy"]
+    metrics["protocol"] = (f"kNN k={config.knn_k} τ={config.knn_temperature} cosine on backbone features, train split "
+                           "(no augmentation) as bank, test split as queries, final epoch; linear probe on frozen "
+                           "standardised features; clustering on the test split")
+    metrics["epochs_trained"] = trainer.epoch
+    metrics["dataset"] = config.dataset
+    metrics["device"] = str(trainer.device)
+    return metrics
+
+
+def _base_assign():
+    from .methods.base import Method
+
+    return Method.assign
+
+
+class Run:
+    """A trained (or training) run: its directory, history, metrics, and the model to embed/assign with."""
+
+    def __init__(self, trainer: Trainer, metrics: dict | None = None):
+        self.trainer = trainer
+        self.metrics = metrics or {}
+
+    @property
+    def out(self) -> Path:
+        return self.trainer.out
+
+    @property
+    def history(self) -> list[dict]:
+        return self.trainer.history
+
+    @property
+    def method(self):
+        return self.trainer.method
+
+    @property
+    def status(self) -> str:
+        return self.trainer.status
+
+    def _split(self, split: str):
+        if split not in ("train", "test"):
+            raise UserError(f"split must be 'train' or 'test', got '{split}'")
+        return self.trainer.train_set if split == "train" else self.trainer.test_set
+
+    def embed(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """(backbone features, labels) of a split, computed without augmentation."""
+        data = self._split(split)
+        return self.trainer.features(data.images).cpu(), data.labels
+
+    def assign(self, split: str = "test") -> torch.Tensor | None:
+        """Hard cluster ids from the method's own K = C head (None for methods without clusters)."""
+        if type(self.method).assign is _base_assign():
+            return None
+        return self.trainer.features(self._split(split).images, fn=self.method.assign).long().cpu()
+
+    def evaluate(self, save: bool = True) -> dict:
+        self.metrics = evaluate(self.trainer)
+        if save and distributed.is_main_process():
+            from .train import _atomic_write_text
+
+            _atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2))
+        return self.metrics
+
+    def figures(self) -> list[Path]:
+        """Write the run's figures into out/figures and return their paths."""
+        from . import viz
+
+        return viz.save_run_figures(self)
+
+    def __repr__(self) -> str:
+        knn = self.metrics.get("knn_top1")
+        knn = f", knn_top1={knn:.3f}" if knn is not None else ""
+        return f"Run({self.trainer.config.method} on {self.trainer.config.dataset}, {self.status}, epoch {self.trainer.epoch}{knn}, out={self.out})"
+
+
+def make_config(method: str = "simclr", dataset: str = "digits", **options) -> TrainConfig:
+    """Split keyword options into TrainConfig fields and method options."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config_values = {k: v for k, v in options.items() if k in fields}
+    method_options = {**config_values.pop("method_options", {}), **{k: v for k, v in options.items() if k not in fields}}
+    return TrainConfig(method=method, dataset=dataset, method_options=method_options, **config_values)
+
+
+def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callback] | None = None,
+          resume: bool = False, **options) -> Run:
+    """Train `method` on `dataset`, evaluate, write figures; returns the `Run`.
+
+    A run stopped early (a callback's `request_stop()`, e.g. the dashboard's stop button) is returned
+    without final metrics; its last checkpoint is kept and `resume=True` continues it.
+    """
+    config = make_config(method, dataset, **options)
+    trainer = Trainer(config, callbacks=callbacks, resume=resume).fit()
+    run = Run(trainer)
+    if trainer.status == "finished":
+        run.evaluate()
+        if config.figures and distributed.is_main_process():
+            run.figures()
+    return run
+
+
+def load_run(out: str | Path, device: str = "auto") -> Run:
+    """Reopen a run directory from its checkpoint (for evaluation, embedding, plots)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"run directory {out} does not exist; pass the --out directory of a training run")
+    checkpoint = load_checkpoint(out / CHECKPOINT)
+    values = dict(checkpoint["config"])
+    values.update(out=str(out), device=device, progress=False, compile=False)
+    config = TrainConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    trainer = Trainer(config, callbacks=[])
+    trainer._load(checkpoint)
+    trainer.status = "finished" if trainer.epoch >= trainer.epochs else f"stopped after epoch {trainer.epoch}"
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    return Run(trainer, metrics)

@@ -1,0 +1,151 @@
+"""The `selfsup-lab` command: train, eval, methods, datasets.
+
+Mistakes a user can fix (unknown names, missing paths, corrupt checkpoints, a diverging loss) are printed
+as one sentence on stderr with a non-zero exit code — no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import UserError
+
+
+def _parse_set(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set expects key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value
+    return options
+
+
+def _summary(run) -> str:
+    m = run.metrics
+    parts = [f"{k}={m[k]:.3f}" for k in ("knn_top1", "linear_top1", "acc", "nmi", "ari") if isinstance(m.get(k), float)]
+    occ = m.get("occupancy")
+    if occ:
+        parts.append(f"occupancy entropy={occ['entropy_ratio']:.2f} effective={occ['effective_clusters']:.1f}/"
+                     f"{occ['num_clusters']} largest={occ['max_share']:.1%}")
+    return "  ".join(parts)
+
+
+def cmd_train(args) -> int:
+    from . import api, distributed
+    from .train import CHECKPOINT, load_checkpoint
+
+    options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
+                   out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr, compile=args.compile,
+                   eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
+                   figures=not args.no_figures, progress=not args.no_progress)
+    options = {k: v for k, v in options.items() if v is not None}
+    method, dataset, method_options = args.method, args.dataset, _parse_set(args.set)
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out pointing at the run directory to continue")
+        from pathlib import Path
+
+        saved = load_checkpoint(Path(args.out) / CHECKPOINT)["config"]
+        method, dataset = saved.pop("method"), saved.pop("dataset")
+        method_options = {**saved.pop("method_options", {}), **method_options}
+        options = {**saved, **{k: v for k, v in options.items() if k in ("epochs", "device", "progress", "out")}}
+    run = api.train(method, dataset, resume=args.resume, method_options=method_options, **options)
+    if distributed.is_main_process():
+        if run.status != "finished":
+            print(f"{run.status}; the last checkpoint is in {run.out} — continue with --resume --out {run.out}")
+        else:
+            print(f"done: {run.out}\n  {_summary(run)}")
+            figures = sorted((run.out / "figures").glob("*.png")) if (run.out / "figures").exists() else []
+            if figures:
+                print("  figures: " + ", ".join(str(p) for p in figures))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import api
+
+    run = api.load_run(args.run_dir, device=args.device)
+    run.evaluate()
+    print(f"metrics written to {run.out / 'metrics.json'}\n  {_summary(run)}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import METHODS, describe_options, get_method_class
+
+    for name, (_, _, description) in METHODS.items():
+        print(f"{name:12s} {description}")
+        if args.verbose:
+            for opt, typ, default in describe_options(get_method_class(name).Options):
+                print(f"    --set {opt}=<{typ}>  (default {default})")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import DATASETS
+
+    for name, description in DATASETS.items():
+        print(f"{name:16s} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup-lab", description="Clustering-based self-supervised learning lab.")
+    sub = parser.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train a method (default: SimCLR on the bundled digits, offline)")
+    t.add_argument("--method", default="simclr", help="see `selfsup-lab methods`")
+    t.add_argument("--dataset", default="digits", help="see `selfsup-lab datasets`; imagefolder:PATH for a folder/archive")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18, resnet34")
+    t.add_argument("--device", default=None, help="auto, cpu, cuda")
+    t.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--optimizer", choices=["sgd", "lars"])
+    t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
+    t.add_argument("--eval-every", type=int, help="kNN every N epochs (default: at the end only)")
+    t.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
+    t.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method options, e.g. --set temperature=0.5")
+    t.add_argument("--no-figures", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="recompute metrics.json of a run directory from its checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("methods", help="list the methods (-v: with their --set options)")
+    m.add_argument("-v", "--verbose", action="store_true")
+    m.set_defaults(func=cmd_methods)
+
+    d = sub.add_parser("datasets", help="list the datasets")
+    d.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the checkpoint of the last completed epoch is kept — continue with --resume --out DIR",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""What every method shares: options, the context it is built in, and the training-step contract.
+
+A method is an `nn.Module` that owns its backbone, heads and any running statistics (as buffers, so that
+checkpoints and `--resume` carry them). The trainer owns everything else — data, augmentation, optimiser,
+schedule, mixed precision, checkpoints — and talks to the method through a handful of hooks:
+
+    out = method.training_step(views, indices)   # -> StepOutput(loss, logs, assignments)
+    method.after_optimizer_step(progress)         # EMA teachers, prototype renormalisation
+    method.on_train_start(trainer) / on_epoch_start(epoch, trainer) / on_epoch_end(epoch, trainer)
+
+A methods/ file therefore reads like its section of METHODS.md and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+@dataclass
+class MethodContext:
+    """Facts about the run that a method may use to pick data-adaptive defaults."""
+
+    num_train: int  # images in the training split
+    num_classes: int  # classes of the dataset (used for K = C evaluation heads only, never for training)
+    batch_size: int  # global batch size
+    epochs: int
+    steps_per_epoch: int
+    image_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, float32, mean over this rank's anchors
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)  # scalars averaged per epoch
+    assignments: torch.Tensor | None = None  # hard cluster ids of this rank's images (occupancy)
+
+
+class Method(nn.Module):
+    """Base class: subclasses set `name`, `Options`, and implement `training_step`."""
+
+    name: str = "base"
+    Options: type = object
+    num_views: int = 2  # global views per image (full-size crops)
+    num_small_views: int = 0  # extra small crops (multi-crop), 0 = none
+    small_view_size: int = 16
+    num_clusters: int | None = None  # K of the head whose occupancy is tracked (clustering methods)
+
+    def __init__(self, backbone: nn.Module, options, context: MethodContext):
+        super().__init__()
+        self.backbone = backbone
+        self.options = options
+        self.context = context
+
+    # -- the contract ---------------------------------------------------------------------------------
+    def training_step(self, views: list[torch.Tensor], indices: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after every optimiser step; `progress` = global step / total steps, in [0, 1]."""
+
+    def on_train_start(self, trainer) -> None:
+        """Called once before the first epoch of a fresh run (not on resume)."""
+
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, trainer) -> None:
+        pass
+
+    def lr_scale(self, epoch: int) -> float:
+        """Multiplier on the scheduled learning rate (CoKe trains epoch 0 at lr 0)."""
+        return 1.0
+
+    def extra_info(self) -> dict:
+        """Values worth recording in config.json once the method is built (e.g. the K actually used)."""
+        return {}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features: what kNN and the linear probe evaluate."""
+        return self.backbone(images)
+
+    def assign(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Hard cluster ids from the method's own K = C head, or None for methods without clusters."""
+        return None
+
+
+# --- options ------------------------------------------------------------------------------------------
+
+def _convert(value, annotation, key: str):
+    """Turn a `--set key=value` string into the option's declared type."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if text.lower() in ("none", "null") and (type(None) in typing.get_args(annotation)):
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        annotation, origin = args[0], typing.get_origin(args[0])
+    try:
+        if annotation is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if annotation is float:
+            return float(text)
+        if origin in (tuple, list):
+            inner = typing.get_args(annotation)[0] if typing.get_args(annotation) else float
+            parts = [p for p in text.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if p.strip()]
+            items = [_convert(p, inner, key) for p in parts]
+            return tuple(items) if origin is tuple else items
+    except ValueError:
+        raise UserError(f"option '{key}' expects {getattr(annotation, '__name__', annotation)}, got '{value}'") from None
+    return text
+
+
+def parse_options(options_cls: type, values: dict | None, method_name: str = "method"):
+    """Build the method's options dataclass from user values, checking names and types."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(options_cls)
+    names = [f.name for f in dataclasses.fields(options_cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UserError(
+            f"unknown option '{unknown[0]}' for {method_name}; valid options: {', '.join(names) or '(none)'}"
+        )
+    return options_cls(**{k: _convert(v, hints[k], k) for k, v in values.items()})
+
+
+def describe_options(options_cls: type) -> list[tuple[str, str, object]]:
+    """(name, type, default) of each option, for `selfsup-lab methods`."""
+    hints = typing.get_type_hints(options_cls)
+    out = []
+    for f in dataclasses.fields(options_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
+    return out

@@ -1,0 +1,486 @@
+"""The training loop, shared by every method.
+
+    data (uint8 tensor on the device) → random batch of indices → V augmented views (on the device)
+    → method.training_step → loss → backward → (average gradients over ranks) → optimiser step
+    → method.after_optimizer_step (EMA teachers) → callbacks (progress bar, history, live plots)
+
+and at every epoch end: occupancy statistics, optional kNN, history.jsonl, an atomic checkpoint.
+
+Reproducibility: every epoch re-seeds all random number generators from (seed, epoch). A run interrupted
+anywhere and resumed with `--resume` restarts from the last completed epoch with the same optimiser state
+and the same random stream, so on a CPU it reproduces the uninterrupted run's weights exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .errors import TrainingDiverged, UserError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    method: str = "simclr"
+    dataset: str = "digits"
+    epochs: int | None = None  # None: 40 on digits/synthetic, 100 otherwise
+    batch_size: int = 256
+    backbone: str = "auto"  # auto: convnet on CPU, resnet18 on GPU
+    device: str = "auto"
+    out: str | None = None  # run directory; default runs/<method>-<dataset>
+    seed: int = 0
+    optimizer: str = "sgd"  # sgd | lars
+    lr: float | None = None  # None: 0.06·B/128 for SGD, 0.3·B/256 for LARS
+    weight_decay: float = 5e-4  # not applied to BN parameters and biases
+    momentum: float = 0.9
+    warmup_epochs: int | None = None  # None: min(10, epochs // 10)
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False  # torch.compile the backbone
+    eval_every: int = 0  # kNN every N epochs (0: only at the end)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    occupancy_every: int = 0  # snapshot cluster counts every N steps (0: 4 times per epoch)
+    data_dir: str | None = None
+    train_subset: int | None = None  # train on a seeded subset of this many images (quick modes)
+    sync_batchnorm: bool = True  # global-batch BN statistics when running on several processes
+    figures: bool = True
+    progress: bool = True
+    method_options: dict = field(default_factory=dict)
+
+    def resolved_epochs(self) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return 40 if self.dataset.split(":")[0] in ("digits", "synthetic") else 100
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no GPU is visible; use --device cpu or auto")
+    return device
+
+
+# --- optimisation -------------------------------------------------------------------------------------
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and a layer-wise trust ratio (You et al., 2017), as SimCLR/BYOL use it.
+
+    For each parameter tensor w with gradient g (weight decay λ included):  update = g + λw, scaled by
+    η·‖w‖/‖g + λw‖ so each layer moves by a fixed fraction of its own norm. BN parameters and biases
+    (groups with `lars_exclude=True`) get plain SGD without weight decay, as is standard.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust,
+                                      lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if not group["lars_exclude"]:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.norm(p), torch.norm(update)
+                    ratio = torch.where((w_norm > 0) & (u_norm > 0), group["trust"] * w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                    update = update.mul(ratio)
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(update)
+                p.add_(buf, alpha=-group["lr"])
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """Two parameter groups: weights with weight decay; BN parameters and biases (1-D tensors) without."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=config.momentum)
+    if config.optimizer == "lars":
+        return LARS([{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}],
+                    lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise UserError(f"unknown optimizer '{config.optimizer}'; choose sgd or lars")
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to `base_lr`, then a cosine decay to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --- callbacks ----------------------------------------------------------------------------------------
+
+class Callback:
+    """Hooks the trainer calls; override what you need. `trainer.request_stop()` ends training cleanly."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_step_end(self, trainer: "Trainer", logs: dict) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over all steps with loss, learning rate and throughput."""
+
+    def on_train_start(self, trainer):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.global_step, unit="step",
+                        desc=f"{trainer.config.method} on {trainer.config.dataset}", dynamic_ncols=True)
+
+    def on_step_end(self, trainer, logs):
+        self.bar.update(1)
+        if trainer.global_step % 5 == 0 or trainer.global_step == trainer.total_steps:
+            self.bar.set_postfix(epoch=trainer.epoch + 1, loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.3g}",
+                                 views_s=f"{logs['views_per_s']:.0f}", refresh=False)
+
+    def on_train_end(self, trainer):
+        self.bar.close()
+
+
+class HistoryWriter(Callback):
+    """Appends one JSON object per epoch to history.jsonl (rewritten whole on resume, so no duplicates)."""
+
+    def on_train_start(self, trainer):
+        if trainer.out is not None and distributed.is_main_process():
+            _atomic_write_text(trainer.out / "history.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in trainer.history))
+
+    def on_epoch_end(self, trainer, record):
+        if trainer.out is not None and distributed.is_main_process():
+            with open(trainer.out / "history.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write to a temporary file, then rename: a crash mid-write leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}; train first (without --resume) or point --out at a run directory")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and train again "
+                        "without --resume") from None
+    if not isinstance(checkpoint, dict) or "method" not in checkpoint or "config" not in checkpoint:
+        raise UserError(f"{path} is not a selfsup-lab checkpoint; delete it and train again without --resume")
+    return checkpoint
+
+
+def json_ready(value):
+    """Tensors → numbers, so logs can go to JSON."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    return value
+
+
+# --- the trainer ----------------------------------------------------------------------------------------
+
+class Trainer:
+    """Builds data, model, optimiser and augmentation from a `TrainConfig` and runs the loop."""
+
+    def __init__(self, config: TrainConfig, callbacks: list[Callback] | None = None, resume: bool = False):
+        from . import augment, data, models
+        from .methods import MethodContext, get_method_class, parse_options
+
+        self.config = config
+        self.resume = resume
+        distributed.init_from_environment()
+        self.device = resolve_device(config.device)
+        self.epochs = config.resolved_epochs()
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if config.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2 (self-supervised losses compare images), got {config.batch_size}")
+        if config.batch_size % distributed.world_size():
+            raise UserError(f"batch size {config.batch_size} must divide evenly over {distributed.world_size()} processes")
+        self.use_amp = self.device.type == "cuda" if config.amp is None else bool(config.amp)
+        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
+
+        # Method class and options first: a typo there should fail before any data is loaded.
+        method_cls = get_method_class(config.method)
+        options = parse_options(method_cls.Options, config.method_options, config.method)
+
+        # Data: kept as uint8 tensors; the training images live on the device.
+        self.train_set, self.test_set = data.load_splits(config.dataset, data_dir=config.data_dir)
+        if config.train_subset is not None and config.train_subset < len(self.train_set):
+            keep = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed))
+            self.train_set = self.train_set.subset(keep[: config.train_subset])
+        self.mean, self.std = self.train_set.channel_stats()
+        self.train_images = self.train_set.images.to(self.device)
+        self.sampler = data.RandomBatches(len(self.train_set), config.batch_size)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = self.steps_per_epoch * self.epochs
+
+        # Model.
+        torch.manual_seed(config.seed)
+        self.backbone_name = models.resolve_backbone_name(config.backbone, self.device)
+        backbone = models.build_backbone(self.backbone_name)
+        context = MethodContext(num_train=len(self.train_set), num_classes=self.train_set.num_classes,
+                                batch_size=config.batch_size, epochs=self.epochs,
+                                steps_per_epoch=self.steps_per_epoch, image_size=self.train_set.image_size,
+                                device=self.device)
+        self.method = method_cls(backbone, options, context).to(self.device)
+        if distributed.world_size() > 1:
+            if config.sync_batchnorm:
+                self.method = models.convert_sync_batchnorm(self.method)
+            distributed.broadcast_module(self.method)
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        if config.compile:
+            self.method.backbone.compile()
+
+        # Optimiser and schedule.
+        default_lr = 0.06 * config.batch_size / 128 if config.optimizer == "sgd" else 0.3 * config.batch_size / 256
+        self.base_lr = config.lr if config.lr is not None else default_lr
+        warmup_epochs = config.warmup_epochs if config.warmup_epochs is not None else min(10, self.epochs // 10)
+        self.warmup_steps = warmup_epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.method, config, self.base_lr)
+
+        # Augmentation: the shared recipe at the dataset's resolution, normalised with its statistics.
+        preset = augment.cifar_preset(size=self.train_set.image_size, mean=self.mean, std=self.std)
+        self.augment = augment.Augmenter(preset)
+        self.augment_small = augment.Augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
+
+        # Run state.
+        self.out = Path(config.out) if config.out else Path("runs") / f"{config.method}-{config.dataset.split(':')[0]}"
+        self.epoch = 0
+        self.global_step = 0
+        self.history: list[dict] = []
+        self.occupancy_log: dict = {"epochs": [], "steps": []}  # per-epoch and per-window cluster counts
+        self.status = "created"
+        self._stop_requested = False
+        self.callbacks = list(callbacks) if callbacks is not None else []
+        if config.progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
+            self.callbacks.insert(0, ProgressBar())
+        self.callbacks.append(HistoryWriter())
+
+    # -- helpers for methods and callbacks -----------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop after the current step; the checkpoint of the last completed epoch is kept."""
+        self._stop_requested = True
+
+    def autocast(self):
+        if self.use_amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """Un-augmented, normalised images for evaluation and feature banks."""
+        from .augment import normalize
+
+        x = normalize(images_uint8.to(self.device), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.no_grad()
+    def features(self, images_uint8: torch.Tensor, fn=None, batch_size: int = 1024) -> torch.Tensor:
+        """Apply `fn` (default: the backbone) to all images in eval mode, chunked, in float32."""
+        fn = fn or self.method.embed
+        was_training = self.method.training
+        self.method.eval()
+        outs = []
+        for start in range(0, len(images_uint8), batch_size):
+            with self.autocast():
+                outs.append(fn(self.prepare(images_uint8[start : start + batch_size])).float())
+        self.method.train(was_training)
+        return torch.cat(outs)
+
+    def _seed_epoch(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+        seed = self.config.seed * 1_000_003 + epoch
+        torch.manual_seed(seed)
+        batch_gen = torch.Generator().manual_seed(seed)
+        aug_gen = torch.Generator(device=self.device).manual_seed(seed * 31 + distributed.rank() + 1)
+        return batch_gen, aug_gen
+
+    # -- checkpointing -------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        return {
+            "format": 1,
+            "config": dataclasses.asdict(self.config),
+            "backbone": self.backbone_name,
+            "epoch": self.epoch,  # completed epochs
+            "global_step": self.global_step,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "occupancy_log": self.occupancy_log,
+        }
+
+    def save_checkpoint(self) -> None:
+        if distributed.is_main_process():
+            atomic_torch_save(self.checkpoint_state(), self.out / CHECKPOINT)
+
+    def _load(self, checkpoint: dict) -> None:
+        try:
+            self.method.load_state_dict(checkpoint["method"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"checkpoint in {self.out} does not match this method/backbone ({str(err).splitlines()[0]}); "
+                            "resume with the run's original settings or start a new --out") from None
+        self.epoch = checkpoint["epoch"]
+        self.global_step = checkpoint["global_step"]
+        self.history = checkpoint["history"]
+        self.occupancy_log = checkpoint.get("occupancy_log", {"epochs": [], "steps": []})
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def fit(self) -> "Trainer":
+        from .metrics import assignment_counts, knn_accuracy, occupancy_stats
+
+        config = self.config
+        if self.resume:
+            self._load(load_checkpoint(self.out / CHECKPOINT))
+        else:
+            if distributed.is_main_process():
+                self.out.mkdir(parents=True, exist_ok=True)
+                for stale in ("metrics.json", "history.jsonl", CHECKPOINT):
+                    (self.out / stale).unlink(missing_ok=True)
+            self.method.on_train_start(self)
+        if distributed.is_main_process():
+            self.write_config()
+
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        self.status = "running"
+        window = config.occupancy_every or max(1, self.steps_per_epoch // 4)
+        K = self.method.num_clusters
+
+        while self.epoch < self.epochs and not self._stop_requested:
+            epoch = self.epoch
+            batch_gen, aug_gen = self._seed_epoch(epoch)
+            self.method.train()
+            self.method.on_epoch_start(epoch, self)
+            sums: dict[str, float] = {}
+            epoch_counts = torch.zeros(K, dtype=torch.long, device=self.device) if K else None
+            window_counts = torch.zeros_like(epoch_counts) if K else None
+            views_seen, t0 = 0, time.perf_counter()
+            local = config.batch_size // distributed.world_size()
+
+            for step, batch in enumerate(self.sampler.batches(epoch, batch_gen)):
+                batch = batch[distributed.rank() * local : (distributed.rank() + 1) * local].to(self.device)
+                lr = learning_rate(self.global_step, self.total_steps, self.warmup_steps, self.base_lr)
+                lr *= self.method.lr_scale(epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+
+                images = self.train_images[batch]
+                views = [self.augment(images, aug_gen) for _ in range(self.method.num_views)]
+                views += [self.augment_small(images, aug_gen) for _ in range(self.method.num_small_views)]
+                if self.channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                with self.autocast():
+                    out = self.method.training_step(views, batch)
+                loss = out.loss.float()
+                if not torch.isfinite(distributed.all_reduce_sum(loss.detach())):
+                    self.status = "diverged"
+                    kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}" if self.epoch else \
+                        "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"the {config.method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                        f"{kept} — lower the learning rate (--lr) or check the method's options")
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                distributed.average_gradients(self.method)
+                if lr > 0:  # CoKe's epoch 0 runs at lr 0: no update at all (not even weight decay)
+                    self.optimizer.step()
+                self.global_step += 1
+                self.method.after_optimizer_step(self.global_step / self.total_steps)
+
+                views_seen += sum(v.shape[0] for v in views) * distributed.world_size()
+                if out.assignments is not None and K:
+                    counts = distributed.all_reduce_sum(assignment_counts(out.assignments.detach(), K))
+                    epoch_counts += counts
+                    window_counts += counts
+                    if (step + 1) % window == 0:
+                        self.occupancy_log["steps"].append(
+                            {"epoch": epoch, "step": self.global_step, "counts": window_counts.tolist()})
+                        window_counts.zero_()
+                step_logs = {"loss": loss.item(), "lr": lr,
+                             **{k: float(v) for k, v in json_ready(out.logs).items()}}
+                for k, v in step_logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                step_logs["views_per_s"] = views_seen / elapsed
+                for cb in self.callbacks:
+                    cb.on_step_end(self, step_logs)
+                if self._stop_requested:
+                    break
+
+            if self._stop_requested and step + 1 < self.steps_per_epoch:
+                self.status = f"stopped during epoch {epoch + 1}"
+                break  # the half-finished epoch is not checkpointed: --resume redoes it exactly
+            self.method.on_epoch_end(epoch, self)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            record = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()},
+                      "views_per_s": views_seen / max(time.perf_counter() - t0, 1e-9)}
+            record["lr"] = lr
+            if K:
+                record["occupancy"] = occupancy_stats(epoch_counts)
+                self.occupancy_log["epochs"].append(epoch_counts.tolist())
+            if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < self.epochs:
+                record["knn_top1"] = knn_accuracy(self.features(self.train_set.images), self.train_set.labels,
+                                                  self.features(self.test_set.images), self.test_set.labels,
+                                                  k=config.knn_k, temperature=config.knn_temperature)
+            self.epoch = epoch + 1
+            self.history.append(record)
+            self.save_checkpoint()
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, record)
+            if self._stop_requested:
+                self.status = f"stopped after epoch {self.epoch}"
+
+        if self.epoch >= self.epochs:
+            self.status = "finished"
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self
+
+    def write_config(self) -> None:
+        info = {**dataclasses.asdict(self.config), "resolved": {
+            "epochs": self.epochs, "backbone": self.backbone_name, "device": str(self.device),
+            "lr": self.base_lr, "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
+            "amp_bf16": self.use_amp, "channels_last": self.channels_last, "world_size": distributed.world_size(),
+            "num_train": len(self.train_set), "num_test": len(self.test_set),
+            "method_options": dataclasses.asdict(self.method.options), **self.method.extra_info()}}
+        _atomic_write_text(self.out / "config.json", json.dumps(info, indent=2, default=str))

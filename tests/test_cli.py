@@ -1,0 +1,51 @@
+"""The command line: listings work, mistakes give one sentence and a non-zero exit code, no traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from selfsup_lab.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "selfsup_lab.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_methods_and_datasets_list(capsys):
+    assert main(["methods", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "--set temperature=" in out
+    assert main(["datasets"]) == 0
+    assert "digits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--method", "nope"], "unknown method 'nope'"),
+    (["train", "--dataset", "nope"], "nope"),
+    (["train", "--dataset", "imagefolder:/no/such/dir"], "does not exist"),
+    (["train", "--set", "temperature"], "--set expects key=value"),
+    (["eval", "/no/such/run"], "does not exist"),
+])
+def test_bad_input_is_one_sentence(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_then_eval_round_trip(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32",
+                     "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32")
+    assert result.returncode == 0, result.stderr
+    first = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").unlink()
+    result = run_cli("eval", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["knn_top1"] == pytest.approx(first["knn_top1"])
+    (out / "checkpoint.pt").write_bytes(b"\x00garbage")
+    result = run_cli("eval", str(out))
+    assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr

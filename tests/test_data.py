@@ -1,0 +1,342 @@
+"""Tests for selfsup_lab.data: every loader offline, on tiny data made in tmp_path."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup_lab import data
+from selfsup_lab.data import (
+    DATASETS,
+    ImageDataset,
+    RandomBatches,
+    default_data_dir,
+    load_dataset,
+    load_splits,
+)
+from selfsup_lab.errors import DataUnavailableError, UserError
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def _colour(cls: str, i: int) -> tuple[int, int, int]:
+    """A colour that identifies class and image, so tests can check labels survived the round trip."""
+    return (CLASSES.index(cls) * 100, i * 10 % 256, 50)
+
+
+def make_folder(root: Path, per_class: int = 5, size: int = 8, splits: tuple[str, ...] = ()) -> Path:
+    """root/<class>/<i>.png, or root/<split>/<class>/<i>.png for each split given."""
+    for split in splits or ("",):
+        for cls in CLASSES:
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), _colour(cls, i)).save(folder / f"{i}.png")
+    return root
+
+
+def make_archive(folder: Path, archive: Path) -> Path:
+    """A .tar/.tar.gz of the *contents* of folder (members like 'cat/0.png' or 'train/cat/0.png')."""
+    with tarfile.open(archive, "w:gz" if archive.name.endswith("gz") else "w") as tar:
+        for p in sorted(folder.rglob("*")):
+            tar.add(p, arcname=p.relative_to(folder).as_posix(), recursive=False)
+    return archive
+
+
+def check_labels_match_pixels(ds: ImageDataset) -> None:
+    for img, label, _ in (ds[i] for i in range(len(ds))):
+        assert img[0, 0, 0].item() == CLASSES.index(ds.classes[label]) * 100
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+def test_registry_and_default_dir(monkeypatch, tmp_path):
+    for name in ("digits", "synthetic", "imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist"):
+        assert name in DATASETS and DATASETS[name]
+    monkeypatch.setenv("SELFSUP_LAB_DATA", str(tmp_path))
+    assert default_data_dir() == tmp_path
+    monkeypatch.delenv("SELFSUP_LAB_DATA")
+    assert default_data_dir() == Path.home() / ".cache" / "selfsup-lab"
+
+
+def test_unknown_dataset_and_bad_split():
+    with pytest.raises(UserError, match="unknown dataset 'imagenet'.*digits.*synthetic"):
+        load_dataset("imagenet")
+    with pytest.raises(UserError, match="unknown split"):
+        load_dataset("digits", split="val")
+    with pytest.raises(UserError, match="takes no options"):
+        load_dataset("digits", n=3)
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+def test_digits_shapes_split_and_determinism():
+    train, test = load_splits("digits")
+    assert train.images.shape == (1437, 3, 32, 32) and test.images.shape == (360, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert train.num_classes == 10 and train.image_size == 32 and train.classes[3] == "3"
+    assert (train.split, test.split, train.name) == ("train", "test", "digits")
+    assert torch.equal(train.images[:, 0], train.images[:, 2])  # grayscale replicated
+    assert train.images.max() > 200  # scaled from 0..16 to 0..255
+    assert torch.bincount(test.labels).min() >= 35  # stratified: every digit ~36 times
+    again = load_dataset("digits", "test")
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+    mean, std = train.channel_stats()
+    assert len(mean) == 3 and 0.1 < mean[0] < 0.6 and 0.1 < std[0] < 0.6
+    assert train.channel_stats() is train.channel_stats()  # cached
+
+
+def test_getitem_returns_index_and_to_device():
+    ds = load_dataset("digits", "test")
+    img, label, index = ds[7]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
+    assert label == int(ds.labels[7]) and isinstance(label, int) and index == 7
+    assert ds[-1][2] == len(ds) - 1
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    moved = ds.to("cpu")
+    assert len(moved) == len(ds) and moved.classes == ds.classes and moved.split == "test"
+    assert "360 images" in repr(ds)
+
+
+def test_channel_stats_exact():
+    images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
+    images[0, 0] = 255  # red channel: half the pixels 1.0, half 0.0
+    ds = ImageDataset(images, torch.zeros(2, dtype=torch.int64), ["a"], "toy", "train")
+    mean, std = ds.channel_stats()
+    assert mean == pytest.approx((0.5, 0.0, 0.0)) and std == pytest.approx((0.5, 0.0, 0.0))
+
+
+def test_imagedataset_rejects_wrong_dtype():
+    with pytest.raises(UserError, match="uint8"):
+        ImageDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), ["a"], "toy", "train")
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+def test_synthetic_determinism_and_options():
+    a = load_dataset("synthetic:n=64,classes=4,size=8,seed=1")
+    b = load_dataset("synthetic", n=64, classes=4, size=8, seed=1)
+    assert a.images.shape == (64, 3, 8, 8) and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert torch.bincount(a.labels).tolist() == [16, 16, 16, 16]
+    c = load_dataset("synthetic:n=64,classes=4,size=8,seed=2")
+    assert not torch.equal(a.images, c.images)
+    train, test = load_splits("synthetic:size=12", n=40, classes=2)  # spec string and keywords combine
+    assert len(train) == 40 and len(test) == 10 and train.image_size == 12 and train.num_classes == 2
+    default = load_dataset("synthetic")
+    assert default.images.shape == (512, 3, 16, 16) and default.num_classes == 4
+    with pytest.raises(UserError, match="unknown synthetic option 'colour'"):
+        load_dataset("synthetic:colour=3")
+    with pytest.raises(UserError, match="whole number"):
+        load_dataset("synthetic:n=many")
+
+
+def test_synthetic_classes_are_learnable_but_not_by_pixels():
+    train, test = load_splits("synthetic")
+
+    def features(ds):  # shift-invariant: magnitude of the 2-D Fourier transform
+        return torch.fft.fft2(ds.images.float() / 255).abs().flatten(1)
+
+    def nearest_neighbour_accuracy(f_train, f_test):
+        nearest = torch.cdist(f_test, f_train).argmin(dim=1)
+        return (train.labels[nearest] == test.labels).float().mean().item()
+
+    assert nearest_neighbour_accuracy(features(train), features(test)) > 0.95
+    pixels = nearest_neighbour_accuracy(train.images.flatten(1).float(), test.images.flatten(1).float())
+    assert pixels < 0.95
+
+
+# ---------------------------------------------------------------------------------------------- imagefolder
+
+def test_imagefolder_plain_folder_holds_out_20_percent(tmp_path):
+    src = make_folder(tmp_path / "pets", per_class=10)
+    train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "cache")
+    assert train.classes == list(CLASSES) and train.images.shape == (24, 3, 8, 8) and len(test) == 6
+    assert torch.bincount(test.labels).tolist() == [2, 2, 2]  # stratified
+    assert train.name == f"imagefolder:{src.resolve()}"
+    check_labels_match_pixels(train)
+    check_labels_match_pixels(test)
+    again = load_dataset(f"imagefolder:{src}", "test", data_dir=tmp_path / "cache")
+    assert torch.equal(again.images, test.images)  # deterministic holdout
+
+
+def test_imagefolder_folder_with_train_and_test(tmp_path):
+    src = make_folder(tmp_path / "pets", per_class=4, splits=("train", "test"))
+    train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "cache")
+    assert len(train) == 12 and len(test) == 12 and test.classes == list(CLASSES)
+    check_labels_match_pixels(test)
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tgz"])
+def test_imagefolder_archive(tmp_path, suffix):
+    src = make_folder(tmp_path / "pets", per_class=5)
+    archive = make_archive(src, tmp_path / f"pets{suffix}")
+    train, test = load_splits(f"imagefolder:{archive}", data_dir=tmp_path / "cache")
+    assert len(train) == 12 and len(test) == 3
+    check_labels_match_pixels(train)
+
+
+def test_imagefolder_archive_with_splits_and_wrapper_folder(tmp_path):
+    make_folder(tmp_path / "outer" / "pets", per_class=3, splits=("train", "test"))
+    archive = make_archive(tmp_path / "outer", tmp_path / "pets.tar.gz")  # members 'pets/train/cat/0.png'
+    train, test = load_splits(f"imagefolder:{archive}", data_dir=tmp_path / "cache")
+    assert len(train) == 9 and len(test) == 9
+
+
+def test_imagefolder_sibling_archives_and_folder_of_archives(tmp_path):
+    make_folder(tmp_path / "tr", per_class=4, splits=("train",))
+    make_folder(tmp_path / "te", per_class=2, splits=("test",))
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    train_tgz = make_archive(tmp_path / "tr", shelf / "pets-jpg-train.tar.gz")
+    make_archive(tmp_path / "te", shelf / "pets-jpg-test.tar.gz")
+    train, test = load_splits(f"imagefolder:{train_tgz}", data_dir=tmp_path / "cache")
+    assert len(train) == 12 and len(test) == 6  # test came from the sibling, nothing held out
+    check_labels_match_pixels(test)
+    train2, test2 = load_splits(f"imagefolder:{shelf}", data_dir=tmp_path / "cache")
+    assert torch.equal(train2.images, train.images) and torch.equal(test2.labels, test.labels)
+
+
+def test_imagefolder_cache_is_reused(tmp_path, monkeypatch):
+    src = make_archive(make_folder(tmp_path / "pets"), tmp_path / "pets.tar.gz")
+    first = load_dataset(f"imagefolder:{src}", data_dir=tmp_path / "d")
+    assert len(list((tmp_path / "d" / "cache").glob("*.pt"))) == 1
+
+    def no_decoding(_data):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    second = load_dataset(f"imagefolder:{src}", data_dir=tmp_path / "d")
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+
+def test_imagefolder_corrupt_cache_is_rebuilt(tmp_path):
+    src = make_folder(tmp_path / "pets")
+    first = load_dataset(f"imagefolder:{src}", data_dir=tmp_path / "d")
+    (cache,) = (tmp_path / "d" / "cache").glob("*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])  # as if the disk filled up mid-write
+    second = load_dataset(f"imagefolder:{src}", data_dir=tmp_path / "d")
+    assert torch.equal(first.images, second.images)
+    assert data._read_cache(cache, ("parts", dict)) is not None  # rewritten whole
+    assert not list(cache.parent.glob("*.tmp*"))  # no temporary files left behind
+
+
+def test_imagefolder_folder_change_invalidates_cache(tmp_path):
+    src = make_folder(tmp_path / "pets", per_class=5)
+    assert len(load_dataset(f"imagefolder:{src}", data_dir=tmp_path / "d")) == 12
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(src / "cat" / "extra.png")
+    train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "d")
+    assert len(train) + len(test) == 16
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist; pass a folder of class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}", data_dir=tmp_path)
+    with pytest.raises(UserError, match="needs a path"):
+        load_dataset("imagefolder", data_dir=tmp_path)
+    src = make_folder(tmp_path / "mixed", per_class=3)
+    Image.new("RGB", (12, 10)).save(src / "dog" / "big.png")
+    with pytest.raises(UserError, match=r"different sizes \(8x8 \(9 images\), 12x10 \(1 images\)\); resize"):
+        load_dataset(f"imagefolder:{src}", data_dir=tmp_path)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    Image.new("RGB", (8, 8)).save(loose / "a.png")
+    with pytest.raises(UserError, match="not inside a class sub-folder"):
+        load_dataset(f"imagefolder:{loose}", data_dir=tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="not a .tar"):
+        load_dataset(f"imagefolder:{tmp_path / 'notes.txt'}", data_dir=tmp_path)
+    broken = make_folder(tmp_path / "broken", per_class=2)
+    (broken / "cat" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="could not decode image cat/bad.png"):
+        load_dataset(f"imagefolder:{broken}", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+def test_torchvision_offline_gives_data_unavailable(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    class Offline:
+        def __init__(self, *args, **kwargs):
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with pytest.raises(DataUnavailableError, match="digits") as err:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert "imagefolder" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_torchvision_converted_once_and_cached(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class FakeMNIST:  # what torchvision's MNIST exposes: (N, 28, 28) uint8 tensor, targets, classes
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            self.data = torch.full((6, 28, 28), 7, dtype=torch.uint8)
+            self.targets = torch.tensor([0, 1, 2, 0, 1, 2])
+            self.classes = ["0 - zero", "1 - one", "2 - two"]
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", FakeMNIST)
+    ds = load_dataset("mnist", "test", data_dir=tmp_path)
+    assert ds.images.shape == (6, 3, 28, 28) and ds.labels.dtype == torch.int64 and ds.num_classes == 3
+    assert calls == [(str(tmp_path / "mnist"), False, True)]
+    again = load_dataset("mnist", "test", data_dir=tmp_path)
+    assert len(calls) == 1 and torch.equal(again.images, ds.images)
+
+
+def test_torchvision_cifar_layout_is_permuted(tmp_path, monkeypatch):
+    import torchvision
+
+    class FakeCIFAR:
+        def __init__(self, root, train, download):
+            self.data = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+            self.data[..., 0] = 255  # red
+            self.targets = [1, 0]
+            self.classes = ["a", "b"]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", FakeCIFAR)
+    ds = load_dataset("cifar100", data_dir=tmp_path)
+    assert ds.images.shape == (2, 3, 32, 32) and ds.images[:, 0].min() == 255 and ds.images[:, 1].max() == 0
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+def test_random_batches_deterministic_and_disjoint():
+    sampler = RandomBatches(103, 10)
+    assert len(sampler) == 10
+    b0 = sampler.batches(0, torch.Generator().manual_seed(5))
+    assert len(b0) == 10 and all(b.shape == (10,) and b.dtype == torch.int64 for b in b0)
+    seen = torch.cat(b0)
+    assert len(seen.unique()) == len(seen) == 100 and seen.min() >= 0 and seen.max() < 103
+    # same seed and epoch -> same batches, whatever state the generator is in; other epoch or seed -> new
+    used = torch.Generator().manual_seed(5)
+    torch.rand(10, generator=used)
+    assert all(torch.equal(x, y) for x, y in zip(b0, sampler.batches(0, used)))
+    assert not torch.equal(torch.cat(b0), torch.cat(sampler.batches(1, torch.Generator().manual_seed(5))))
+    assert not torch.equal(torch.cat(b0), torch.cat(sampler.batches(0, torch.Generator().manual_seed(6))))
+
+
+def test_random_batches_keep_last():
+    sampler = RandomBatches(103, 10, drop_last=False)
+    batches = sampler.batches(3, torch.Generator().manual_seed(0))
+    assert len(sampler) == len(batches) == 11 and len(batches[-1]) == 3
+    assert sorted(torch.cat(batches).tolist()) == list(range(103))
+
+
+def test_random_batches_too_large():
+    expected = "batch size 512 is larger than the 360-image training set; use --batch-size 360 or less"
+    with pytest.raises(UserError, match=expected):
+        RandomBatches(360, 512)
+    assert len(RandomBatches(360, 360)) == 1

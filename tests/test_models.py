@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from selfsup_lab.errors import UserError
+from selfsup_lab.models import (PrototypeLayer, build_backbone, cosine_momentum, ema_update, make_teacher, mlp,
+                                resolve_backbone_name)
+
+
+@pytest.mark.parametrize("name, dim", [("convnet", 256), ("resnet18", 512)])
+def test_backbones_give_feature_vectors(name, dim):
+    net = build_backbone(name)
+    assert net.feature_dim == dim
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_resnet_has_cifar_stem():
+    net = build_backbone("resnet18")
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+
+
+def test_auto_backbone_follows_device():
+    assert resolve_backbone_name("auto", "cpu") == "convnet"
+    assert resolve_backbone_name("auto", "cuda") == "resnet18"
+    assert resolve_backbone_name("resnet34", "cpu") == "resnet34"
+    with pytest.raises(UserError, match="unknown backbone"):
+        build_backbone("vgg")
+
+
+def test_prototypes_give_cosines():
+    layer = PrototypeLayer(8, 5)
+    with torch.no_grad():
+        layer.weight.mul_(7.0)  # whatever the raw scale, scores stay cosines
+    z = torch.randn(4, 8)
+    scores = layer(z)
+    expected = torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(layer.weight, dim=1).t()
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert scores.abs().max() <= 1 + 1e-6
+
+
+def test_mlp_layers():
+    head = mlp(16, 32, 8, num_layers=3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head) == 3
+    assert head(torch.randn(4, 16)).shape == (4, 8)
+
+
+def test_ema_moves_teacher_towards_student():
+    student = torch.nn.Linear(3, 3)
+    teacher = make_teacher(student)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    before = teacher.weight.clone()
+    ema_update(teacher, student, momentum=0.9)
+    assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight)
+    assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99) and cosine_momentum(0.99, 1.0) == pytest.approx(1.0)

@@ -1,0 +1,114 @@
+"""The trainer: resume reproduces an uninterrupted run, NaN stops cleanly, checkpoints are atomic."""
+import json
+
+import pytest
+import torch
+
+import selfsup_lab
+from selfsup_lab.errors import TrainingDiverged, UserError
+from selfsup_lab.train import CHECKPOINT, Callback, LARS, learning_rate
+
+QUICK = dict(dataset="synthetic:n=96,classes=3,size=16", batch_size=32, backbone="convnet", device="cpu",
+             progress=False, figures=False, proj_hidden=64, proj_dim=32)
+
+
+class InterruptAt(Callback):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch, step):
+        self.epoch, self.step, self.seen = epoch, step, 0
+
+    def on_step_end(self, trainer, logs):
+        if trainer.epoch == self.epoch:
+            self.seen += 1
+            if self.seen == self.step:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_and_resumed_run_reproduces_uninterrupted_weights(tmp_path):
+    full = selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "full"), **QUICK)
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "cut"), callbacks=[InterruptAt(epoch=1, step=2)], **QUICK)
+    saved = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)
+    assert saved["epoch"] == 1  # the epoch in progress was not checkpointed
+    resumed = selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "cut"), resume=True, **QUICK)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    history = [json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    def without_timing(records):
+        return [{k: v for k, v in r.items() if k != "views_per_s"} for r in records]
+
+    assert without_timing(history) == without_timing(json.loads(json.dumps(full.history)))
+
+
+def test_run_directory_contents_and_metrics(tmp_path):
+    run = selfsup_lab.train("simclr", epochs=2, out=str(tmp_path / "r"), **{**QUICK, "figures": True})
+    out = tmp_path / "r"
+    for name in ("config.json", "history.jsonl", "metrics.json", CHECKPOINT, "figures/training_curves.png",
+                 "figures/embedding_tsne.png"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("knn_top1", "linear_top1", "nmi", "ari", "acc"):
+        assert 0.0 <= metrics[key] <= 1.0 or key == "ari"
+    record = run.history[-1]
+    assert {"epoch", "loss", "lr", "views_per_s", "pos_top1"} <= record.keys()
+    features, labels = run.embed("test")
+    assert features.shape[0] == labels.shape[0] and features.ndim == 2
+    assert run.assign("test") is None  # SimCLR has no clusters
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
+    class Poison(Callback):
+        def on_epoch_end(self, trainer, record):
+            if trainer.epoch == 1:
+                with torch.no_grad():
+                    for p in trainer.method.projector.parameters():
+                        p.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1.*checkpoint of epoch 1 is kept"):
+        selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "nan"), callbacks=[Poison()], **QUICK)
+    saved = torch.load(tmp_path / "nan" / CHECKPOINT, weights_only=False)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["method"].values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "metrics.json").exists()
+
+
+def test_stop_request_keeps_checkpoint_and_skips_metrics(tmp_path):
+    class StopAfterFirstEpoch(Callback):
+        def on_epoch_end(self, trainer, record):
+            trainer.request_stop()
+
+    run = selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "s"), callbacks=[StopAfterFirstEpoch()], **QUICK)
+    assert run.status == "stopped after epoch 1"
+    assert not (tmp_path / "s" / "metrics.json").exists()
+    reopened = selfsup_lab.load_run(tmp_path / "s", device="cpu")
+    assert reopened.trainer.epoch == 1
+
+
+def test_unknown_method_option_is_one_clear_sentence(tmp_path):
+    with pytest.raises(UserError, match="unknown option 'temprature' for simclr; valid options: temperature"):
+        selfsup_lab.train("simclr", temprature=0.1, **{**QUICK, "out": str(tmp_path)})
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="unreadable"):
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path), resume=True, **QUICK)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    lrs = [learning_rate(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 0.01
+
+
+def test_lars_scales_update_by_trust_ratio():
+    w = torch.nn.Parameter(torch.full((4, 4), 2.0))
+    w.grad = torch.full((4, 4), 100.0)
+    opt = LARS([{"params": [w]}], lr=1.0, momentum=0.0, weight_decay=0.0, trust=0.01)
+    opt.step()
+    # update = trust·‖w‖/‖g‖ · g = 0.01 · 8/400 · 100 = 0.02 per entry, independent of the gradient's scale
+    assert torch.allclose(w.detach(), torch.full((4, 4), 2.0 - 0.02))
