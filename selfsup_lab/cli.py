@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list the datasets")
     d.set_defaults(func=cmd_datasets)
+
+    # Experiments that train several methods under one budget and draw the comparison.
+    import importlib
+
+    from .experiments import EXPERIMENTS
+
+    for name, module_name in EXPERIMENTS.items():
+        module = importlib.import_module(f"selfsup_lab.experiments.{module_name}")
+        x = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(x)
+        x.set_defaults(func=module.run_cli)
     return parser
 
 
