@@ -147,3 +147,20 @@ def describe_options(options_cls: type) -> list[tuple[str, str, object]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         out.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default))
     return out
+
+
+# --- data-adaptive number of clusters ---------------------------------------------------------------------
+
+MIN_IMAGES_PER_CLUSTER = 20
+
+
+def adaptive_num_clusters(requested: int, num_train: int, num_classes: int = 2) -> int:
+    """The K a clustering head actually uses: never more clusters than the data can fill.
+
+    Rule: K = min(requested, num_train // 20), and never below the number of classes (nor below 2).
+    With fewer than ~20 images per cluster on average, most clusters would be empty or hold a handful of
+    near-duplicates, so occupancy statistics stop meaning anything. Examples: digits (1,437 training
+    images) caps K at 71; CIFAR-10 (50,000) at 2,500. The K used is written to config.json.
+    """
+    cap = max(num_train // MIN_IMAGES_PER_CLUSTER, num_classes, 2)
+    return max(2, min(int(requested), cap))

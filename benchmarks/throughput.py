@@ -1,0 +1,206 @@
+"""End-to-end training throughput: augmented views per second, augmentation included.
+
+One run, one device, four pipelines feeding the same SimCLR model (backbone + projector, forward and
+backward, SGD step):
+
+  (a) torchvision transforms in a DataLoader with all available workers (what lightly/solo-learn run)
+  (b) the lab's device pipeline: uint8 data on the device, batched augmentation there, fp32
+  (c) (b) + bf16 autocast + channels_last            (CUDA only)
+  (d) (c) + torch.compile of the backbone             (CUDA; on a CPU only with --cpu-compile)
+
+    PYTHONPATH=. python benchmarks/throughput.py                     # GPU: ResNet-18, batch 512
+    PYTHONPATH=. python benchmarks/throughput.py --device cpu --backbone convnet --batch-size 256 --steps 5
+
+Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory).
+Data: the CIFAR-10 JPEG copy via --dataset imagefolder:PATH, or `digits` upscaled (same shapes and work
+per image as CIFAR: throughput does not depend on the pixel values).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup_lab import augment, data, models
+from selfsup_lab.methods import MethodContext
+from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
+
+
+class TorchvisionPairs(torch.utils.data.Dataset):
+    """Per-image PIL transforms, two views per image — the usual SimCLR recipe in torchvision."""
+
+    def __init__(self, images_uint8: torch.Tensor, mean, std, size: int):
+        import torchvision.transforms as T
+
+        self.images = images_uint8.permute(0, 2, 3, 1).contiguous().numpy()  # N,H,W,C for PIL
+        self.transform = T.Compose([
+            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i])
+        return self.transform(img), self.transform(img)
+
+
+def build_model(backbone: str, device, channels_last: bool, compile_backbone: bool, batch_size: int, image_size: int):
+    torch.manual_seed(0)
+    context = MethodContext(num_train=50_000, num_classes=10, batch_size=batch_size, epochs=1, steps_per_epoch=1,
+                            image_size=image_size, device=device)
+    model = SimCLR(models.build_backbone(backbone), SimCLROptions(), context).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_backbone:
+        model.backbone.compile()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return model, optimizer
+
+
+def train_step(model, optimizer, views, amp: bool, device):
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
+    with ctx:
+        loss = model.training_step(views, None).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(step_fn, device, warmup: int, steps: int, views_per_step: int) -> dict:
+    for _ in range(warmup):
+        step_fn()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"views_per_s": views_per_step * steps / seconds, "peak_gib": peak, "s_per_step": seconds / steps}
+
+
+def run_dataloader(args, dataset, device):
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    mean, std = dataset.channel_stats()
+    loader = torch.utils.data.DataLoader(
+        TorchvisionPairs(dataset.images, mean, std, dataset.image_size), batch_size=args.batch_size, shuffle=True,
+        num_workers=workers, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    model, optimizer = build_model(args.backbone, device, False, False, args.batch_size, dataset.image_size)
+    iterator = iter(loader)
+
+    def step():
+        nonlocal iterator
+        try:
+            v1, v2 = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            v1, v2 = next(iterator)
+        train_step(model, optimizer, [v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)], False, device)
+
+    result = measure(step, device, args.warmup, args.steps, 2 * args.batch_size)
+    result["workers"] = workers
+    return result
+
+
+def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
+    images = dataset.images.to(device)
+    mean, std = dataset.channel_stats()
+    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
+    generator = torch.Generator(device=device).manual_seed(0)
+    model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
+                                   dataset.image_size)
+
+    def step():
+        idx = torch.randint(len(images), (args.batch_size,), device=device, generator=generator)
+        batch = images[idx]
+        views = [augmenter(batch, generator) for _ in range(2)]
+        if channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        train_step(model, optimizer, views, amp, device)
+
+    warmup = args.warmup + (10 if compile_backbone else 0)  # compilation happens in the first steps
+    return measure(step, device, warmup, args.steps, 2 * args.batch_size)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--backbone", default="auto")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for (a); default: all cores")
+    parser.add_argument("--cpu-compile", action="store_true", help="also run (d) on a CPU (slow to compile)")
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    args.backbone = models.resolve_backbone_name(args.backbone, device)
+    dataset = data.load_dataset(args.dataset, "train")
+    if len(dataset) < args.batch_size:
+        repeats = -(-args.batch_size // len(dataset))
+        dataset = data.ImageDataset(dataset.images.repeat(repeats, 1, 1, 1), dataset.labels.repeat(repeats),
+                                    dataset.classes, dataset.name, dataset.split)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    pipelines = {
+        "(a) torchvision transforms, DataLoader": lambda: run_dataloader(args, dataset, device),
+        "(b) device augmentation, fp32": lambda: run_device(args, dataset, device, False, False, False),
+    }
+    if device.type == "cuda":
+        pipelines["(c) + bf16 autocast + channels_last"] = lambda: run_device(args, dataset, device, True, True, False)
+        pipelines["(d) + torch.compile"] = lambda: run_device(args, dataset, device, True, True, True)
+    elif args.cpu_compile:
+        pipelines["(d) fp32 + torch.compile"] = lambda: run_device(args, dataset, device, False, False, True)
+
+    rows = []
+    for label, fn in pipelines.items():
+        result = fn()
+        rows.append((label, result))
+        extra = f", {result['workers']} workers" if "workers" in result else ""
+        print(f"{label:45s} {result['views_per_s']:>10,.0f} views/s   peak {result['peak_gib']:.2f} GiB{extra}", flush=True)
+
+    base = rows[0][1]["views_per_s"]
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [f"\n### Throughput — {stamp} — {name}\n",
+             f"SimCLR step (forward + backward + SGD), {args.backbone}, batch {args.batch_size}, two "
+             f"{dataset.image_size}px views, data `{args.dataset}`, {args.steps} timed steps after {args.warmup} warm-up; "
+             f"torch {torch.__version__}.\n",
+             "| pipeline | views/s | × (a) | peak GPU memory (GiB) |", "|---|---:|---:|---:|"]
+    for label, r in rows:
+        peak = "–" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}"
+        lines.append(f"| {label}{' (' + str(r['workers']) + ' workers)' if 'workers' in r else ''} | "
+                     f"{r['views_per_s']:,.0f} | {r['views_per_s'] / base:.2f} | {peak} |")
+    with open(args.results, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
