@@ -6,7 +6,8 @@
     clusters = run.assign("test")          # clustering methods only
 
 Keyword options are the fields of `TrainConfig` (epochs, batch_size, backbone, ...); any other keyword is
-passed to the method as an option (the same as `--set key=value` on the command line).
+passed to the method as an option (the same as `--set key=value` on the command line), except `sampler`
+and `sampler.KEY`, which choose the batch sampler and its options (`selfsup_lab/samplers.py`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     if linear:
         metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
     own_clusters = trainer.features(trainer.test_set.images, fn=trainer.method.assign) \
-        if type(trainer.method).assign is not _base_assign() else None
+        if has_own_clusters(trainer.method) else None
     if own_clusters is not None:
         metrics.update(clustering_scores(test_y.cpu(), own_clusters.long().cpu()))
         metrics["clustering_from"] = "the method's own K = C head"
@@ -53,10 +54,15 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     return metrics
 
 
-def _base_assign():
+def has_own_clusters(method) -> bool:
+    """Whether the method answers `assign` itself (a K = C head), rather than the base class's None.
+
+    Methods may bind `self.assign` per instance (only when their K equals the number of classes), so we
+    look at the bound function, not the class attribute.
+    """
     from .methods.base import Method
 
-    return Method.assign
+    return getattr(method.assign, "__func__", None) is not Method.assign
 
 
 class Run:
@@ -94,7 +100,7 @@ class Run:
 
     def assign(self, split: str = "test") -> torch.Tensor | None:
         """Hard cluster ids from the method's own K = C head (None for methods without clusters)."""
-        if type(self.method).assign is _base_assign():
+        if not has_own_clusters(self.method):
             return None
         return self.trainer.features(self._split(split).images, fn=self.method.assign).long().cpu()
 
@@ -123,6 +129,12 @@ def make_config(method: str = "simclr", dataset: str = "digits", **options) -> T
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config_values = {k: v for k, v in options.items() if k in fields}
     method_options = {**config_values.pop("method_options", {}), **{k: v for k, v in options.items() if k not in fields}}
+    # The batch sampler travels with the method options too: `--set sampler=guided sampler.pseudo_labels=encoder`.
+    if "sampler" in method_options:
+        config_values["sampler"] = method_options.pop("sampler")
+    sampler_options = {k.split(".", 1)[1]: method_options.pop(k) for k in list(method_options) if k.startswith("sampler.")}
+    if sampler_options:
+        config_values["sampler_options"] = {**config_values.get("sampler_options", {}), **sampler_options}
     return TrainConfig(method=method, dataset=dataset, method_options=method_options, **config_values)
 
 

@@ -316,7 +316,7 @@ def occupancy_stats(counts) -> dict:
                 "empty": empty, "num_clusters": k, "total": 0}
     p = n / total
     # xlogy gives 0·log 0 = 0, so empty clusters contribute nothing instead of NaN.
-    entropy = float(-torch.special.xlogy(p, p).sum())
+    entropy = float(-torch.special.xlogy(p, p).sum()) + 0.0  # + 0.0 turns -0.0 (one cluster) into 0.0
     return {
         # The clamps only remove float rounding (a uniform split can give 1.0000000000000002).
         "entropy_ratio": min(max(entropy / math.log(k), 0.0), 1.0) if k > 1 else 1.0,

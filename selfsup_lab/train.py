@@ -1,10 +1,11 @@
 """The training loop, shared by every method.
 
-    data (uint8 tensor on the device) → random batch of indices → V augmented views (on the device)
+    data (uint8 tensor on the device) → batch of indices (random, or guided: samplers.py) → V augmented views
     → method.training_step → loss → backward → (average gradients over ranks) → optimiser step
     → method.after_optimizer_step (EMA teachers) → callbacks (progress bar, history, live plots)
 
-and at every epoch end: occupancy statistics, optional kNN, history.jsonl, an atomic checkpoint.
+and at every epoch end: occupancy statistics, the batches' same-class-negative rate, optional kNN,
+history.jsonl, an atomic checkpoint.
 
 Reproducibility: every epoch re-seeds all random number generators from (seed, epoch). A run interrupted
 anywhere and resumed with `--resume` restarts from the last completed epoch with the same optimiser state
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, samplers
 from .errors import TrainingDiverged, UserError
 
 CHECKPOINT = "checkpoint.pt"
@@ -59,6 +60,8 @@ class TrainConfig:
     figures: bool = True
     progress: bool = True
     method_options: dict = field(default_factory=dict)
+    sampler: str = "auto"  # which images share a batch: auto (the method's choice) | random | guided (samplers.py)
+    sampler_options: dict = field(default_factory=dict)  # guided: pseudo_labels, num_pseudo, refresh_every, ...
 
     def resolved_epochs(self) -> int:
         if self.epochs is not None:
@@ -248,7 +251,8 @@ class Trainer:
             self.train_set = self.train_set.subset(keep[: config.train_subset])
         self.mean, self.std = self.train_set.channel_stats()
         self.train_images = self.train_set.images.to(self.device)
-        self.sampler = data.RandomBatches(len(self.train_set), config.batch_size)
+        self.sampler = samplers.build_sampler(config.sampler, config.sampler_options, options,
+                                              len(self.train_set), config.batch_size, config.seed)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = self.steps_per_epoch * self.epochs
 
@@ -344,6 +348,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "occupancy_log": self.occupancy_log,
+            "sampler": samplers.state_dict(self.sampler),  # guided batches: the pseudo-labels
         }
 
     def save_checkpoint(self) -> None:
@@ -361,6 +366,7 @@ class Trainer:
         self.global_step = checkpoint["global_step"]
         self.history = checkpoint["history"]
         self.occupancy_log = checkpoint.get("occupancy_log", {"epochs": [], "steps": []})
+        samplers.load_state_dict(self.sampler, checkpoint.get("sampler"))
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> "Trainer":
@@ -388,14 +394,17 @@ class Trainer:
             epoch = self.epoch
             batch_gen, aug_gen = self._seed_epoch(epoch)
             self.method.train()
+            if hasattr(self.sampler, "on_epoch_start"):  # guided batches: (re)compute pseudo-labels
+                self.sampler.on_epoch_start(epoch, self)
             self.method.on_epoch_start(epoch, self)
+            batches = self.sampler.batches(epoch, batch_gen)
             sums: dict[str, float] = {}
             epoch_counts = torch.zeros(K, dtype=torch.long, device=self.device) if K else None
             window_counts = torch.zeros_like(epoch_counts) if K else None
             views_seen, t0 = 0, time.perf_counter()
             local = config.batch_size // distributed.world_size()
 
-            for step, batch in enumerate(self.sampler.batches(epoch, batch_gen)):
+            for step, batch in enumerate(batches):
                 batch = batch[distributed.rank() * local : (distributed.rank() + 1) * local].to(self.device)
                 lr = learning_rate(self.global_step, self.total_steps, self.warmup_steps, self.base_lr)
                 lr *= self.method.lr_scale(epoch)
@@ -455,6 +464,7 @@ class Trainer:
             record = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()},
                       "views_per_s": views_seen / max(time.perf_counter() - t0, 1e-9)}
             record["lr"] = lr
+            record.update(samplers.epoch_statistics(self.sampler, batches, self.train_set.labels))
             if K:
                 record["occupancy"] = occupancy_stats(epoch_counts)
                 self.occupancy_log["epochs"].append(epoch_counts.tolist())
@@ -482,5 +492,6 @@ class Trainer:
             "lr": self.base_lr, "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
             "amp_bf16": self.use_amp, "channels_last": self.channels_last, "world_size": distributed.world_size(),
             "num_train": len(self.train_set), "num_test": len(self.test_set),
+            "sampler": type(self.sampler).__name__,
             "method_options": dataclasses.asdict(self.method.options), **self.method.extra_info()}}
         _atomic_write_text(self.out / "config.json", json.dumps(info, indent=2, default=str))

@@ -200,3 +200,188 @@ def save_run_figures(run) -> list[Path]:
 def grid_shape(n: int) -> tuple[int, int]:
     cols = math.ceil(math.sqrt(n))
     return math.ceil(n / cols), cols
+
+
+# --- under/over-clustering figures ---
+# METHODS.md §2–3 and §5 (last item): same-class negatives, the triplet's rank window, homogeneity vs
+# completeness, fragmentation and mixing, intra- vs inter-class cosines, alignment and uniformity. The
+# comparison figures take `rows`: a list of dicts with "method", "batch_size" and the numbers of
+# `experiments.negatives` (one row per method × batch size); colour = method, marker = batch size.
+
+_BATCH_MARKERS = "os^Dv<>P*X"
+
+
+def _method_styles(rows):
+    plt = _plt()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sizes = sorted({r["batch_size"] for r in rows})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    markers = {b: _BATCH_MARKERS[i % len(_BATCH_MARKERS)] for i, b in enumerate(sizes)}
+    return methods, sizes, colors, markers
+
+
+def _scatter_rows(ax, rows, xkey, ykey):
+    methods, sizes, colors, markers = _method_styles(rows)
+    for r in rows:
+        xerr, yerr = r.get(xkey + "_std"), r.get(ykey + "_std")
+        ax.errorbar(r[xkey], r[ykey], xerr=xerr, yerr=yerr, fmt=markers[r["batch_size"]], color=colors[r["method"]],
+                    ms=7, capsize=2, lw=1)
+    for m in methods:
+        ax.plot([], [], "o", color=colors[m], label=m)
+    for b in sizes:
+        ax.plot([], [], markers[b], color="gray", label=f"B = {b}")
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int, epsilon: float = 0.05, ax=None):
+    """Per anchor, how many of its B − 1 negatives share its class: one histogram per sampler, against the
+    Binomial(B − 1, 1/C) model and the rank rule's r_lo (P(X ≥ r_lo) ≤ ε)."""
+    from .analysis import binomial_pmf
+    from .methods.triplet import rank_window
+
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    else:
+        fig = ax.figure
+    pmf = binomial_pmf(batch_size - 1, 1.0 / num_classes)
+    top = int(max([int(np.asarray(c).max()) for c in counts.values()] + [np.nonzero(pmf > 1e-4)[0].max()])) + 2
+    bins = np.arange(-0.5, top + 0.5)
+    for name, c in counts.items():
+        ax.hist(np.asarray(c), bins=bins, density=True, histtype="step", lw=1.5, label=f"{name} batches")
+    ax.plot(np.arange(top), pmf[:top], "k.", ms=4, label=f"Binomial({batch_size - 1}, 1/{num_classes})")
+    r_lo, _ = rank_window(batch_size, num_classes, epsilon)
+    ax.axvline(r_lo, color="tab:red", ls="--", lw=1, label=f"rank rule r_lo = {r_lo} (ε = {epsilon})")
+    ax.set_xlabel("same-class negatives per anchor")
+    ax.set_ylabel("share of anchors")
+    ax.set_title(f"false negatives in a batch of {batch_size}", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def rank_window_figure(batch_sizes=None, class_counts=(10, 100, 1000), epsilon: float = 0.05, ax=None):
+    """The rank rule's first rank r_lo against the batch size, for several priors C (log–log)."""
+    from .methods.triplet import rank_window
+
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+    else:
+        fig = ax.figure
+    sizes = np.unique(np.round(np.geomspace(16, 4096, 40)).astype(int)) if batch_sizes is None else np.asarray(batch_sizes)
+    for c in class_counts:
+        ax.plot(sizes, [rank_window(int(b), c, epsilon)[0] for b in sizes], label=f"C = {c}")
+    ax.plot([196], [2], "k*", ms=9, label="official [2, 10] (B=196, C=1000)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("first rank of the deputy window r_lo")
+    ax.set_title(f"rank rule (our reconstruction): P(Bin(B−1, 1/C) ≥ r_lo) ≤ {epsilon}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def homogeneity_completeness_figure(rows, ax=None):
+    """Each run as a point: completeness (x; low = classes torn apart, over-clustering) against homogeneity
+    (y; low = classes merged, under-clustering) of a K = C k-means clustering of its features."""
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 4))
+    else:
+        fig = ax.figure
+    _scatter_rows(ax, rows, "completeness", "homogeneity")
+    lo = min(min(r["completeness"] for r in rows), min(r["homogeneity"] for r in rows)) - 0.05
+    ax.plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("completeness  (← over-clustering)")
+    ax.set_ylabel("homogeneity  (← under-clustering)")
+    ax.set_title("K = C clustering of test features", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fragmentation_mixing_figure(rows):
+    """Two bar panels: clusters needed to cover 90% of a class (fragmentation) and classes needed to cover
+    90% of a cluster (mixing), averaged; 1 is perfect for both."""
+    plt = _plt()
+    methods, sizes, colors, _ = _method_styles(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    width = 0.8 / max(len(methods), 1)
+    for ax, key, title in ((axes[0], "fragmentation", "fragmentation: clusters per class (90%)"),
+                           (axes[1], "mixing", "mixing: classes per cluster (90%)")):
+        for i, m in enumerate(methods):
+            vals = [next((r[key] for r in rows if r["method"] == m and r["batch_size"] == b), np.nan) for b in sizes]
+            errs = [next((r.get(key + "_std", 0) for r in rows if r["method"] == m and r["batch_size"] == b), 0) for b in sizes]
+            ax.bar(np.arange(len(sizes)) + (i - (len(methods) - 1) / 2) * width, vals, width, yerr=errs,
+                   color=colors[m], label=m, capsize=2)
+        ax.axhline(1, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(sizes)), [f"B = {b}" for b in sizes])
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_distributions_figure(distributions: dict, bins: int = 60):
+    """One panel per run: histograms of intra-class and inter-class cosine similarities of test features.
+
+    `distributions` maps a title to a dict with arrays "intra" and "inter" (`analysis.cosine_distributions`).
+    """
+    plt = _plt()
+    rows, cols = grid_shape(len(distributions))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False, sharex=True)
+    edges = np.linspace(-1, 1, bins + 1)
+    for ax, (name, d) in zip(axes.flat, distributions.items()):
+        ax.hist(d["inter"], bins=edges, density=True, alpha=0.5, color="tab:gray", label="inter-class")
+        ax.hist(d["intra"], bins=edges, density=True, alpha=0.6, color="tab:orange", label="intra-class")
+        sep = f", AUC {d['separation']:.2f}" if "separation" in d else ""
+        ax.set_title(f"{name}{sep}", fontsize=9)
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(distributions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    for ax in axes[-1]:
+        ax.set_xlabel("cosine similarity")
+    fig.tight_layout()
+    return fig
+
+
+def alignment_uniformity_figure(rows, ax=None):
+    """Wang & Isola's plane: alignment (x, lower = positives closer) against uniformity (y, lower = more
+    spread). Good representations sit at the bottom left."""
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 4))
+    else:
+        fig = ax.figure
+    _scatter_rows(ax, rows, "alignment", "uniformity")
+    ax.set_xlabel("alignment  E‖f(x) − f(x⁺)‖²  (lower = better)")
+    ax.set_ylabel("uniformity  log E exp(−2‖f(x) − f(y)‖²)")
+    ax.set_title("alignment vs uniformity (test features)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def metric_vs_batch_figure(rows, keys=("knn_top1", "same_class_neg_rate")):
+    """One panel per metric: its value against the batch size, one line per method."""
+    plt = _plt()
+    methods, sizes, colors, _ = _method_styles(rows)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for m in methods:
+            pts = sorted((r["batch_size"], r[key], r.get(key + "_std", 0)) for r in rows if r["method"] == m and key in r)
+            if pts:
+                b, v, e = zip(*pts)
+                ax.errorbar(b, v, yerr=e, marker="o", color=colors[m], label=m, capsize=2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_xlabel("batch size")
+        ax.set_title(key, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

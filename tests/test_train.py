@@ -112,3 +112,13 @@ def test_lars_scales_update_by_trust_ratio():
     opt.step()
     # update = trust·‖w‖/‖g‖ · g = 0.01 · 8/400 · 100 = 0.02 per entry, independent of the gradient's scale
     assert torch.allclose(w.detach(), torch.full((4, 4), 2.0 - 0.02))
+
+
+def test_gpu_code_paths_run_on_cpu(tmp_path):
+    """channels_last and LARS are the GPU defaults; their logic must also hold on a CPU."""
+    plain = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "a"), **QUICK)
+    fast = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "b"), channels_last=True, **QUICK)
+    assert fast.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], rel=1e-3)
+    lars = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "c"), optimizer="lars", **QUICK)
+    assert lars.trainer.base_lr == pytest.approx(0.3 * 32 / 256)
+    assert torch.isfinite(torch.tensor(lars.history[0]["loss"]))

@@ -1,0 +1,261 @@
+"""Collapse vs balance: five answers to "how do we keep the clusters in use?" (METHODS.md §4, measured as in §5)
+
+    selfsup-lab compare-balancing                          # digits, B = 256, the five methods, minutes on a CPU
+    selfsup-lab compare-balancing --batch-sizes 32 128 512 # the batch-size sweep
+    selfsup-lab compare-balancing --quick                  # CI scale (seconds of compute per method)
+    selfsup-lab compare-balancing --dataset imagefolder:../shared/data/cifar10-jpg-train.tar.gz \\
+        --epochs 100 --batch-sizes 64 256 512              # CIFAR-10 on a GPU
+
+    from selfsup_lab.experiments.balancing import compare_balancing
+    result = compare_balancing(batch_sizes=(32, 128, 512), out="runs/balancing")
+
+    naive        no balancing                          → collapses: a few clusters take every image
+    swav         per-batch equipartition (Sinkhorn)    → balanced, but a B×K constraint gets noisy when B ≪ K
+    deepcluster  k-means over a memory bank per epoch  → balanced by construction, at a full pass per epoch
+    coke         online k-means with minimum sizes     → dual variables prop up only the small clusters
+    excb         running size estimate moves scores   → balanced from an estimate that does not depend on B
+
+Every method gets the same budget (dataset, backbone, epochs, batch size, optimiser, learning-rate schedule,
+augmentation, seed); only the method differs. Options for one method only: a spec such as "coke:dual_lr=1"
+or `method_options={"coke": {"dual_lr": 1.0}}`.
+
+Per run: the occupancy of the tracked head's hard assignments in the last epoch (normalised entropy H/log K,
+effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`), kNN top-1 and the
+clustering scores of `api.evaluate` (the method's own K = C head where it has one, else k-means with K = C on
+the backbone features: the `clustering from` column says which) and the wall-clock minutes. Written to OUT:
+results.md, results.json, figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
+one row per batch size), figures/batch_size_sweep.png (with several batch sizes) and one run directory per
+(method, batch size).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+HELP = "collapse vs balance: naive / SwAV / DeepCluster / CoKe / ExCB under one budget, occupancy figure + table"
+
+DEFAULT_METHODS = ("naive", "swav", "deepcluster", "coke", "excb")
+# digits, B = 256: 1.9–6.6 min per method, 17 min for all five, measured on a 2-core CPU that other jobs kept
+# ~5× oversubscribed (load ≈ 10; benchmarks/results_balancing.md). Idle, that extrapolates to ~3–4 min in all.
+DEFAULT_EPOCHS = 5
+# CI scale: a 128-image subset, 2 epochs of B = 32, narrow heads — seconds of compute per method.
+QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"proj_hidden": 64, "pred_hidden": 64})
+
+COLUMNS = [  # (key, header, format)
+    ("k", "K", "d"), ("entropy_ratio", "H/log K", ".3f"), ("effective_clusters", "eff. clusters", ".1f"),
+    ("max_share", "largest share", ".3f"), ("empty", "empty", "d"), ("knn_top1", "kNN top-1", ".3f"),
+    ("nmi", "NMI", ".3f"), ("acc", "ACC", ".3f"), ("ari", "ARI", ".3f"), ("minutes", "min", ".2f"),
+]
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'coke:dual_lr=1,ratio=0.5' → ('coke', {'dual_lr': '1', 'ratio': '0.5'})."""
+    from ..errors import UserError
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. coke:dual_lr=1)")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def summarise(run, minutes: float) -> dict:
+    """One table row from a finished run (final-epoch occupancy of the tracked head + metrics.json)."""
+    occupancy = run.history[-1].get("occupancy", {}) if run.history else {}
+    metrics = run.metrics
+    return {
+        "method": run.trainer.config.method, "batch_size": run.trainer.config.batch_size,
+        "epochs": run.trainer.epoch, "k": run.method.num_clusters, "k_info": run.method.extra_info(),
+        **{key: occupancy.get(key) for key in ("entropy_ratio", "effective_clusters", "max_share", "empty")},
+        **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
+        "minutes": minutes, "out": str(run.out),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| method | B | " + " | ".join(h for _, h, _ in COLUMNS) + " | clustering from |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['method']} | {r['batch_size']} | failed: {r['error']} |" + " |" * len(COLUMNS))
+            continue
+        cells = ["–" if r.get(key) is None else format(r[key] + 0, fmt).replace("-0.000", "0.000")
+                 for key, _, fmt in COLUMNS]
+        source = "own K = C head" if str(r.get("clustering_from", "")).startswith("the method") else "k-means K = C"
+        lines.append(f"| {r['method']} | {r['batch_size']} | " + " | ".join(cells) + f" | {source} |")
+    return "\n".join(lines)
+
+
+def comparison_figure(occupancy: dict, methods: list[str], batch_sizes: list[int], title: str = ""):
+    """One row per batch size: the entropy of every method over epochs, then each method's sorted occupancy."""
+    from .. import viz
+
+    plt = viz._plt()
+    cols = 1 + len(methods)
+    fig, axes = plt.subplots(len(batch_sizes), cols, figsize=(3.3 * cols, 2.9 * len(batch_sizes)), squeeze=False)
+    for row, batch_size in zip(axes, batch_sizes):
+        series = {m: occupancy[(m, batch_size)] for m in methods if occupancy.get((m, batch_size))}
+        viz.entropy_curve(series, ax=row[0], title=f"B = {batch_size}: H / log K per epoch")
+        for ax, method in zip(row[1:], methods):
+            counts = occupancy.get((method, batch_size))
+            if counts:
+                viz.occupancy_heatmap(counts, ax=ax, title=f"{method}, B = {batch_size} (K = {len(counts[0])})")
+            else:
+                ax.set_axis_off()
+                ax.set_title(f"{method}, B = {batch_size}: failed", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
+    """Final occupancy entropy, largest share and kNN top-1 against the batch size, one line per method."""
+    from .. import viz
+
+    plt = viz._plt()
+    panels = [("entropy_ratio", "final H / log K"), ("max_share", "final largest-cluster share"),
+              ("knn_top1", "kNN top-1")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.1))
+    for ax, (key, label) in zip(axes, panels):
+        for method in methods:
+            points = sorted((r["batch_size"], r[key]) for r in rows
+                            if r["method"] == method and not r.get("error") and r.get(key) is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size B")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
+                      batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seed: int = 0,
+                      quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
+                      progress: bool = True, **train_options) -> dict:
+    """Train every method at every batch size under one budget; write the table and the comparison figures.
+
+    `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
+    only; `shared_options` are method options given to every method that has them (e.g. proj_hidden);
+    `train_options` are TrainConfig fields shared by every run (backbone, device, lr, train_subset, ...).
+    `quick=True` shrinks everything to CI scale (QUICK). A run that fails is reported in the table (and in
+    the result's "failed") instead of stopping the others.
+
+    Returns {"rows", "failed", "out", "table", "json", "figures", "minutes"}.
+    """
+    from .. import api, distributed
+    from ..errors import UserError
+    from ..methods import get_method_class
+    from ..train import TrainConfig
+
+    specs = [parse_method(m) for m in methods]
+    names = [name for name, _ in specs]
+    option_sets = {name: {**(method_options or {}).get(name, {}), **given} for name, given in specs}
+    if quick:
+        epochs = QUICK["epochs"] if epochs is None else epochs
+        batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
+        train_options.setdefault("train_subset", QUICK["train_subset"])
+        shared_options = {**QUICK["shared_options"], **(shared_options or {})}
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    batch_sizes = [int(b) for b in batch_sizes]
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    unknown = sorted(set(train_options) - fields)
+    if unknown:
+        raise UserError(f"unknown training option '{unknown[0]}'; per-method options go in method_options or a "
+                        "spec such as 'coke:dual_lr=1'")
+    classes = {name: get_method_class(name) for name in names}  # unknown names fail before any training
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows, failed, occupancy = [], [], {}
+    start = time.perf_counter()
+    for batch_size in batch_sizes:
+        for name in names:
+            valid = classes[name].Options.__dataclass_fields__
+            options = {**{k: v for k, v in (shared_options or {}).items() if k in valid}, **option_sets[name]}
+            t0 = time.perf_counter()
+            try:
+                run = api.train(name, dataset, epochs=epochs, batch_size=batch_size, seed=seed, figures=False,
+                                out=str(out / f"{name}-b{batch_size}"), progress=progress,
+                                method_options=options, **train_options)
+            except UserError:
+                raise  # a mistake in the arguments: every run would hit it
+            except Exception as err:  # a bug in one method should not cost the others' results
+                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                failed.append({"method": name, "batch_size": batch_size, "error": message})
+                rows.append({"method": name, "batch_size": batch_size, "error": message})
+                continue
+            rows.append(summarise(run, (time.perf_counter() - t0) / 60))
+            occupancy[(name, batch_size)] = run.trainer.occupancy_log.get("epochs", [])
+    minutes = (time.perf_counter() - start) / 60
+
+    result = {"rows": rows, "failed": failed, "out": str(out), "minutes": minutes, "figures": []}
+    if not distributed.is_main_process():
+        return result
+    from .. import viz
+
+    plt = viz._plt()
+    (out / "figures").mkdir(exist_ok=True)
+    title = f"{dataset}, {epochs} epochs, seed {seed}"
+    figures = [(comparison_figure(occupancy, names, batch_sizes, title=title), "comparison.png")]
+    if len(batch_sizes) > 1:
+        figures.append((sweep_figure(rows, names, title=title), "batch_size_sweep.png"))
+    for fig, filename in figures:
+        fig.savefig(out / "figures" / filename, dpi=110)
+        plt.close(fig)
+        result["figures"].append(str(out / "figures" / filename))
+
+    protocol = (f"dataset {dataset}; {epochs} epochs; seed {seed}; training options {train_options or 'defaults'}; "
+                "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
+                "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
+                "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
+    (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows)}\n\n"
+                                    f"Total: {minutes:.1f} minutes.\n")
+    payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs, "batch_sizes": batch_sizes,
+               "seed": seed, "methods": names, "rows": rows, "minutes": minutes,
+               "occupancy_per_epoch": {f"{m}-b{b}": counts for (m, b), counts in occupancy.items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
+    result.update(table=str(out / "results.md"), json=str(out / "results.json"))
+    return result
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        help="methods or specs such as coke:dual_lr=1 (default: all five)")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS}; --quick: {QUICK['epochs']})")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256], help="one run per method and batch size")
+    parser.add_argument("--out", default="runs/compare-balancing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
+    parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args) -> int:
+    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
+                     if getattr(args, k) is not None}
+    result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
+                               batch_sizes=args.batch_sizes, out=args.out, seed=args.seed, quick=args.quick,
+                               progress=not args.no_progress, **train_options)
+    print(markdown_table(result["rows"]))
+    print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
+          + ", ".join(Path(f).name for f in result["figures"]))
+    for failure in result["failed"]:
+        print(f"warning: {failure['method']} (B = {failure['batch_size']}) failed: {failure['error']}")
+    return 1 if result["failed"] else 0

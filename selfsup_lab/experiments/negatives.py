@@ -1,0 +1,289 @@
+"""Under- vs over-clustering: how many negatives, and which? (METHODS.md §1–3, measured as in §5)
+
+    selfsup-lab compare-negatives                       # digits, B = 64 and 256, a few minutes on a CPU
+    selfsup-lab compare-negatives --quick               # CI scale, under a minute
+    selfsup-lab compare-negatives --dataset imagefolder:../shared/data/cifar10-jpg-train.tar.gz \\
+        --batch-sizes 256 512 --epochs 100              # CIFAR-10 on a GPU
+
+    from selfsup_lab.experiments.negatives import compare_negatives
+    result = compare_negatives(batch_sizes=(64, 256), epochs=10, out="runs/negatives")
+
+Four methods span the axis from "no negatives" to "every negative":
+
+    BYOL      no negatives                       → risk: classes merge   (under-clustering)
+    triplet   one deputy from a rank window      → the paper's middle ground
+    SimCLR    all 2B − 2 negatives               → risk: classes torn    (over-clustering)
+    G-SimCLR  all negatives, fewer of them false  → SimCLR with guided batches
+
+Every method gets the same budget (dataset, backbone, epochs, batch size, optimiser, learning-rate
+schedule, augmentation, seed); only the method differs. A method may be given options with a spec such as
+"triplet:deputy=rank-rule" or "gsimclr:pseudo_labels=encoder,refresh_every=2".
+
+Per run we measure, on the test split (backbone features, no augmentation unless stated): kNN top-1
+(METHODS.md §5 protocol), the homogeneity / completeness / fragmentation / mixing of a K = C spherical
+k-means clustering, intra- vs inter-class cosines, alignment (two augmented views of each test image) and
+uniformity, and the same-class-negative rate of the training batches (mean over epochs). Written to OUT:
+results.json, results.md, figures/*.png and one run directory per (method, batch size, seed).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HELP = "under- vs over-clustering: SimCLR / BYOL / truncated triplet / G-SimCLR under one budget"
+
+DEFAULT_METHODS = ("simclr", "byol", "triplet", "gsimclr")
+DEFAULT_EPOCHS = 5  # digits on a 2-core CPU: about a minute per run; use 100+ on CIFAR with a GPU
+QUICK = dict(batch_sizes=(32, 64), epochs=1, train_subset=128, seeds=(0,), linear=False, alignment_images=128,
+             method_options={"gsimclr": {"ae_epochs": 1}})
+
+COLUMNS = [  # (key, header, format)
+    ("knn_top1", "kNN top-1", ".3f"), ("homogeneity", "homog.", ".3f"), ("completeness", "compl.", ".3f"),
+    ("fragmentation", "frag.", ".2f"), ("mixing", "mixing", ".2f"), ("separation", "intra>inter AUC", ".3f"),
+    ("same_class_neg_rate", "same-class neg.", ".4f"), ("alignment", "align.", ".3f"),
+    ("uniformity", "unif.", ".3f"), ("seconds", "s/run", ".0f"),
+]
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {'deputy': 'rank-rule', 'r_hi': '12'})."""
+    from ..errors import UserError
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. triplet:deputy=median)")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+@torch.no_grad()
+def _augmented_features(trainer, images_uint8: torch.Tensor, seed: int, batch_size: int = 512):
+    """Backbone features (eval mode) of one augmented view of each image, from a seeded generator."""
+    generator = torch.Generator(device=trainer.device).manual_seed(seed)
+    was_training = trainer.method.training
+    trainer.method.eval()
+    outs = []
+    for start in range(0, len(images_uint8), batch_size):
+        views = trainer.augment(images_uint8[start : start + batch_size].to(trainer.device), generator)
+        with trainer.autocast():
+            outs.append(trainer.method.embed(views).float().cpu())
+    trainer.method.train(was_training)
+    return torch.cat(outs)
+
+
+def measure(run, seed: int = 0, alignment_images: int = 1000) -> tuple[dict, dict]:
+    """The numbers of one finished run, and the arrays its figures need (alignment on the first
+    `alignment_images` test images: a thousand pairs estimate a mean well enough)."""
+    from .. import analysis
+
+    trainer = run.trainer
+    features, labels = run.embed("test")
+    report = analysis.clustering_report(features, labels, seed=seed)
+    cosines = analysis.cosine_distributions(features, labels, seed=seed)
+    test_images = trainer.test_set.images[:alignment_images]
+    z1, z2 = (_augmented_features(trainer, test_images, seed * 2 + v) for v in (1, 2))
+    history = run.history
+    row = {
+        "knn_top1": run.metrics.get("knn_top1"), "linear_top1": run.metrics.get("linear_top1"),
+        "nmi": run.metrics.get("nmi"), "acc": run.metrics.get("acc"),
+        "homogeneity": report["homogeneity"], "completeness": report["completeness"],
+        "fragmentation": report["fragmentation"], "mixing": report["mixing"],
+        "intra_cos": cosines["intra_mean"], "inter_cos": cosines["inter_mean"], "separation": cosines["separation"],
+        "alignment": analysis.alignment(z1, z2), "uniformity": analysis.uniformity(features, seed=seed),
+        "same_class_neg_rate": float(np.mean([r["same_class_neg_rate"] for r in history])),
+        "sampler": type(trainer.sampler).__name__,
+    }
+    if "pseudo_nmi" in history[-1]:
+        row["pseudo_nmi"] = history[-1]["pseudo_nmi"]
+    if "deputy_r_lo" in history[-1]:
+        row["deputy_window"] = [int(history[-1]["deputy_r_lo"]), int(history[-1]["deputy_r_hi"])]
+    # Per-anchor same-class negatives of one epoch of this run's sampler (for the histogram).
+    batches = trainer.sampler.batches(trainer.epochs - 1, torch.Generator().manual_seed(seed))
+    arrays = {"cosines": cosines,
+              "counts": analysis.same_class_negative_counts(trainer.train_set.labels, batches).numpy()}
+    return row, arrays
+
+
+def _finished(config) -> bool:
+    """Whether config.out holds a finished run trained with exactly these settings."""
+    import dataclasses
+
+    folder = Path(config.out)
+    if not (folder / "metrics.json").exists() or not (folder / "config.json").exists():
+        return False
+    saved = json.loads((folder / "config.json").read_text())
+    ignore = {"out", "progress", "figures", "device"}
+    wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
+
+
+def _aggregate(rows: list[dict]) -> dict:
+    """Mean (and std over seeds, as KEY_std) of the numeric fields of rows that differ only by seed."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("batch_size", "seed"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            out[key] = float(np.mean(vals))
+            if len(vals) > 1:
+                out[key + "_std"] = float(np.std(vals, ddof=1))
+    out["seeds"] = [r["seed"] for r in rows]
+    out.pop("seed", None)
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| method | B | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    for r in rows:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            v = r.get(key)
+            cell = "–" if v is None else format(v, fmt)
+            if r.get(key + "_std") is not None:
+                cell += f" ± {format(r[key + '_std'], fmt)}"
+            cells.append(cell)
+        lines.append(f"| {r['method']} | {r['batch_size']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_sizes=(64, 256),
+                      epochs: int | None = DEFAULT_EPOCHS, out: str | Path = "runs/compare-negatives",
+                      seeds=(0,), method_options: dict | None = None, progress: bool = False,
+                      linear: bool = True, alignment_images: int = 1000, reuse: bool = False,
+                      **train_options) -> dict:
+    """Train every method at every batch size (and seed) under one budget; write the table and figures.
+
+    `method_options` maps a method name to options for it only (e.g. {"gsimclr": {"ae_epochs": 5}});
+    `train_options` are TrainConfig fields shared by every run (backbone, device, lr, train_subset, ...).
+    `linear=False` skips the linear probe (the slowest part of the evaluation at CI scale). `reuse=True`
+    takes finished runs with identical settings from OUT/runs instead of training them again (add seeds or
+    methods to a comparison, or continue one that was interrupted).
+    Returns {"rows": [one aggregated row per method × batch size], "runs": [every run], "out", "figures",
+    "markdown"}.
+    """
+    from .. import analysis, api, distributed, viz
+    from ..methods import get_method_class
+    from ..train import Trainer
+
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    specs = [(spec, *parse_method(spec)) for spec in methods]
+    for _, name, _ in specs:
+        get_method_class(name)  # an unknown name fails now, not after an hour of training
+    per_method = method_options or {}
+    runs, arrays = [], {}
+    for batch_size in batch_sizes:
+        for label, name, options in specs:
+            folder_name = re.sub(r"[^\w=.-]+", "_", label)  # triplet:deputy=median → triplet_deputy=median
+            for seed in seeds:
+                t0 = time.perf_counter()
+                config = api.make_config(name, dataset, epochs=epochs, batch_size=batch_size, seed=seed,
+                                         figures=False, progress=progress,
+                                         out=str(out / "runs" / f"{folder_name}-b{batch_size}-s{seed}"),
+                                         **train_options, **{**per_method.get(name, {}), **options})
+                if reuse and _finished(config):
+                    run = api.load_run(config.out, device=config.device)
+                else:
+                    run = api.Run(Trainer(config).fit())
+                    run.metrics = api.evaluate(run.trainer, linear=linear)
+                    run.metrics["wall_seconds"] = time.perf_counter() - t0  # training + evaluation
+                    if distributed.is_main_process():
+                        (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
+                seconds = run.metrics.get("wall_seconds")
+                row, extra = measure(run, seed, alignment_images)
+                row.update(method=label, batch_size=batch_size, seed=seed, seconds=seconds)
+                runs.append(row)
+                arrays.setdefault((label, batch_size), extra)  # figures show the first seed
+                print(f"[compare-negatives] {label} B={batch_size} seed={seed}: kNN {row['knn_top1']:.3f}, "
+                      f"homogeneity {row['homogeneity']:.3f}, completeness {row['completeness']:.3f}, "
+                      f"same-class negatives {row['same_class_neg_rate']:.4f} ({seconds or 0:.0f} s)", flush=True)
+    rows = [_aggregate([r for r in runs if r["method"] == label and r["batch_size"] == b])
+            for b in batch_sizes for label, _, _ in specs]
+
+    # Reference values for the same-class rate: random batches and the floor no batch can beat.
+    train_labels = run.trainer.train_set.labels
+    num_classes = int(train_labels.max()) + 1
+    reference = {b: {"random_expected": analysis.expected_same_class_negative_rate(train_labels),
+                     "floor": analysis.min_same_class_negative_rate(b, num_classes)} for b in batch_sizes}
+
+    figures = []
+    if not distributed.is_main_process():
+        return {"rows": rows, "runs": runs, "out": str(out), "figures": figures, "markdown": markdown_table(rows)}
+
+    def save(fig, name):
+        path = out / "figures" / name
+        fig.savefig(path, dpi=110)
+        viz._plt().close(fig)
+        figures.append(str(path))
+
+    save(viz.homogeneity_completeness_figure(rows), "homogeneity_completeness.png")
+    save(viz.fragmentation_mixing_figure(rows), "fragmentation_mixing.png")
+    save(viz.alignment_uniformity_figure(rows), "alignment_uniformity.png")
+    save(viz.metric_vs_batch_figure(rows, ("knn_top1", "homogeneity", "completeness", "same_class_neg_rate")),
+         "metrics_vs_batch.png")
+    save(viz.rank_window_figure(class_counts=sorted({10, 100, 1000, num_classes})), "rank_window.png")
+    for b in batch_sizes:
+        save(viz.cosine_distributions_figure({label: arrays[(label, b)]["cosines"] for label, _, _ in specs}),
+             f"cosine_distributions_b{b}.png")
+        counts = {}
+        for label, _, _ in specs:
+            kind = next(r["sampler"] for r in rows if r["method"] == label and r["batch_size"] == b)
+            kind = "random" if kind == "RandomBatches" else f"guided ({label})"
+            counts.setdefault(kind, arrays[(label, b)]["counts"])
+        save(viz.same_class_negatives_figure(counts, b, num_classes), f"same_class_negatives_b{b}.png")
+
+    markdown = markdown_table(rows)
+    notes = "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
+                      f"any batch composition {v['floor']:.4f}" for b, v in reference.items())
+    protocol = (f"dataset {dataset}; epochs {epochs}; seeds {list(seeds)}; same budget for all methods "
+                f"(options: {json.dumps(train_options)}); kNN k=200 τ=0.1 cosine, train bank / test queries, final "
+                "epoch; clustering = spherical k-means K = C on test backbone features; fragmentation/mixing at 90% "
+                "coverage; alignment = two augmented views of each test image; same-class negatives = mean over "
+                "training epochs")
+    (out / "results.md").write_text(f"# compare-negatives\n\n{protocol}\n\n{markdown}\n\n{notes}\n")
+    result = {"rows": rows, "runs": runs, "reference": {str(b): v for b, v in reference.items()},
+              "protocol": protocol, "figures": figures, "out": str(out)}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
+    result["markdown"] = markdown
+    return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        help="methods to compare; options with name:key=value,... (e.g. triplet:deputy=rank-rule)")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="several seeds give error bars")
+    parser.add_argument("--out", default="runs/compare-negatives")
+    parser.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
+    parser.add_argument("--device", help="auto, cpu, cuda")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 192 images, B = 32 and 64")
+    parser.add_argument("--progress", action="store_true", help="a progress bar per run")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs with identical settings found in OUT/runs instead of retraining")
+
+
+def run_cli(args) -> int:
+    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
+               if getattr(args, k) is not None}
+    settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, seeds=tuple(args.seeds))
+    if args.quick:
+        settings.update({k: v for k, v in QUICK.items() if k != "train_subset"})
+        options.setdefault("train_subset", QUICK["train_subset"])
+    result = compare_negatives(methods=tuple(args.methods), dataset=args.dataset, out=args.out,
+                               progress=args.progress, reuse=args.reuse, **settings, **options)
+    print(result["markdown"])
+    print(f"written: {Path(result['out']) / 'results.md'}, results.json and {len(result['figures'])} figures")
+    return 0

@@ -1,0 +1,178 @@
+"""CoKe (Qian et al., 2022): online constrained k-means, decoupled from the discrimination loss (METHODS.md §4.4).
+
+Clustering and representation learning take turns at two time scales. *Within* an epoch the network is
+trained against the clusters of the previous epoch (centres C_prev, fixed); *alongside*, each batch is
+clustered online into centres C_cur that become C_prev at the epoch's end. Several heads with different K
+do this in parallel and the loss is averaged over them. Per head, for the global batch's clustering
+features f_i (mean of the two views' normalised projections ẑ):
+
+    assign        y_i = argmax_k ( f_i·c_k^cur + ρ_k )                          (balancing.coke_assign)
+    dual step     ρ_k ← max(0, ρ_k + η (γ − n_k/B)),   γ = ratio/K               (balancing.coke_dual_step)
+    centre step   c_k ← normalise(c_k N_k^old/N_k^new + Σ_{y_i=k} f_i / N_k^new)  (balancing.coke_center_step)
+    loss          L = CE( q_1, softmax(ẑ_1 C_prevᵀ/τ) ) + the same for view 2, with the target
+                  q_1 = α onehot(ỹ_i) + (1 − α) softmax(ẑ_2 C_prevᵀ/τ)   (sg),    ỹ_i = i's label of last epoch
+
+The duals ρ are the Lagrange multipliers of k-means with a *minimum* cluster size: an under-filled cluster
+gets a bonus until it is chosen often enough, an over-filled one loses its bonus but is never penalised —
+big clusters stay allowed. Labels are stored per image (by dataset index), so the target of an image is
+where it was clustered one epoch ago. Epoch 0 runs at learning rate 0: it only clusters the random network's
+features, to bootstrap centres and labels.
+
+Step size: the constraint gap γ − n_k/B is of order 1/K, while ρ lives in cosine units, so a head with K
+clusters uses η_K = dual_lr·K/10 (η/K constant): every head's bonus moves at the same speed, in cosine per
+step. This matches both official settings within 1.5×: η = 0.1 for the CIFAR K = 10 head (η/K = 0.01) and
+η = 20 for ImageNet's K = 3000 (η/K = 0.007). (A constant η — the official code shares one η over heads —
+would make the K = 100 head's duals 10× slower than the K = 10 head's.)
+
+Two details from the official code that the equations do not show: the projector ends in a batch norm
+(without it the soft swapped targets let every image drift to the same feature, and the duals then just
+rotate whole batches from cluster to cluster), and the centres are seeded from the first batch's features
+(`seed_centers`: the paper's random directions need ~100 dual steps to be reached — fine for CIFAR's
+390-step epoch 0, hopeless for the 5 steps of digits at B = 256).
+
+DDP: the features and indices are gathered (no gradient) and every rank runs the identical clustering on
+the global batch, so duals, centres and labels stay the same on all ranks without any broadcast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed
+from ..balancing import coke_assign, coke_center_step, coke_dual_step
+from ..models import mlp
+from .base import Method, StepOutput, adaptive_num_clusters
+
+
+@dataclass
+class CoKeOptions:
+    num_clusters: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # K per head (CIFAR default), capped
+    ratio: float = 0.9  # minimum cluster size γ = ratio/K (ImageNet: 0.4)
+    dual_lr: float = 0.1  # η of a K = 10 head; a head of K clusters uses η·K/10 (see the module docstring)
+    temperature: float = 0.05  # τ of the logits ẑ·C_prev/τ
+    alpha: float = 0.2  # weight of last epoch's hard label in the target; 1 = the single-view CE-to-label loss
+    bootstrap_epoch: bool = True  # epoch 0 at learning rate 0, clustering only
+    seed_from_batch: bool = True  # centres start at first-batch features (False: random directions, as the paper)
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    proj_last_bn: bool = True  # BN at the projector's output, as the official code
+
+
+class CoKe(Method):
+    name = "coke"
+    Options = CoKeOptions
+
+    def __init__(self, backbone, options: CoKeOptions, context):
+        super().__init__(backbone, options, context)
+        # The official projector ends in a batch norm: every output dimension is re-centred over the batch, so
+        # the features cannot all become the same vector — the collapse the soft targets would otherwise allow.
+        self.projector = mlp(backbone.feature_dim, options.proj_hidden, options.proj_dim, last_bn=options.proj_last_bn)
+        # Never more clusters than the data can fill; duplicates after capping would be identical heads.
+        capped = [adaptive_num_clusters(k, context.num_train, context.num_classes) for k in options.num_clusters]
+        self.ks = list(dict.fromkeys(capped))
+        for h, k in enumerate(self.ks):
+            centers = F.normalize(torch.randn(k, options.proj_dim), dim=1)
+            self.register_buffer(f"centers_prev_{h}", centers.clone())  # C_prev: the loss's prototypes
+            self.register_buffer(f"centers_cur_{h}", centers.clone())  # C_cur: built online this epoch
+            self.register_buffer(f"duals_{h}", torch.zeros(k))  # ρ ≥ 0
+            self.register_buffer(f"counts_{h}", torch.zeros(k))  # N_k this epoch
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))  # centres seeded from data yet?
+        # Last assignment of every training image, per head; −1 = never clustered yet.
+        self.register_buffer("labels", torch.full((len(self.ks), context.num_train), -1, dtype=torch.long))
+        # Occupancy and evaluation use the K = C head when there is one (else the first / the closest to C).
+        self.tracked = self.ks.index(context.num_classes) if context.num_classes in self.ks else 0
+        self.num_clusters = self.ks[self.tracked]
+        self.eval_head = min(range(len(self.ks)), key=lambda h: abs(self.ks[h] - context.num_classes))
+
+    def head(self, h: int) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"{name}_{h}") for name in ("centers_prev", "centers_cur", "duals", "counts")}
+
+    @torch.no_grad()
+    def seed_centers(self, feats: torch.Tensor) -> None:
+        """Start every head's centres at features of the first global batch (k-means' random-point init).
+
+        The paper starts from random directions. In 128-d those have cosine ≈ 0 to every feature, while the
+        first cluster hit moves onto the data (cosine ≈ 1), so the others can only win through their duals.
+        When B < K, points are reused with a tiny fixed perturbation (identical on every rank) to break ties.
+        """
+        generator = torch.Generator().manual_seed(0)
+        for h, k in enumerate(self.ks):
+            rows = feats[torch.arange(k, device=feats.device) % len(feats)]
+            jitter = 1e-3 * torch.randn(rows.shape, generator=generator).to(rows.device)
+            centers = F.normalize(rows + jitter * (torch.arange(k, device=rows.device) >= len(feats))[:, None], dim=1)
+            self.head(h)["centers_cur"].copy_(centers)
+            self.head(h)["centers_prev"].copy_(centers)
+        self.initialized.fill_(True)
+
+    def training_step(self, views, indices):
+        z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
+        opt = self.options
+        with torch.autocast(z1.device.type, enabled=False):  # losses and cluster statistics in float32
+            z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+            with torch.no_grad():
+                # The clustering runs on the *global* batch so every rank updates identical state.
+                feats = distributed.gather_no_grad((z1 + z2) / 2)
+                all_indices = distributed.gather_no_grad(indices.to(z1.device))
+                start = distributed.global_offset(len(indices))
+                local = slice(start, start + len(indices))  # this rank's rows of the global batch
+                if opt.seed_from_batch and not bool(self.initialized):
+                    self.seed_centers(feats)
+            loss, logs = 0.0, {}
+            for h, k in enumerate(self.ks):
+                state = self.head(h)
+                with torch.no_grad():
+                    y = coke_assign(feats, state["centers_cur"], state["duals"])
+                    one_hot = F.one_hot(y, k).float()
+                    batch_counts = one_hot.sum(dim=0)
+                    previous = self.labels[h, indices]  # read before this batch overwrites them
+                    # Images without a label yet (epoch 0, or dropped by drop_last so far) use today's.
+                    previous = torch.where(previous >= 0, previous, y[local])
+                    state["duals"].copy_(coke_dual_step(state["duals"], batch_counts, len(y), opt.ratio / k,
+                                                        opt.dual_lr * k / 10))
+                    centers, counts = coke_center_step(state["centers_cur"], state["counts"], one_hot.t() @ feats,
+                                                       batch_counts)
+                    state["centers_cur"].copy_(centers)
+                    state["counts"].copy_(counts)
+                    self.labels[h, all_indices] = y
+                logits1 = z1 @ state["centers_prev"].t() / opt.temperature
+                logits2 = z2 @ state["centers_prev"].t() / opt.temperature
+                loss = loss + coke_swapped_loss(logits1, logits2, previous, opt.alpha)
+                if h == self.tracked:
+                    assignments = y[local]
+                    logs["agree_last_epoch"] = (y[local] == previous).float().mean()
+            loss = loss / len(self.ks)
+        logs["max_dual"] = self.head(self.tracked)["duals"].max()
+        return StepOutput(loss=loss, logs=logs, assignments=assignments)
+
+    def on_epoch_end(self, epoch, trainer):
+        for h in range(len(self.ks)):
+            state = self.head(h)
+            state["centers_prev"].copy_(state["centers_cur"])  # C_prev ← C_cur
+            state["counts"].zero_()  # the running means restart every epoch
+
+    def lr_scale(self, epoch):
+        return 0.0 if epoch == 0 and self.options.bootstrap_epoch else 1.0
+
+    def extra_info(self):
+        return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters, "eval_k": self.ks[self.eval_head],
+                "dual_lr_per_head": [self.options.dual_lr * k / 10 for k in self.ks]}
+
+    @torch.no_grad()
+    def assign(self, images):
+        """argmax cosine to C_prev of the head with K = C (or the K closest to C)."""
+        z = self.projector(self.backbone(images))
+        with torch.autocast(z.device.type, enabled=False):
+            return (F.normalize(z.float(), dim=1) @ getattr(self, f"centers_prev_{self.eval_head}").t()).argmax(dim=1)
+
+
+def coke_swapped_loss(logits1, logits2, labels, alpha: float):
+    """½ [CE(q_1, logits_1) + CE(q_2, logits_2)], q_1 = α onehot(label) + (1 − α) softmax(logits_2) (sg)."""
+    with torch.no_grad():
+        hard = F.one_hot(labels, logits1.shape[1]).float()
+        q1 = alpha * hard + (1 - alpha) * logits2.softmax(dim=1)
+        q2 = alpha * hard + (1 - alpha) * logits1.softmax(dim=1)
+    ce1 = -(q1 * logits1.log_softmax(dim=1)).sum(dim=1).mean()
+    ce2 = -(q2 * logits2.log_softmax(dim=1)).sum(dim=1).mean()
+    return (ce1 + ce2) / 2

@@ -1,0 +1,1055 @@
+"""Notebook widgets: watch training live, compare runs, play with the balancing rules, explore embeddings.
+
+    from selfsup_lab.widgets import LiveDashboard, OccupancyBoard, ClusterSizePlayground, explore_embedding
+
+    run = selfsup_lab.train("excb", "digits", callbacks=[LiveDashboard()], progress=False)
+    ClusterSizePlayground()                       # sliders → toy stream → four balancing rules
+    explore_embedding(run, color_by="cluster")    # UMAP of the backbone features
+
+* `LiveDashboard` — a trainer `Callback` that draws loss, sorted cluster occupancy, occupancy entropy, kNN
+  and throughput into ONE picture that is redrawn in place (at most once per `refresh_seconds`), with a
+  Stop button that calls `trainer.request_stop()`. Outside Jupyter it is the plain tqdm progress bar.
+* `OccupancyBoard` — several runs report into one board (one bar chart per run, one shared entropy plot);
+  `dashboard_side_by_side(methods, dataset)` trains them one after another into it.
+* `simulate` + `ClusterSizePlayground` — the balancing rules of `balancing.py` on a toy stream of points,
+  a pure function (unit-testable, usable for static plots) and the sliders around it.
+* `EmbeddingExplorer` / `explore_embedding` — a 2-D map (UMAP by default) coloured by class or by cluster.
+
+ipywidgets and IPython are imported inside the functions that need them, so `import selfsup_lab` (and this
+module) works without them. Figures are `matplotlib.figure.Figure` objects rendered to PNG bytes for an
+`ipywidgets.Image`: never pyplot figures, so the notebook's inline backend never prints extra copies.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import balancing
+from .metrics import occupancy_stats
+from .train import Callback, ProgressBar
+
+__all__ = [
+    "in_notebook", "LiveDashboard", "OccupancyBoard", "dashboard_side_by_side",
+    "RULES", "PlaygroundParams", "simulate", "simulate_all", "playground_figure", "ClusterSizePlayground",
+    "EmbeddingExplorer", "explore_embedding", "project_2d",
+]
+
+
+# --- shared helpers -------------------------------------------------------------------------------------
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, VS Code, nbclient), False in a terminal or in pytest."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _resolve_mode(mode: str) -> str:
+    if mode not in ("auto", "widget", "text"):
+        raise ValueError(f"mode must be 'auto', 'widget' or 'text', got {mode!r}")
+    if mode == "auto":
+        return "widget" if in_notebook() else "text"
+    return mode
+
+
+def _figure(width: float, height: float):
+    """A figure that pyplot does not know about: the inline backend never shows it by itself (a widget can
+    redraw it a hundred times without flooding the notebook), and `display(fig)` or a cell's last line
+    still shows it, through `_repr_png_`."""
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _repr_png_(self):
+            return _png(self, 100)
+
+    return NotebookFigure(figsize=(width, height))
+
+
+def _png(fig, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _display(widget) -> None:
+    from IPython.display import display
+
+    display(widget)
+
+
+def _message(ax, text: str) -> None:
+    """An empty panel that says what would be there."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.35", wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sorted_share_bars(ax, counts, title: str, color: str = "tab:blue", ymax: float | None = None) -> None:
+    """Cluster sizes as shares, largest first, with the uniform level 1/K dashed."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    share = (counts / counts.sum().clamp_min(1)).sort(descending=True).values
+    K = share.numel()
+    ax.bar(range(K), share.tolist(), width=1.0, color=color)
+    ax.axhline(1.0 / K, color="k", ls="--", lw=0.8)
+    ax.set_xlim(-0.5, K - 0.5)
+    if ymax is not None:
+        ax.set_ylim(0, ymax)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("cluster, sorted by size", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+_CLICK_SUBSHELL: dict = {}
+
+
+def _handle_clicks_while_busy(widget) -> bool:
+    """Let the frontend's clicks on `widget` reach Python while the cell that trains is still running.
+
+    A Jupyter kernel normally handles widget messages only between cells, so a Stop button pressed during
+    `train(...)` would be seen after training ends. ipykernel ≥ 7 can route one comm's messages to a
+    *subshell* (a second thread with its own event loop); we create one helper subshell per kernel and
+    send this widget's messages there. The click handler then runs on that thread and only sets a flag that
+    the training loop reads. Best effort: on older kernels this returns False and the click is handled when
+    the cell finishes (the Kernel ▸ Interrupt menu still stops training; the last checkpoint is kept).
+    """
+    try:
+        import concurrent.futures
+
+        from ipykernel.kernelbase import Kernel
+
+        if not Kernel.initialized():
+            return False
+        kernel = Kernel.instance()
+        thread = getattr(kernel, "shell_channel_thread", None)
+        comm = getattr(widget, "comm", None)
+        if thread is None or comm is None or not hasattr(comm, "_reply_subshell_for"):
+            return False
+        if _CLICK_SUBSHELL.get("kernel") is not kernel:
+            manager = thread.manager
+            created: concurrent.futures.Future = concurrent.futures.Future()
+
+            def create():  # must run on the shell-channel thread
+                try:
+                    created.set_result(manager._create_subshell())
+                except BaseException as err:  # noqa: BLE001 - reported through the future
+                    created.set_exception(err)
+
+            thread.io_loop.add_callback(create)
+            _CLICK_SUBSHELL.update(kernel=kernel, subshell=created.result(timeout=5))
+        subshell = _CLICK_SUBSHELL["subshell"]
+        comm._reply_subshell_for = lambda data, default: subshell
+        return True
+    except Exception:  # noqa: BLE001 - a nicety, never a reason to fail training
+        return False
+
+
+# --- the live training dashboard ------------------------------------------------------------------------
+
+class LiveDashboard(Callback):
+    """Watch a run while it trains: one picture redrawn in place, plus a Stop button.
+
+        run = selfsup_lab.train("excb", "digits", callbacks=[LiveDashboard()], progress=False)
+
+    Panels: loss per step (and its running mean) · the latest window's cluster sizes sorted largest first
+    (clustering methods; SimCLR-like methods show how often the positive ranks first) · the normalised
+    occupancy entropy H/log K over training (1 = balanced, 0 = collapsed) · kNN top-1 whenever the trainer
+    evaluates (`eval_every=N`). The header line has epoch, step, loss, throughput and time left.
+
+    Redraws are throttled: at most once per `refresh_seconds` (and every `refresh_steps` steps if given),
+    never more than ~20% of the time, always at an epoch end and at the end — so plotting does not slow
+    training down.
+    The Stop button calls `trainer.request_stop()`: training stops after the current step, the checkpoint
+    of the last completed epoch is kept, and `train(..., resume=True)` continues from it.
+
+    mode: "auto" (a widget inside a Jupyter kernel, the tqdm bar elsewhere), "widget" or "text".
+    Whatever the mode, the data it collects are attributes: `steps`, `losses`, `step_logs`, `records`,
+    `occupancy` [(step, counts)], `entropy` [(step, H/log K)], `knn` [(epoch, top-1)], `views_per_s`.
+    """
+
+    def __init__(self, refresh_seconds: float = 1.0, refresh_steps: int | None = None, mode: str = "auto",
+                 figsize: tuple[float, float] = (10.0, 5.4), dpi: int = 72):
+        self.refresh_seconds = refresh_seconds
+        self.refresh_steps = refresh_steps
+        self.requested_mode = mode
+        self.figsize = figsize
+        self.dpi = dpi
+        self.trainer = None
+        self.mode: str | None = None
+        self.widget = None
+        self.stop_button = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.step_logs: dict[str, list[float]] = {}
+        self.records: list[dict] = []
+        self.occupancy: list[tuple[int, list[int]]] = []
+        self.entropy: list[tuple[int, float]] = []
+        self.knn: list[tuple[int, float]] = []
+        self.views_per_s: float | None = None
+        self.redraws = 0
+        self.render_seconds = 0.0
+        self.stop_clicked = False
+        self._occupancy_seen = 0
+        self._fallback: ProgressBar | None = None
+        self._last_draw = -math.inf
+        self._last_header = -math.inf
+        self._last_draw_step = 0
+        self._start_time = time.perf_counter()
+        self._start_step = 0
+
+    # -- callback hooks --------------------------------------------------------------------------------
+    def on_train_start(self, trainer) -> None:
+        self._reset()
+        self.trainer = trainer
+        self._start_step = trainer.global_step
+        self.mode = _resolve_mode(self.requested_mode)
+        if self.mode == "text":
+            # The plain progress bar, unless the trainer already runs one (progress=True).
+            if not any(isinstance(cb, ProgressBar) for cb in trainer.callbacks):
+                self._fallback = ProgressBar()
+                self._fallback.on_train_start(trainer)
+            return
+        self._build_widget()
+        self._collect_occupancy(trainer)
+        self.refresh()
+        _display(self.widget)
+
+    def on_step_end(self, trainer, logs: dict) -> None:
+        self.steps.append(trainer.global_step)
+        self.losses.append(float(logs["loss"]))
+        for key, value in logs.items():
+            if key not in ("loss", "views_per_s"):
+                self.step_logs.setdefault(key, []).append(float(value))
+        self.views_per_s = logs.get("views_per_s", self.views_per_s)
+        self._collect_occupancy(trainer)
+        if self._fallback is not None:
+            self._fallback.on_step_end(trainer, logs)
+        if self.mode != "widget":
+            return
+        now = time.perf_counter()
+        # Never spend more than ~1/5 of the time drawing, however slow the machine is.
+        due = now - self._last_draw >= max(self.refresh_seconds, 4 * self.render_seconds)
+        if self.refresh_steps:
+            due = due or trainer.global_step - self._last_draw_step >= self.refresh_steps
+        if due:
+            self.refresh()
+        elif now - self._last_header >= 0.25:
+            self._update_header()
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        self.records.append(dict(record))
+        if record.get("knn_top1") is not None:
+            self.knn.append((int(record["epoch"]), float(record["knn_top1"])))
+        self._collect_occupancy(trainer)
+        if self.mode == "widget":
+            self.refresh()
+
+    def on_train_end(self, trainer) -> None:
+        if self._fallback is not None:
+            self._fallback.on_train_end(trainer)
+        if self.mode == "widget":
+            self.stop_button.disabled = True
+            self.stop_button.description = "finished" if trainer.status == "finished" else "stopped"
+            self.refresh()
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _collect_occupancy(self, trainer) -> None:
+        """Pick up the occupancy windows the trainer logged since we last looked."""
+        windows = getattr(trainer, "occupancy_log", {}).get("steps", [])
+        for entry in windows[self._occupancy_seen:]:
+            counts = list(entry["counts"])
+            self.occupancy.append((int(entry["step"]), counts))
+            self.entropy.append((int(entry["step"]), occupancy_stats(counts)["entropy_ratio"]))
+        self._occupancy_seen = len(windows)
+
+    # -- the widget ------------------------------------------------------------------------------------
+    def _build_widget(self) -> None:
+        import ipywidgets as W
+
+        self.header = W.HTML()
+        self.stop_button = W.Button(description="■ Stop", button_style="danger",
+                                    tooltip="stop after this step; the last completed epoch's checkpoint is kept",
+                                    layout=W.Layout(width="110px"))
+        self.stop_button.on_click(self._on_stop_clicked)
+        _handle_clicks_while_busy(self.stop_button)
+        self.image = W.Image(format="png")
+        self.widget = W.VBox([W.HBox([self.stop_button, self.header]), self.image])
+        self.widget.add_class("selfsup-live-dashboard")
+
+    def _on_stop_clicked(self, _button=None) -> None:
+        self.stop_clicked = True
+        if self.trainer is not None:
+            self.trainer.request_stop()
+        if self.stop_button is not None:
+            self.stop_button.description = "stopping…"
+            self.stop_button.disabled = True
+
+    def stop(self) -> None:
+        """The same as pressing the Stop button."""
+        self._on_stop_clicked()
+
+    def header_text(self) -> str:
+        t = self.trainer
+        if t is None:
+            return "waiting for training to start"
+        done = t.global_step - self._start_step
+        elapsed = time.perf_counter() - self._start_time
+        parts = [f"<b>{t.config.method}</b> on {t.config.dataset}",
+                 f"epoch {min(t.epoch + 1, t.epochs)}/{t.epochs}", f"step {t.global_step}/{t.total_steps}"]
+        if self.losses:
+            parts.append(f"loss {self.losses[-1]:.3f}")
+        if self.views_per_s:
+            parts.append(f"{self.views_per_s:,.0f} views/s")
+        if done > 0:
+            left = elapsed / done * max(t.total_steps - t.global_step, 0)
+            parts.append(f"{elapsed:.0f} s elapsed, ~{left:.0f} s left")
+        status = getattr(t, "status", "")
+        if status.startswith("stopped"):
+            kept = (f"the checkpoint of epoch {t.epoch} is kept in {t.out}; train(..., resume=True) continues"
+                    if t.epoch else "no epoch was completed, so there is no checkpoint")
+            parts.append(f"<b>{status}</b>: {kept}")
+        elif status == "finished":
+            parts.append("<b>finished</b>")
+        elif self.stop_clicked:
+            parts.append("<b>stopping after this step…</b>")
+        return " · ".join(parts)
+
+    def _update_header(self) -> None:
+        self._last_header = time.perf_counter()
+        if self.widget is not None:
+            self.header.value = self.header_text()
+
+    def refresh(self) -> None:
+        """Redraw the picture and the header now."""
+        if self.widget is None:
+            return
+        start = time.perf_counter()
+        self.image.value = _png(self.figure(), self.dpi)
+        self.redraws += 1
+        self._last_draw = time.perf_counter()
+        self.render_seconds = self._last_draw - start
+        self._last_draw_step = self.trainer.global_step if self.trainer is not None else 0
+        self._update_header()
+
+    def figure(self):
+        """The dashboard picture as a matplotlib Figure (also usable without widgets)."""
+        fig = _figure(*self.figsize)
+        (ax_loss, ax_bars), (ax_entropy, ax_knn) = fig.subplots(2, 2)
+
+        if self.losses:
+            window = max(1, len(self.losses) // 25)
+            ax_loss.plot(self.steps, self.losses, lw=0.6, color="tab:blue", alpha=0.45 if window > 1 else 1.0,
+                         label="step")
+            if window > 1:
+                smooth = torch.tensor(self.losses).unfold(0, window, 1).mean(1).tolist()
+                ax_loss.plot(self.steps[window - 1:], smooth, color="tab:blue", label=f"mean of {window}")
+                ax_loss.legend(fontsize=7, frameon=False)
+            ax_loss.set_xlabel("step", fontsize=8)
+            ax_loss.tick_params(labelsize=7)
+            ax_loss.grid(alpha=0.3)
+        else:
+            _message(ax_loss, "the loss appears after the first step")
+        ax_loss.set_title("loss", fontsize=9)
+
+        if self.occupancy:
+            step, counts = self.occupancy[-1]
+            stats = occupancy_stats(counts)
+            _sorted_share_bars(ax_bars, counts, f"cluster sizes, window ending at step {step} "
+                               f"(K={len(counts)}, {stats['empty']} empty)")
+            ax_bars.set_ylabel("share", fontsize=8)
+        elif "pos_top1" in self.step_logs:
+            ax_bars.plot(self.steps[-len(self.step_logs["pos_top1"]):], self.step_logs["pos_top1"], lw=0.8,
+                         color="tab:green")
+            ax_bars.set_ylim(0, 1)
+            ax_bars.set_title("positive ranked first among 2B−1 candidates", fontsize=9)
+            ax_bars.set_xlabel("step", fontsize=8)
+            ax_bars.tick_params(labelsize=7)
+            ax_bars.grid(alpha=0.3)
+        else:
+            _message(ax_bars, "cluster sizes appear here for clustering methods\n(after the first occupancy window)")
+
+        if self.entropy:
+            xs, ys = zip(*self.entropy)
+            ax_entropy.plot(xs, ys, color="tab:purple", marker="o" if len(xs) < 30 else None, ms=3)
+            ax_entropy.set_ylim(-0.02, 1.02)
+            ax_entropy.set_xlabel("step", fontsize=8)
+            ax_entropy.tick_params(labelsize=7)
+            ax_entropy.grid(alpha=0.3)
+        else:
+            _message(ax_entropy, "occupancy entropy H/log K (clustering methods)")
+        ax_entropy.set_title("occupancy entropy H/log K (1 = balanced, 0 = collapsed)", fontsize=9)
+
+        if self.knn:
+            epochs, accuracy = zip(*self.knn)
+            ax_knn.plot(epochs, accuracy, marker="o", ms=3, color="tab:orange")
+            ax_knn.set_ylim(0, 1)
+            ax_knn.set_xlabel("epoch", fontsize=8)
+            ax_knn.tick_params(labelsize=7)
+            ax_knn.grid(alpha=0.3)
+        else:
+            _message(ax_knn, "kNN accuracy is measured at the end;\npass eval_every=N to watch it during training")
+        ax_knn.set_title("kNN top-1 (test split)", fontsize=9)
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.94, bottom=0.09, hspace=0.45, wspace=0.2)
+        return fig
+
+    def _repr_mimebundle_(self, **kwargs):
+        if self.widget is None:
+            return {"text/plain": "LiveDashboard (shown when training starts)"}
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# --- several runs side by side --------------------------------------------------------------------------
+
+class _BoardReporter(Callback):
+    """The callback a run uses to report into an `OccupancyBoard` under one name."""
+
+    def __init__(self, board: "OccupancyBoard", name: str):
+        self.board, self.name, self._seen = board, name, 0
+
+    def on_train_start(self, trainer):
+        self._seen = 0
+        self.board._series(self.name)["status"] = "training"
+        self._pull(trainer)
+        self.board._maybe_refresh(force=True)
+
+    def on_step_end(self, trainer, logs):
+        if self._pull(trainer):
+            self.board._maybe_refresh()
+
+    def on_epoch_end(self, trainer, record):
+        self._pull(trainer)
+        self.board._maybe_refresh(force=True)
+
+    def on_train_end(self, trainer):
+        self.board._series(self.name)["status"] = trainer.status
+        self.board._maybe_refresh(force=True)
+
+    def _pull(self, trainer) -> bool:
+        windows = trainer.occupancy_log.get("steps", [])
+        new = windows[self._seen:]
+        series = self.board._series(self.name)
+        series["total_steps"] = trainer.total_steps
+        for entry in new:
+            series["steps"].append(int(entry["step"]))
+            series["counts"].append(list(entry["counts"]))
+        self._seen = len(windows)
+        return bool(new)
+
+
+class OccupancyBoard:
+    """Cluster occupancy of several runs in one picture: sorted sizes per run + entropy of all runs.
+
+        board = OccupancyBoard()
+        board.show()
+        for m in ("naive", "swav", "excb"):
+            selfsup_lab.train(m, "digits", callbacks=[board.callback(m)], progress=False)
+
+    or `dashboard_side_by_side(["naive", "swav", "excb"], "digits", epochs=5)`. Finished runs can be added
+    with `board.add_run(name, run)`. The picture is redrawn in place, at most once per `refresh_seconds`.
+    """
+
+    def __init__(self, names: list[str] | None = None, refresh_seconds: float = 1.0, mode: str = "auto",
+                 dpi: int = 72):
+        self.refresh_seconds, self.dpi = refresh_seconds, dpi
+        self.mode = _resolve_mode(mode)
+        self.series: dict[str, dict] = {}
+        for name in names or []:
+            self._series(name)
+        self.widget = None
+        self.redraws = 0
+        self._last_draw = -math.inf
+        if self.mode == "widget":
+            import ipywidgets as W
+
+            self.image = W.Image(format="png")
+            self.widget = W.VBox([self.image])
+            self.widget.add_class("selfsup-occupancy-board")
+
+    def _series(self, name: str) -> dict:
+        return self.series.setdefault(name, {"steps": [], "counts": [], "status": "waiting", "total_steps": None})
+
+    def callback(self, name: str) -> Callback:
+        """A trainer callback that reports this run's occupancy into the board under `name`."""
+        self._series(name)
+        return _BoardReporter(self, name)
+
+    def add_run(self, name: str, run) -> None:
+        """Add a finished (or loaded) run from its occupancy log."""
+        series = self._series(name)
+        log = run.trainer.occupancy_log
+        series["steps"] = [int(e["step"]) for e in log.get("steps", [])]
+        series["counts"] = [list(e["counts"]) for e in log.get("steps", [])]
+        series["status"], series["total_steps"] = run.status, run.trainer.total_steps
+        self._maybe_refresh(force=True)
+
+    def show(self) -> "OccupancyBoard":
+        if self.widget is not None:
+            self.refresh()
+            _display(self.widget)
+        return self
+
+    def _maybe_refresh(self, force: bool = False) -> None:
+        if self.widget is not None and (force or time.perf_counter() - self._last_draw >= self.refresh_seconds):
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self.widget is None:
+            return
+        self.image.value = _png(self.figure(), self.dpi)
+        self.redraws += 1
+        self._last_draw = time.perf_counter()
+
+    def figure(self):
+        names = list(self.series) or ["(no runs yet)"]
+        n = len(names)
+        fig = _figure(max(6.0, 2.6 * n), 5.0)
+        grid = fig.add_gridspec(2, n)
+        colors = [f"C{i}" for i in range(10)]
+        ax_entropy = fig.add_subplot(grid[1, :])
+        for i, name in enumerate(names):
+            ax = fig.add_subplot(grid[0, i])
+            series = self.series.get(name)
+            if not series or not series["counts"]:
+                status = series["status"] if series else ""
+                _message(ax, "no clusters to show" if status.startswith(("finished", "stopped")) else status or "")
+                ax.set_title(name, fontsize=9)
+                continue
+            stats = occupancy_stats(series["counts"][-1])
+            _sorted_share_bars(ax, series["counts"][-1], f"{name}: H/log K = {max(0.0, stats['entropy_ratio']):.2f}",
+                               color=colors[i % 10])
+            if i == 0:
+                ax.set_ylabel("share of the window", fontsize=8)
+            total = series["total_steps"] or max(series["steps"])
+            xs = [s / total for s in series["steps"]]
+            ys = [occupancy_stats(c)["entropy_ratio"] for c in series["counts"]]
+            ax_entropy.plot(xs, ys, color=colors[i % 10], label=f"{name} ({series['status']})")
+        ax_entropy.set_xlim(0, 1)
+        ax_entropy.set_ylim(-0.02, 1.02)
+        ax_entropy.set_xlabel("fraction of training", fontsize=8)
+        ax_entropy.set_ylabel("H / log K", fontsize=8)
+        ax_entropy.set_title("occupancy entropy (1 = balanced, 0 = one cluster)", fontsize=9)
+        ax_entropy.grid(alpha=0.3)
+        if ax_entropy.lines:
+            ax_entropy.legend(fontsize=7, frameon=False, loc="lower left")
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.1, hspace=0.5, wspace=0.3)
+        return fig
+
+    def _repr_mimebundle_(self, **kwargs):
+        if self.widget is None:
+            return {"text/plain": f"OccupancyBoard({', '.join(self.series)})"}
+        self.refresh()
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def dashboard_side_by_side(methods: list[str], dataset: str = "digits", board: OccupancyBoard | None = None,
+                           **options) -> dict:
+    """Train `methods` one after another on `dataset`, all reporting live into one `OccupancyBoard`.
+
+    Returns {method: Run}. Options go to every `selfsup_lab.train` call; with `out=DIR` each run writes
+    into DIR/<method>. On a CPU the runs take turns; the board keeps the finished ones on screen.
+    """
+    from .api import train
+
+    board = board or OccupancyBoard(names=list(methods))
+    board.show()
+    out = options.pop("out", None)
+    options.setdefault("progress", board.widget is None)
+    runs = {}
+    for method in methods:
+        run_out = f"{out}/{method}" if out else None
+        runs[method] = train(method, dataset, callbacks=[board.callback(method)],
+                             **({"out": run_out} if run_out else {}), **options)
+    return runs
+
+
+# --- the cluster-size playground ------------------------------------------------------------------------
+
+RULES = ("naive", "sinkhorn", "coke", "excb")
+RULE_TITLES = {"naive": "naive (no balancing)", "sinkhorn": "Sinkhorn (SwAV)",
+               "coke": "CoKe (minimum size)", "excb": "ExCB (size estimate)"}
+RULE_COLORS = {"naive": "tab:red", "sinkhorn": "tab:blue", "coke": "tab:green", "excb": "tab:purple"}
+
+
+@dataclass(frozen=True)
+class PlaygroundParams:
+    """Everything `simulate` depends on. The defaults are chosen so that the four rules differ clearly."""
+
+    num_clusters: int = 20  # K prototypes / centres
+    batch_size: int = 64  # B points per step
+    steps: int = 300
+    imbalance: float = 20.0  # size of the largest blob / size of the smallest (1 = balanced)
+    num_blobs: int = 5  # classes in the toy data
+    dim: int = 16  # the sphere lives in R^dim
+    spread: float = 0.35  # noise around each blob centre, before projecting onto the sphere
+    view_noise: float = 0.1  # the two "augmented views" are two noisy copies of a point
+    student_temperature: float = 0.1  # τ_s of the prediction softmax
+    teacher_temperature: float = 0.05  # τ_t of naive's and ExCB's targets
+    sinkhorn_epsilon: float = 0.05  # ε of SwAV's Sinkhorn-Knopp
+    excb_momentum: float = 0.9  # m_s of ExCB's size estimate (toy runs are short: 0.9, not 0.999)
+    coke_step: float = 2.0  # η of CoKe's dual ascent
+    coke_ratio: float = 0.5  # CoKe's minimum cluster size = ratio/K of the batch
+    coke_epoch: int = 20  # steps per "epoch" for CoKe's running-mean centres
+    encoder_lr: float = 0.2  # how fast the shared feature offset (the collapse direction) learns
+    prototype_lr: float = 0.05  # how fast the prototypes learn (not CoKe: its centres are running means)
+    window: int = 10  # occupancy is counted over the last `window` steps
+    init: str = "data"  # prototypes start at K points of the stream ("data") or at random directions ("random")
+    seed: int = 0
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Tiny tensors run fastest on one thread (and do not fight other work for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def class_shares(params: PlaygroundParams) -> torch.Tensor:
+    """Blob c gets a share ∝ imbalance^(−c/(C−1)): 1 = balanced, 20 = the largest is 20× the smallest."""
+    C = params.num_blobs
+    shares = float(params.imbalance) ** (-torch.arange(C, dtype=torch.float64) / max(C - 1, 1))
+    return (shares / shares.sum()).float()
+
+
+@torch.no_grad()
+def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft targets q, hard assignments) for one view's scores (B, K) under `rule` — balancing.py does the work."""
+    if rule == "naive":
+        q = balancing.naive_targets(scores, p.teacher_temperature)
+        return q, q.argmax(dim=1)
+    if rule == "sinkhorn":
+        q = balancing.sinkhorn(scores, epsilon=p.sinkhorn_epsilon)
+        return q, q.argmax(dim=1)
+    if rule == "excb":
+        z = balancing.excb_balance_scores(scores, balancing.excb_relative_sizes(state["sizes"]))
+        return torch.softmax(z / p.teacher_temperature, dim=1), z.argmax(dim=1)
+    raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> dict:
+    """Stream an imbalanced toy data set through one balancing rule and record cluster occupancy per step.
+
+    The toy (what is real, what is simplified):
+      * Data: `num_blobs` Gaussian blobs around random directions, projected onto the unit sphere in R^dim;
+        blob c is drawn with probability ∝ imbalance^(−c/(C−1)). Each step draws B points and two noisy
+        "views" of each. The same seeded stream is used for every rule, so the rules are compared fairly.
+      * The network is replaced by the identity plus ONE learnable vector b shared by all points:
+        f = normalise(view + b). That vector is exactly the direction in which a real encoder can move all
+        features together — the direction of collapse — and it is trained, like the prototypes, by the
+        real swapped-prediction loss  −Σ_k q_ik log softmax(f_other·c/τ_s)_k  with plain SGD.
+      * Prototypes start at K points of the stream (`init="data"`, roughly what ExCB's k-means
+        initialisation and CoKe's bootstrap epoch give) or at random directions (`init="random"`).
+      * The teacher is the student itself (no EMA), there is no multi-crop and no queue.
+      * The rules are the real ones from `balancing.py`:
+          naive     q = softmax(s/τ_t)                                      (§4.1)
+          sinkhorn  q = Sinkhorn-Knopp(S, ε): each cluster gets B/K per batch  (§4.2)
+          coke      y = argmax(f·c + ρ), dual step on ρ, running-mean centres; the target is one-hot(y)
+                    and the centres are also the prototypes that score the prediction  (§4.4)
+          excb      s' = balance(s, ρ = K·r/Σr), q = softmax(s'/τ_t), r ← m·r + (1−m)·(batch shares)  (§4.5)
+    Each step is a few (B × K) matrix products, so hundreds of steps take well under a second.
+
+    Returns a dict: rule, params (as a dict), counts (steps, K) hard assignments per step over both views,
+    entropy / max_share / empty (steps,) of the counts summed over the last `window` steps, loss (steps,),
+    class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    p = dataclasses.replace(params or PlaygroundParams(), **overrides)
+    K, B, d = int(p.num_clusters), int(p.batch_size), int(p.dim)
+    if K < 2 or B < 2 or p.steps < 1:
+        raise ValueError(f"need K ≥ 2, batch_size ≥ 2 and steps ≥ 1, got K={K}, B={B}, steps={p.steps}")
+
+    with _one_thread():
+        init = torch.Generator().manual_seed(p.seed)
+        blob_centres = F.normalize(torch.randn(p.num_blobs, d, generator=init), dim=1)
+        shares = class_shares(p)
+        if p.init == "data":  # K points of the stream (what ExCB's k-means init / CoKe's epoch 0 approximate)
+            blob = torch.multinomial(shares, K, replacement=True, generator=init)
+            prototypes = F.normalize(blob_centres[blob] + p.spread * torch.randn(K, d, generator=init), dim=1)
+        else:
+            prototypes = F.normalize(torch.randn(K, d, generator=init), dim=1)
+        stream = torch.Generator().manual_seed(p.seed + 1)  # the data: identical for every rule
+        offset = torch.zeros(d)  # b, the shared "encoder" parameter
+        state = {"sizes": torch.full((K,), 1.0 / K), "duals": torch.zeros(K), "centre_counts": torch.zeros(K)}
+        counts, losses, sizes_log, duals_log = [], [], [], []
+
+        for step in range(p.steps):
+            blob = torch.multinomial(shares, B, replacement=True, generator=stream)
+            points = F.normalize(blob_centres[blob] + p.spread * torch.randn(B, d, generator=stream), dim=1)
+            views = [points + p.view_noise * torch.randn(B, d, generator=stream) for _ in range(2)]
+
+            b = offset.clone().requires_grad_(True)
+            protos = prototypes.clone().requires_grad_(rule != "coke")
+            f1, f2 = (F.normalize(v + b, dim=1) for v in views)
+            s1, s2 = f1 @ protos.t(), f2 @ protos.t()
+
+            if rule == "coke":
+                with torch.no_grad():
+                    f = F.normalize(f1 + f2, dim=1)  # the two-view variant clusters the mean feature
+                    hard = balancing.coke_assign(f, prototypes, state["duals"])
+                    batch_counts = torch.bincount(hard, minlength=K)
+                    state["duals"] = balancing.coke_dual_step(state["duals"], batch_counts, B, p.coke_ratio / K,
+                                                              p.coke_step)
+                    if step % p.coke_epoch == 0:
+                        state["centre_counts"] = torch.zeros(K)  # a new "epoch": counts start again
+                    sums = torch.zeros(K, d).index_add_(0, hard, f)
+                    new_centres, state["centre_counts"] = balancing.coke_center_step(
+                        prototypes, state["centre_counts"], sums, batch_counts)
+                    q1 = q2 = F.one_hot(hard, K).float()
+                    step_counts = batch_counts * 2  # one label per image, counted for both views
+            else:
+                q1, a1 = _targets(rule, s1.detach(), p, state)
+                q2, a2 = _targets(rule, s2.detach(), p, state)
+                step_counts = torch.bincount(torch.cat([a1, a2]), minlength=K)
+                if rule == "excb":  # the estimate is updated with the post-balancing assignments
+                    state["sizes"] = balancing.excb_update_sizes(state["sizes"], step_counts.float() / (2 * B),
+                                                                 p.excb_momentum)
+
+            # Swapped prediction: each view predicts the other view's target.
+            loss = -0.5 * ((q1 * torch.log_softmax(s2 / p.student_temperature, dim=1)).sum(1).mean()
+                           + (q2 * torch.log_softmax(s1 / p.student_temperature, dim=1)).sum(1).mean())
+            loss.backward()
+            with torch.no_grad():
+                offset = offset - p.encoder_lr * b.grad
+                if rule == "coke":
+                    prototypes = new_centres
+                else:
+                    prototypes = F.normalize(prototypes - p.prototype_lr * protos.grad, dim=1)
+
+            counts.append(step_counts)
+            losses.append(float(loss.detach()))
+            if rule == "excb":
+                sizes_log.append(state["sizes"].clone())
+            if rule == "coke":
+                duals_log.append(state["duals"].clone())
+
+    counts = torch.stack(counts)
+    running = torch.cat([torch.zeros(1, K, dtype=counts.dtype), counts.cumsum(0)])  # running[t] = Σ_{<t}
+    ends = torch.arange(1, len(counts) + 1)
+    windowed = running[ends] - running[(ends - max(1, p.window)).clamp_min(0)]  # the last `window` steps
+    stats = [occupancy_stats(row) for row in windowed]
+    history = {
+        "rule": rule,
+        "params": dataclasses.asdict(p),
+        "counts": counts,
+        "window_counts": windowed,
+        "entropy": torch.tensor([s["entropy_ratio"] for s in stats]),
+        "max_share": torch.tensor([s["max_share"] for s in stats]),
+        "empty": torch.tensor([s["empty"] for s in stats]),
+        "loss": torch.tensor(losses),
+        "class_shares": shares,
+    }
+    if sizes_log:
+        history["sizes"] = torch.stack(sizes_log)
+    if duals_log:
+        history["duals"] = torch.stack(duals_log)
+    return history
+
+
+def simulate_all(params: PlaygroundParams | None = None, rules=RULES, **overrides) -> dict:
+    """{rule: simulate(rule, params)} for every rule."""
+    return {rule: simulate(rule, params, **overrides) for rule in rules}
+
+
+def playground_figure(histories: dict, step: int | None = None, fig=None):
+    """Top: each rule's sorted cluster sizes over the window ending at `step` (default: the last step).
+    Bottom: the occupancy entropy of every rule over the steps."""
+    rules = list(histories)
+    any_history = histories[rules[0]]
+    steps = len(any_history["entropy"])
+    step = steps if step is None else max(1, min(int(step), steps))
+    params = any_history["params"]
+    K = params["num_clusters"]
+    fig = fig or _figure(2.7 * max(len(rules), 3), 5.4)
+    grid = fig.add_gridspec(2, len(rules), height_ratios=[1.0, 0.9])
+    for i, rule in enumerate(rules):
+        h = histories[rule]
+        ax = fig.add_subplot(grid[0, i])
+        window = h["window_counts"][step - 1]
+        top = float(window.max() / window.sum().clamp_min(1))
+        # Each panel has its own y range (at least 2.5× the uniform level), so a balanced rule's bars stay
+        # readable next to a collapsed one; the title gives the numbers to compare.
+        _sorted_share_bars(ax, window, f"{RULE_TITLES.get(rule, rule)}\nH/log K = "
+                           f"{max(0.0, float(h['entropy'][step - 1])):.2f}, largest {100 * top:.0f}%",
+                           color=RULE_COLORS.get(rule, "tab:gray"), ymax=min(1.0, max(1.15 * top, 2.5 / K)))
+        if rule == "coke":
+            ax.axhline(params["coke_ratio"] / K, color="tab:green", ls=":", lw=1.2, label="minimum ratio/K")
+            ax.legend(fontsize=7, frameon=False, loc="upper right")
+        if i == 0:
+            ax.set_ylabel(f"share of the last {params['window']} batches", fontsize=8)
+    ax = fig.add_subplot(grid[1, :])
+    for rule in rules:
+        ax.plot(range(1, steps + 1), histories[rule]["entropy"].tolist(), color=RULE_COLORS.get(rule),
+                label=RULE_TITLES.get(rule, rule))
+    ax.axvline(step, color="0.5", lw=0.8, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(1, steps)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("H / log K", fontsize=8)
+    shares = ", ".join(f"{100 * float(s):.0f}%" for s in any_history["class_shares"])
+    ax.set_title(f"occupancy entropy (1 = balanced, 0 = one cluster) — K={K}, B={params['batch_size']}, "
+                 f"blob sizes {shares}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=len(rules))
+    ax.tick_params(labelsize=7)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.09, hspace=0.45, wspace=0.25)
+    return fig
+
+
+# (PlaygroundParams field, label, kind, min, max, step) — the sliders of the playground.
+PLAYGROUND_SLIDERS = [
+    ("num_clusters", "K clusters", "int", 2, 100, 1),
+    ("batch_size", "batch size B", "int", 8, 512, 8),
+    ("imbalance", "imbalance", "log", 1.0, 200.0, None),
+    ("teacher_temperature", "τ teacher", "log", 0.01, 1.0, None),
+    ("student_temperature", "τ student", "log", 0.02, 1.0, None),
+    ("sinkhorn_epsilon", "Sinkhorn ε", "log", 0.01, 1.0, None),
+    ("excb_momentum", "ExCB momentum", "float", 0.0, 0.999, 0.001),
+    ("coke_step", "CoKe η", "log", 0.01, 10.0, None),
+    ("coke_ratio", "CoKe min ratio", "float", 0.0, 1.0, 0.05),
+    ("encoder_lr", "encoder lr", "log", 0.001, 1.0, None),
+    ("steps", "steps", "int", 20, 1000, 10),
+]
+
+
+class ClusterSizePlayground:
+    """Sliders → `simulate` for every rule → the picture of `playground_figure`, redrawn in place.
+
+        ClusterSizePlayground()                                   # in a notebook cell
+        ClusterSizePlayground(PlaygroundParams(imbalance=50))
+
+    Each slider is an ipywidgets slider with a description ("K clusters", "batch size B", ...) in
+    `self.sliders[field]`; the picture is one `ipywidgets.Image` (`self.image`). Moving a slider (or setting
+    its `.value` from code) recomputes `self.histories` with the new `self.params` and redraws; the "show
+    step" slider only moves through the stored history, so it needs no recomputation.
+    """
+
+    def __init__(self, params: PlaygroundParams | None = None, rules=RULES, dpi: int = 72):
+        import ipywidgets as W
+
+        self.params = params or PlaygroundParams()
+        self.rules = tuple(rules)
+        self.dpi = dpi
+        self.recomputes = 0
+        self.histories = self.compute()
+
+        self.sliders = {}
+        style = {"description_width": "110px"}
+        layout = W.Layout(width="340px")
+        for name, label, kind, low, high, step in PLAYGROUND_SLIDERS:
+            value = getattr(self.params, name)
+            if kind == "int":
+                slider = W.IntSlider(value=value, min=low, max=high, step=step, description=label)
+            elif kind == "float":
+                slider = W.FloatSlider(value=value, min=low, max=high, step=step, description=label,
+                                       readout_format=".3g")
+            else:
+                slider = W.FloatLogSlider(value=value, base=10, min=math.log10(low), max=math.log10(high),
+                                          step=0.05, description=label, readout_format=".3g")
+            slider.continuous_update = False
+            slider.style, slider.layout = style, layout
+            slider.observe(self._on_param_change, names="value")
+            self.sliders[name] = slider
+        self.step_slider = W.IntSlider(value=self.params.steps, min=1, max=self.params.steps, description="show step",
+                                       continuous_update=True, style=style, layout=layout)
+        self.step_slider.observe(self._on_step_change, names="value")
+        self.play = W.Play(value=self.params.steps, min=1, max=self.params.steps, step=5, interval=100,
+                           description="play")
+        W.jslink((self.play, "value"), (self.step_slider, "value"))
+        self.image = W.Image(format="png")
+        self.image.add_class("selfsup-playground-plot")
+        self.status = W.HTML()
+        names = list(self.sliders)
+        half = (len(names) + 1) // 2
+        controls = W.HBox([W.VBox([self.sliders[n] for n in names[:half]]),
+                           W.VBox([self.sliders[n] for n in names[half:]] + [W.HBox([self.play, self.step_slider])])])
+        self.widget = W.VBox([controls, self.status, self.image])
+        self.widget.add_class("selfsup-playground")
+        self.redraw()
+
+    def compute(self) -> dict:
+        self.recomputes += 1
+        start = time.perf_counter()
+        histories = {rule: simulate(rule, self.params) for rule in self.rules}
+        self.compute_seconds = time.perf_counter() - start
+        return histories
+
+    def _on_param_change(self, change) -> None:
+        names = {id(s): n for n, s in self.sliders.items()}
+        name = names[id(change["owner"])]
+        value = change["new"]
+        self.set_params(**{name: int(value) if isinstance(getattr(self.params, name), int) else float(value)})
+
+    def set_params(self, **changes) -> None:
+        """Change parameters (as the sliders do), recompute, redraw; the sliders follow."""
+        self.params = dataclasses.replace(self.params, **changes)
+        for name, value in changes.items():
+            slider = self.sliders.get(name)
+            if slider is not None and slider.value != value:
+                with slider.hold_trait_notifications():
+                    slider.unobserve(self._on_param_change, names="value")
+                    slider.value = value
+                    slider.observe(self._on_param_change, names="value")
+        self.histories = self.compute()
+        steps = self.params.steps
+        for w in (self.step_slider, self.play):
+            w.max = steps
+            w.value = steps
+        self.redraw()
+
+    def _on_step_change(self, change) -> None:
+        self.redraw(step=change["new"])
+
+    def redraw(self, step: int | None = None) -> None:
+        self.shown_step = step or self.params.steps
+        self.image.value = _png(playground_figure(self.histories, self.shown_step), self.dpi)
+        self.status.value = (f"<small>{len(self.rules)} rules × {self.params.steps} steps simulated in "
+                             f"{self.compute_seconds:.2f} s · showing step {self.shown_step}</small>")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# --- embeddings -------------------------------------------------------------------------------------------
+
+def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
+    """(N, d) features → (N, 2) numpy coordinates, on the unit sphere's cosine geometry.
+
+    umap: umap-learn (imported only here; its first call in a fresh process compiles with numba, ~10–20 s),
+    tsne: scikit-learn's t-SNE, pca: the two main directions (instant).
+    """
+    x = F.normalize(features.float(), dim=1).cpu().numpy()
+    if method == "umap":
+        import warnings
+
+        import umap
+
+        with warnings.catch_warnings():  # "n_jobs overridden by random_state": reproducibility wins, as intended
+            warnings.simplefilter("ignore", UserWarning)
+            return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed).fit_transform(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, init="pca", random_state=seed,
+                    perplexity=min(30, max(5, len(x) // 10))).fit_transform(x)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    raise ValueError(f"unknown projection {method!r}; choose umap, tsne or pca")
+
+
+class EmbeddingExplorer:
+    """A 2-D map of a run's backbone features, coloured by true class or by cluster, with a dropdown.
+
+        explorer = EmbeddingExplorer(run, split="test", color_by="cluster")
+
+    Clusters come from the method's own K = C head (`run.assign`) or, for methods without clusters, from
+    spherical k-means with K = C on the same features (as metrics.json does). The map is computed once;
+    the dropdown only recolours. `figure(color_by)` gives the same picture as a plain matplotlib Figure.
+    """
+
+    def __init__(self, run, split: str = "test", color_by: str = "class", method: str = "umap",
+                 max_points: int = 2000, seed: int = 0, dpi: int = 72):
+        from .metrics import clustering_scores
+
+        if color_by not in ("class", "cluster"):
+            raise ValueError(f"color_by must be 'class' or 'cluster', got {color_by!r}")
+        self.run, self.split, self.method, self.dpi = run, split, method, dpi
+        features, labels = run.embed(split)
+        clusters = run.assign(split)
+        if clusters is None:
+            from .kmeans import spherical_kmeans
+
+            generator = torch.Generator().manual_seed(seed)
+            _, clusters = spherical_kmeans(features, int(labels.max()) + 1, generator=generator, init="k-means++")
+            self.cluster_source = "spherical k-means (K = C) on the features"
+        else:
+            self.cluster_source = "the method's own K = C head"
+        clusters = clusters.cpu().long()
+        self.scores = clustering_scores(labels, clusters)
+        keep = torch.arange(len(labels))
+        if len(keep) > max_points:
+            keep = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:max_points]
+        self.labels, self.clusters = labels[keep], clusters[keep]
+        self.coords = project_2d(features[keep], method, seed)
+        data = run._split(split)
+        self.class_names = list(getattr(data, "classes", []))
+        self.color_by = color_by
+        self.widget = None
+        if in_notebook():
+            self._build_widget()
+
+    def _build_widget(self) -> None:
+        import ipywidgets as W
+
+        self.dropdown = W.Dropdown(options=[("true class", "class"), ("cluster", "cluster")], value=self.color_by,
+                                   description="colour by")
+        self.dropdown.observe(lambda change: self.show(change["new"]), names="value")
+        self.image = W.Image(format="png")
+        self.widget = W.VBox([self.dropdown, self.image])
+        self.show(self.color_by)
+
+    def show(self, color_by: str) -> None:
+        """Recolour (the widget's dropdown calls this)."""
+        self.color_by = color_by
+        if self.widget is None:
+            self._build_widget()  # draws with self.color_by
+            return
+        if self.dropdown.value != color_by:
+            self.dropdown.value = color_by  # calls show() again through the observer
+            return
+        self.image.value = _png(self.figure(color_by), self.dpi)
+
+    def figure(self, color_by: str | None = None):
+        color_by = color_by or self.color_by
+        values = (self.labels if color_by == "class" else self.clusters).numpy()
+        fig = _figure(6.0, 5.0)
+        ax = fig.add_subplot()
+        import matplotlib
+
+        groups = sorted(set(values.tolist()))
+        cmap = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
+        for i, g in enumerate(groups):
+            mask = values == g
+            name = (self.class_names[g] if color_by == "class" and g < len(self.class_names) else
+                    (f"cluster {g}" if color_by == "cluster" else str(g)))
+            ax.scatter(self.coords[mask, 0], self.coords[mask, 1], s=6, color=cmap(i % cmap.N), label=name)
+        if len(groups) <= 20:
+            ax.legend(markerscale=2.5, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        cfg = self.run.trainer.config
+        what = "true class" if color_by == "class" else f"cluster ({self.cluster_source})"
+        projection = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PCA"}.get(self.method, self.method)
+        ax.set_title(f"{projection} of {cfg.method}'s backbone features ({self.split} split)\n"
+                     f"coloured by {what} · clusters vs classes: NMI {self.scores['nmi']:.2f}, "
+                     f"ACC {self.scores['acc']:.2f}", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _repr_mimebundle_(self, **kwargs):
+        if self.widget is None:
+            self._build_widget()
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def explore_embedding(run, split: str = "test", color_by: str = "class", method: str = "umap",
+                      **kwargs) -> EmbeddingExplorer:
+    """`EmbeddingExplorer(run, ...)`: the last line of a notebook cell shows it."""
+    return EmbeddingExplorer(run, split=split, color_by=color_by, method=method, **kwargs)

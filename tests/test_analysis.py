@@ -1,0 +1,97 @@
+"""Under/over-clustering measures give the values they must on constructed examples."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup_lab import analysis
+
+CLASSES = torch.arange(4).repeat_interleave(10)  # 4 classes × 10 images
+
+
+def test_perfect_clustering():
+    clusters = (CLASSES + 7) % 4  # relabelled, still perfect
+    hc = analysis.homogeneity_completeness(CLASSES, clusters)
+    assert hc["homogeneity"] == pytest.approx(1.0) and hc["completeness"] == pytest.approx(1.0)
+    assert analysis.fragmentation(CLASSES, clusters)["mean"] == 1.0
+    assert analysis.mixing(CLASSES, clusters)["mean"] == 1.0
+
+
+def test_one_merged_cluster_is_complete_but_not_homogeneous():
+    hc = analysis.homogeneity_completeness(CLASSES, torch.zeros(40, dtype=torch.long))
+    assert hc["completeness"] == pytest.approx(1.0) and hc["homogeneity"] == pytest.approx(0.0)
+    assert analysis.mixing(CLASSES, torch.zeros(40, dtype=torch.long))["per_cluster"] == [4]  # 4 × 25% needed
+
+
+def test_one_class_split_in_two_is_homogeneous_but_not_complete():
+    clusters = CLASSES.clone()
+    clusters[:5] = 9  # half of class 0 goes to a new cluster
+    hc = analysis.homogeneity_completeness(CLASSES, clusters)
+    assert hc["homogeneity"] == pytest.approx(1.0) and hc["completeness"] < 1.0
+    frag = analysis.fragmentation(CLASSES, clusters)
+    assert frag["per_class"] == [2, 1, 1, 1]
+    assert analysis.mixing(CLASSES, clusters)["mean"] == 1.0
+
+
+def test_coverage_threshold():
+    # a class with 19 images in one cluster and 1 elsewhere: 95% in one cluster → fragmentation 1 at 90%
+    y = torch.zeros(20, dtype=torch.long)
+    c = torch.zeros(20, dtype=torch.long)
+    c[0] = 1
+    assert analysis.fragmentation(y, c)["per_class"] == [1]
+    assert analysis.fragmentation(y, c, coverage=0.99)["per_class"] == [2]
+
+
+def test_same_class_negative_rate_and_its_references():
+    # one batch: classes [0, 0, 0, 1]: pairs sharing a class 3·2 = 6 of 4·3 = 12
+    assert analysis.same_class_negative_rate(torch.tensor([0, 0, 0, 1])) == pytest.approx(0.5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    batches = [torch.tensor([0, 2, 4]), torch.tensor([0, 1, 3])]  # rates 0 and 1/3
+    assert analysis.same_class_negative_rate(labels, batches) == pytest.approx(1 / 6)
+    assert analysis.same_class_negative_counts(labels, batches).tolist() == [0, 0, 0, 1, 1, 0]
+    assert analysis.expected_same_class_negative_rate(num_classes=10) == pytest.approx(0.1)
+    # exact for random batches from a finite balanced set: (N/C − 1)/(N − 1)
+    assert analysis.expected_same_class_negative_rate(CLASSES) == pytest.approx(9 / 39)
+    assert analysis.min_same_class_negative_rate(512, 10) == pytest.approx((2 * 52 * 51 + 8 * 51 * 50) / (512 * 511))
+    assert analysis.min_same_class_negative_rate(8, 20) == 0.0
+    # random batches match the expectation on average
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (5000,), generator=g)
+    batches = list(torch.randperm(5000, generator=g).split(100))
+    assert analysis.same_class_negative_rate(y, batches) == pytest.approx(analysis.expected_same_class_negative_rate(y), abs=0.005)
+
+
+def test_binomial_pmf():
+    pmf = analysis.binomial_pmf(511, 0.1)
+    assert pmf.sum() == pytest.approx(1.0) and int(np.argmax(pmf)) == 51
+    assert analysis.binomial_pmf(3, 0.5) == pytest.approx([1 / 8, 3 / 8, 3 / 8, 1 / 8])
+
+
+def test_cosine_distributions_separate_clustered_features():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(4, 16)
+    x = centres[CLASSES] + 0.05 * torch.randn(40, 16, generator=g)
+    d = analysis.cosine_distributions(x, CLASSES)
+    assert d["intra"].size == 4 * 45 and d["inter"].size == 40 * 39 // 2 - 4 * 45
+    assert d["separation"] == pytest.approx(1.0) and d["gap"] > 0.9
+    shuffled = analysis.cosine_distributions(torch.randn(40, 16, generator=g), CLASSES)
+    assert abs(shuffled["separation"] - 0.5) < 0.15
+
+
+def test_alignment_and_uniformity_on_known_cases():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 3, generator=g)
+    assert analysis.alignment(z, z) == pytest.approx(0.0, abs=1e-6)
+    assert analysis.alignment(z, -z) == pytest.approx(4.0, rel=1e-5)
+    assert analysis.uniformity(z[:1].repeat(10, 1)) == pytest.approx(0.0, abs=1e-6)  # collapsed
+    # uniform on S²: E exp(−2‖x − y‖²) = (1 − e^{−8})/8
+    assert analysis.uniformity(torch.randn(3000, 3, generator=g)) == pytest.approx(math.log((1 - math.exp(-8)) / 8), abs=0.05)
+
+
+def test_clustering_report_on_separated_features():
+    g = torch.Generator().manual_seed(0)
+    x = torch.eye(4, 8)[CLASSES] + 0.05 * torch.randn(40, 8, generator=g)
+    report = analysis.clustering_report(x, CLASSES)
+    assert report["homogeneity"] == pytest.approx(1.0) and report["completeness"] == pytest.approx(1.0)
+    assert report["fragmentation"] == 1.0 and report["mixing"] == 1.0

@@ -1,0 +1,315 @@
+"""The course auto-checks: model answers pass, typical mistakes fail with the right hint, grading works.
+
+Fast (a few seconds): everything runs in-process except one `python -m selfsup_lab.assignments` call.
+The notebooks themselves are executed end to end in tests/test_notebooks.py.
+"""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from selfsup_lab import assignments as A
+from selfsup_lab import balancing
+from selfsup_lab.methods.simclr import nt_xent_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = ROOT / "notebooks" / "assignments"
+
+
+def student(name: str, source: str):
+    """Define a student's function from source text, as a notebook cell would."""
+    namespace = {"torch": torch, "F": torch.nn.functional}
+    exec(textwrap.dedent(source), namespace)
+    return namespace[A.EXERCISES[name].function]
+
+
+def model_answer(name: str):
+    return student(name, A.SOLUTIONS[name])
+
+
+# --- the model answers and the references pass -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(A.EXERCISES))
+def test_model_answer_passes(name):
+    result = A.EXERCISES[name].check(model_answer(name), strict=True)
+    assert result.passed and len(result.cases) >= 8
+    assert all(c.passed for c in result.cases)
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("nt_xent", nt_xent_loss),  # returns (loss, rank): the checker grades the loss
+    ("sinkhorn", balancing.sinkhorn),
+    ("coke_dual_step", balancing.coke_dual_step),
+    ("excb_balancing", balancing.excb_balance_scores),
+])
+def test_package_reference_passes_its_own_check(name, reference):
+    A.EXERCISES[name].check(reference, strict=True)
+
+
+# --- typical mistakes fail, and the report names the mistake ------------------------------------------------
+
+MISTAKES = [
+    ("nt_xent", "self-similarity kept", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            return F.cross_entropy(z @ z.t() / temperature, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "j = i in the denominator"),
+    ("nt_xent", "no normalisation", """
+        def nt_xent(z1, z2, temperature):
+            z = torch.cat([z1, z2])
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "normalise"),
+    ("nt_xent", "returns a float", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)])).item()
+        """, "Python float"),
+    ("sinkhorn", "exp without subtracting the max", """
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            q = torch.exp(scores / epsilon)
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return (q * B).detach()
+        """, "overflowed"),
+    ("sinkhorn", "rows not rescaled", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q
+        """, "rows sum to 1/B"),
+    ("sinkhorn", "columns normalised last", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (B * q.sum(1, keepdim=True))
+                q = q / (K * q.sum(0, keepdim=True))
+            return q * B
+        """, "last normalisation must be the row step"),
+    ("sinkhorn", "gradient flows", """
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "stop-gradient"),
+    ("coke_dual_step", "no projection", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return duals + step_size * (min_fraction - counts.float() / batch_size)
+        """, "projection is missing"),
+    ("coke_dual_step", "sign flipped", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (counts.float() / batch_size - min_fraction)).clamp_min(0)
+        """, "sign is flipped"),
+    ("coke_dual_step", "counts instead of fractions", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts.float())).clamp_min(0)
+        """, "fractions, not counts"),
+    ("coke_dual_step", "in place", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            duals += step_size * (min_fraction - counts.float() / batch_size)
+            return duals.clamp_(min=0)
+        """, "in place"),
+    ("excb_balancing", "formulas swapped", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, (1 + z) / r - 1, 1 - (1 - z) * r)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "swapped"),
+    ("excb_balancing", "no clamp", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost)
+        """, "clamp"),
+    ("excb_balancing", "no boost", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            return torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1).clamp(-1, 1)
+        """, "boost is missing"),
+    ("excb_balancing", "boost before balancing", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            top = z.argmax(1, keepdim=True)
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "AFTER balancing"),
+]
+
+
+@pytest.mark.parametrize("name, mistake, source, hint", MISTAKES, ids=[f"{m[0]}:{m[1]}" for m in MISTAKES])
+def test_typical_mistake_fails_with_a_helpful_hint(name, mistake, source, hint):
+    result = A.EXERCISES[name].check(student(name, source))
+    assert not result.passed and not result
+    report = result.report()
+    assert hint in report, report
+    assert report.startswith("✗") and "✓" in report  # some checks still pass: the report shows which
+    with pytest.raises(AssertionError, match="✗"):
+        A.EXERCISES[name].check(student(name, source), strict=True)
+
+
+def test_failure_report_shows_input_expected_and_got():
+    (source,) = [m[2] for m in MISTAKES if m[1] == "sign flipped"]
+    result = A.check_coke_dual_step(student("coke_dual_step", source))
+    failed = result.failures[0]
+    assert "input:" in failed.detail and "expected" in failed.detail and "got" in failed.detail
+    assert failed.hint
+
+
+@pytest.mark.parametrize("name", sorted(A.EXERCISES))
+def test_scaffold_reports_not_implemented(name):
+    def scaffold(*args, **kwargs):
+        raise NotImplementedError
+
+    result = A.EXERCISES[name].check(scaffold)
+    assert not result.passed
+    assert [c.name for c in result.cases] == ["not implemented yet"]
+    with pytest.raises(AssertionError, match="not implemented"):
+        A.EXERCISES[name].check(scaffold, strict=True)
+
+
+def test_crash_in_student_code_points_at_the_line():
+    fn = student("coke_dual_step", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            shares = counts / batch_size
+            return duals + step_size * (min_fraction - shares[None, None, :].squeeze(5))
+        """)
+    result = A.check_coke_dual_step(fn)
+    assert not result.passed
+    assert "IndexError" in result.report() and "line 4" in result.report()
+
+
+def test_not_a_function():
+    result = A.check_sinkhorn(A.SOLUTIONS["sinkhorn"])  # the source text, not the function
+    assert not result.passed and "no parentheses" in result.report()
+
+
+def test_result_renders_in_a_notebook():
+    ok = A.check_excb_balance(model_answer("excb_balancing"))
+    assert "✓" in ok._repr_html_() and "all" in repr(ok)
+    (source,) = [m[2] for m in MISTAKES if m[1] == "no clamp"]
+    bad = A.check_excb_balance(student("excb_balancing", source))
+    html = bad._repr_html_()
+    assert "✗" in html and "hint" in html and "<script" not in html
+
+
+# --- the student notebooks ---------------------------------------------------------------------------------
+
+def test_every_exercise_has_a_student_notebook_and_vice_versa():
+    files = {p.name for p in ASSIGNMENTS.glob("*.ipynb")}
+    assert {ex.notebook for ex in A.EXERCISES.values()} <= files
+    for path in ASSIGNMENTS.glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["selfsup_lab"]["exercise"] in A.EXERCISES, path.name
+
+
+@pytest.mark.parametrize("name", sorted(A.EXERCISES))
+def test_notebook_is_the_student_version(name):
+    ex = A.EXERCISES[name]
+    nb = nbformat.read(ASSIGNMENTS / ex.notebook, as_version=4)
+    tagged = lambda tag: [c for c in nb.cells if tag in c.metadata.get("tags", [])]  # noqa: E731
+    (solution,) = original = tagged(A.SOLUTION_TAG)
+    assert f"def {ex.function}(" in solution.source and "raise NotImplementedError" in solution.source
+    assert tagged(A.SETUP_TAG)
+    (check,) = tagged(A.CHECK_TAG)
+    assert f"{ex.check.__name__}({ex.function})" in check.source
+    assert any("$$" in c.source for c in nb.cells if c.cell_type == "markdown"), "the equation is missing"
+    assert "raise NotImplementedError" not in A.SOLUTIONS[name]
+    filled = A.fill_solution(nb)
+    (solution,) = [c for c in filled.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    assert solution.source == A.SOLUTIONS[name].rstrip("\n")
+    assert "raise NotImplementedError" in original[0].source  # fill_solution works on a copy
+
+
+# --- grading a notebook: in-process, the CLI, and python -m ---------------------------------------------------
+
+@pytest.fixture
+def solved(tmp_path):
+    """name -> path of a copy of the student notebook with the model answer filled in."""
+    def make(name):
+        nb = A.fill_solution(nbformat.read(ASSIGNMENTS / A.EXERCISES[name].notebook, as_version=4))
+        path = tmp_path / A.EXERCISES[name].notebook
+        nbformat.write(nb, str(path))
+        return path
+    return make
+
+
+@pytest.mark.parametrize("name", sorted(A.EXERCISES))
+def test_grade_notebook(name, solved):
+    assert A.grade_notebook(solved(name), strict=True).passed
+    student_version = A.grade_notebook(ASSIGNMENTS / A.EXERCISES[name].notebook)
+    assert not student_version.passed and "not implemented" in student_version.report()
+
+
+def test_grading_survives_lost_tags_magics_and_finds_crashes(solved, tmp_path):
+    path = solved("sinkhorn")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata.pop("tags", None)  # students copy cells around and lose the tags
+    nb.cells[0:0] = [nbformat.v4.new_code_cell("%matplotlib inline\n!echo hi")]
+    nbformat.write(nb, str(path))
+    assert A.grade_notebook(path).passed
+
+    nb = nbformat.read(solved("sinkhorn"), as_version=4)
+    (setup,) = [c for c in nb.cells if A.SETUP_TAG in c.metadata.get("tags", [])]
+    setup.source += "\nimport no_such_module_here"
+    nbformat.write(nb, str(tmp_path / "broken.ipynb"))
+    result = A.grade_notebook(tmp_path / "broken.ipynb")
+    assert not result.passed and "ModuleNotFoundError" in result.report()
+
+
+def test_grading_times_out_on_an_endless_loop(tmp_path):
+    nb = nbformat.read(ASSIGNMENTS / "coke_dual_step.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    cell.source = "def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):\n    while True:\n        pass"
+    nbformat.write(nb, str(tmp_path / "loop.ipynb"))
+    result = A.grade_notebook(tmp_path / "loop.ipynb", timeout=1)
+    assert not result.passed and "finishes within 1 s" in result.report()
+
+
+def test_cli_check(solved, capsys, tmp_path):
+    assert A.main(["check", str(solved("excb_balancing"))]) == 0
+    assert "✓ ExCB balancing: all" in capsys.readouterr().out
+    assert A.main(["check", "--quiet", str(ASSIGNMENTS / "nt_xent.ipynb"), str(solved("coke_dual_step"))]) == 1
+    out = capsys.readouterr().out
+    assert "nt_xent.ipynb: ✗" in out and "coke_dual_step.ipynb: ✓" in out
+    assert A.main(["check", str(tmp_path / "missing.ipynb")]) == 2
+    assert "no such notebook" in capsys.readouterr().err
+    out_path = tmp_path / "solved.ipynb"
+    assert A.main(["solve", str(ASSIGNMENTS / "sinkhorn.ipynb"), "-o", str(out_path)]) == 0
+    assert A.main(["check", str(out_path)]) == 0
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "selfsup_lab.assignments", "list"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    for ex in A.EXERCISES.values():
+        assert ex.name in done.stdout and ex.notebook in done.stdout

@@ -1,0 +1,158 @@
+"""BYOL and the truncated triplet: the loss equals its closed form, the rank rule reproduces the paper's
+window, the EMA target follows the online network, and two processes take the step one process takes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddp_utils import assert_same_state, one_step
+from selfsup_lab.errors import UserError
+from selfsup_lab.methods import MethodContext, StepOutput
+from selfsup_lab.methods.byol import BYOL, BYOLOptions
+from selfsup_lab.methods.triplet import (TripletOptions, TruncatedTriplet, deputy_window, rank_window,
+                                         truncated_triplet_loss)
+from selfsup_lab.models import build_backbone
+
+SMALL = dict(proj_hidden=32, proj_dim=16, pred_hidden=32)
+
+
+def context(batch_size=8):
+    return MethodContext(num_train=64, num_classes=4, batch_size=batch_size, epochs=1, steps_per_epoch=1, image_size=16)
+
+
+def build_byol():
+    return BYOL(build_backbone("convnet"), BYOLOptions(**SMALL), context())
+
+
+def build_triplet():
+    return TruncatedTriplet(build_backbone("convnet"), TripletOptions(**SMALL, r_lo=2, r_hi=4), context())
+
+
+# --- the rank rule -------------------------------------------------------------------------------------------
+
+def test_rank_rule_reproduces_the_official_window_on_imagenet():
+    assert rank_window(196, 1000) == (2, 10)
+
+
+def test_rank_rule_moves_far_up_for_cifar10_at_batch_512():
+    r_lo, r_hi = rank_window(512, 10)
+    assert 60 <= r_lo <= 70 and r_hi == r_lo + 8
+
+
+def test_rank_rule_is_the_binomial_tail_quantile():
+    from scipy.stats import binom
+
+    for batch, classes in [(64, 10), (256, 10), (512, 100), (1024, 1000)]:
+        r_lo, _ = rank_window(batch, classes, epsilon=0.05)
+        tail = lambda r: binom.sf(r - 1, batch - 1, 1 / classes)  # P(X ≥ r)
+        assert tail(r_lo) <= 0.05 < tail(r_lo - 1)
+
+
+def test_deputy_choices_and_clipping():
+    opts = TripletOptions(expected_classes=10)
+    assert deputy_window(opts, 256) == (2, 10)
+    assert deputy_window(TripletOptions(deputy="rank-rule", expected_classes=10), 256) == rank_window(256, 10)
+    assert deputy_window(TripletOptions(deputy="median"), 257) == (128, 128)  # 256 negatives: ranks 1..256
+    assert deputy_window(opts, 6) == (2, 5)  # a batch of 6 has only 5 negatives
+    with pytest.raises(UserError, match="unknown deputy"):
+        deputy_window(TripletOptions(deputy="best"), 64)
+
+
+# --- the losses -------------------------------------------------------------------------------------------------
+
+def test_triplet_loss_matches_its_closed_form():
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(12, 5, generator=g, requires_grad=True), torch.randn(12, 5, generator=g)
+    loss, _, _ = truncated_triplet_loss(p, t, r_lo=2, r_hi=5, gamma=2.0)
+    pn, tn = F.normalize(p.detach(), dim=1), F.normalize(t, dim=1)
+    expected, hinge = [], []
+    for i in range(12):
+        pos = float(pn[i] @ tn[i])
+        negs = sorted((float(pn[i] @ tn[j]) for j in range(12) if j != i), reverse=True)
+        window = sum(negs[1:5]) / 4  # ranks 2..5, 1-based
+        expected.append(-4 * pos + 2 * window)
+        d_ap, d_an = -2 * pos, -2 * window
+        hinge.append(max(0.0, 2 * d_ap - d_an + 100.0))  # the paper's hinge, margin 100
+    assert loss.item() == pytest.approx(sum(expected) / 12, abs=1e-5)
+    assert loss.item() == pytest.approx(sum(hinge) / 12 - 100.0, abs=1e-4)  # equal up to the constant
+    loss.backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_byol_loss_is_symmetric_normalised_mse():
+    torch.manual_seed(0)
+    method = build_byol().train()
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    out = method.training_step(views, torch.arange(8))
+    # Recompute from the parts: the target's BN runs in training mode on the same views, as in the step.
+    p1, p2, t1, t2 = method.predictions_and_targets(views)
+    cos = lambda a, b: F.cosine_similarity(a, b, dim=1)
+    expected = ((2 - 2 * cos(p1, t2)) + (2 - 2 * cos(p2, t1))).mean()
+    assert out.loss.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    out.loss.backward()
+    assert all(p.grad is None for p in method.target_backbone.parameters())  # stop-gradient
+    assert any(p.grad is not None for p in method.predictor.parameters())
+
+
+def test_target_follows_the_online_network_by_ema():
+    method = build_byol()
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t in method.target_backbone.parameters()]
+    method.after_optimizer_step(0.0)  # m = m0 = 0.99
+    for b, t, s in zip(before, method.target_backbone.parameters(), method.backbone.parameters()):
+        assert torch.allclose(t, 0.99 * b + 0.01 * s, atol=1e-6)
+    frozen = [t.clone() for t in method.target_backbone.parameters()]
+    method.after_optimizer_step(1.0)  # m = 1 at the end: the target stops moving
+    assert all(torch.equal(a, b) for a, b in zip(frozen, method.target_backbone.parameters()))
+    assert math.isclose(float(method.momentum), 1.0)
+
+
+def test_triplet_logs_and_records_its_window():
+    torch.manual_seed(0)
+    method = TruncatedTriplet(build_backbone("convnet"), TripletOptions(**SMALL, deputy="rank-rule", expected_classes=2),
+                              context(16))
+    out = method.training_step([torch.randn(16, 3, 16, 16) for _ in range(2)], torch.arange(16))
+    r_lo, r_hi = rank_window(16, 2)
+    assert (out.logs["deputy_r_lo"], out.logs["deputy_r_hi"]) == (r_lo, min(r_hi, 15))
+    assert method.extra_info()["deputy_window"] == [r_lo, min(r_hi, 15)]
+    assert "our reconstruction" in method.extra_info()["deputy_rule"]
+
+
+# --- two processes = one process ----------------------------------------------------------------------------------
+
+class BothMethods(torch.nn.Module):
+    """BYOL and the triplet side by side, so one pair of spawned processes checks both (spawning is the slow
+    part). Their parameters are disjoint, so the summed loss gives each exactly its own gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.byol, self.triplet = build_byol(), build_triplet()
+
+    def training_step(self, views, indices):
+        return StepOutput(loss=self.byol.training_step(views, indices).loss + self.triplet.training_step(views, indices).loss)
+
+    def after_optimizer_step(self, progress):
+        self.byol.after_optimizer_step(progress)
+        self.triplet.after_optimizer_step(progress)
+
+
+def build_both():
+    return BothMethods()
+
+
+def test_two_ranks_match_one_rank():
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    indices = torch.arange(8)
+    single = one_step(build_both, views, indices, world=1)
+    double = one_step(build_both, views, indices, world=2)
+    assert_same_state(single["state"], double["state"])  # online, predictor, EMA target and BN buffers
+    torch.manual_seed(0)
+    initial = build_both().state_dict()
+    moved = lambda prefix: max((single["state"][k] - initial[k]).abs().max().item()
+                               for k in initial if k.startswith(prefix) and initial[k].is_floating_point())
+    assert moved("byol.target_backbone") > 1e-6 and moved("triplet.predictor") > 1e-4

@@ -1,0 +1,142 @@
+"""CoKe (METHODS.md §4.4): the pure dual/centre/assignment steps on toy tensors, then the method itself."""
+import torch
+import torch.nn.functional as F
+
+import selfsup_lab
+from ddp_utils import assert_same_state, one_step
+from selfsup_lab.balancing import coke_assign, coke_center_step, coke_dual_step
+from selfsup_lab.methods import MethodContext
+from selfsup_lab.methods.coke import CoKe, CoKeOptions
+from selfsup_lab.models import build_backbone
+
+
+# --- the pure functions ---------------------------------------------------------------------------------
+
+def test_dual_step_raises_underfilled_lowers_overfilled_and_stays_nonnegative():
+    K, B, gamma, eta = 3, 10, 0.9 / 3, 0.5
+    duals = torch.tensor([0.0, 0.0, 0.0])
+    counts = torch.tensor([0, 2, 8])  # shares 0, 0.2, 0.8 against a minimum of 0.3
+    new = coke_dual_step(duals, counts, B, gamma, eta)
+    assert torch.allclose(new, torch.tensor([eta * 0.3, eta * 0.1, 0.0]))  # the last would be −0.25: projected
+    assert torch.equal(duals, torch.zeros(3))  # pure: the input is untouched
+    start = torch.tensor([0.5, 0.5, 0.01])
+    new = coke_dual_step(start, counts, B, gamma, eta)
+    assert new[0] > start[0] and new[1] > start[1]  # under-filled: more bonus
+    assert new[2] == 0.0  # over-filled: bonus falls, but never below zero
+    over = coke_dual_step(torch.tensor([0.5, 0.5, 0.5]), torch.tensor([1, 1, 8]), B, gamma, eta)
+    assert over[2] < 0.5 and (over >= 0).all()
+    assert new.dtype == torch.float32
+
+
+def test_assign_adds_duals_to_cosines():
+    centers = torch.eye(3)
+    features = F.normalize(torch.tensor([[1.0, 0.2, 0.0], [0.9, 0.0, 0.3]]), dim=1)
+    assert coke_assign(features, centers, torch.zeros(3)).tolist() == [0, 0]
+    assert coke_assign(features, centers, torch.tensor([0.0, 1.0, 0.0])).tolist() == [1, 1]
+
+
+def test_center_step_is_batch_mean_from_zero_counts_then_a_running_mean():
+    g = torch.Generator().manual_seed(0)
+    K, d = 4, 5
+    centers = F.normalize(torch.randn(K, d, generator=g), dim=1)
+    feats = F.normalize(torch.randn(6, d, generator=g), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 3])  # cluster 2 is not hit
+    one_hot = F.one_hot(labels, K).float()
+    before = centers.clone()
+    new_centers, counts = coke_center_step(centers, torch.zeros(K), one_hot.t() @ feats, one_hot.sum(0))
+    assert torch.equal(centers, before)  # pure
+    assert counts.tolist() == [2, 3, 0, 1]
+    for k in (0, 1, 3):
+        assert torch.allclose(new_centers[k], F.normalize(feats[labels == k].mean(0), dim=0), atol=1e-6)
+    assert torch.equal(new_centers[2], centers[2])  # not hit: unchanged
+    # a second batch: c ← normalise(c·N_old/N_new + Σf/N_new)
+    feats2 = F.normalize(torch.randn(2, d, generator=g), dim=1)
+    labels2 = torch.tensor([0, 2])
+    oh2 = F.one_hot(labels2, K).float()
+    c2, n2 = coke_center_step(new_centers, counts, oh2.t() @ feats2, oh2.sum(0))
+    assert n2.tolist() == [3, 3, 1, 1]
+    assert torch.allclose(c2[0], F.normalize(new_centers[0] * 2 / 3 + feats2[0] / 3, dim=0), atol=1e-6)
+    assert torch.allclose(c2[2], feats2[1], atol=1e-6)
+    assert torch.allclose(c2.norm(dim=1), torch.ones(K))
+
+
+def test_duals_keep_every_cluster_near_its_minimum_share_on_a_skewed_stream():
+    """80% of the features sit near centre 0: plain argmax starves the others, the duals do not."""
+    g = torch.Generator().manual_seed(0)
+    K, d, B, ratio = 5, 16, 64, 0.9
+    gamma = ratio / K
+    centers = F.normalize(torch.randn(K, d, generator=g), dim=1)
+
+    def batch():
+        which = torch.where(torch.rand(B, generator=g) < 0.8, 0, torch.randint(1, K, (B,), generator=g))
+        return F.normalize(centers[which] + 0.3 * torch.randn(B, d, generator=g) / d ** 0.5, dim=1)
+
+    duals = torch.zeros(K)
+    dual_shares, plain_shares = [], []
+    for step in range(300):
+        f = batch()
+        y = coke_assign(f, centers, duals)
+        counts = torch.bincount(y, minlength=K)
+        duals = coke_dual_step(duals, counts, B, gamma, step_size=0.1 * K)
+        if step >= 100:  # after a burn-in
+            dual_shares.append(counts.float() / B)
+            plain_shares.append(torch.bincount(coke_assign(f, centers, torch.zeros(K)), minlength=K).float() / B)
+    dual_share, plain_share = torch.stack(dual_shares).mean(0), torch.stack(plain_shares).mean(0)
+    assert (dual_share >= 0.85 * gamma).all(), dual_share
+    assert (plain_share[1:] < 0.5 * gamma).all(), plain_share  # without duals the minority clusters starve
+    assert (duals >= 0).all() and duals[0] == 0  # the big cluster never needs a bonus
+
+
+# --- the method -----------------------------------------------------------------------------------------
+
+CONTEXT = dict(num_train=64, num_classes=4, batch_size=8, epochs=2, steps_per_epoch=8, image_size=16)
+
+
+def build_coke():
+    context = MethodContext(**CONTEXT)
+    method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(2, 4), proj_hidden=32, proj_dim=16), context)
+    # A mid-training state: last epoch's labels and some duals, so the step exercises every path.
+    g = torch.Generator().manual_seed(3)
+    method.labels.copy_(torch.randint(0, 2, method.labels.shape, generator=g))
+    method.duals_1.copy_(torch.rand(4, generator=g) * 0.1)
+    method.initialized.fill_(True)
+    return method
+
+
+def test_two_ranks_match_one_rank_including_duals_centres_and_labels():
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    indices = torch.tensor([3, 60, 7, 12, 0, 33, 21, 48])
+    single = one_step(build_coke, views, indices, world=1)
+    double = one_step(build_coke, views, indices, world=2)
+    assert_same_state(single["state"], double["state"])
+    assert torch.equal(single["assignments"], double["assignments"])
+    assert (single["state"]["counts_1"].sum() == 8) and not torch.equal(single["state"]["duals_1"], build_coke().duals_1)
+
+
+def test_labels_are_stored_by_image_index_and_epoch_zero_has_learning_rate_zero():
+    torch.manual_seed(0)
+    method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(3, 10, 4), proj_hidden=32, proj_dim=16),
+                  MethodContext(**CONTEXT))
+    assert method.ks == [3, 4] and method.num_clusters == 4 and method.extra_info()["num_clusters_used"] == [3, 4]
+    indices = torch.tensor([5, 17, 40, 63])
+    out = method.training_step([torch.randn(4, 3, 16, 16) for _ in range(2)], indices)
+    seen = torch.zeros(64, dtype=torch.bool)
+    seen[indices] = True
+    assert (method.labels[:, seen] >= 0).all() and (method.labels[:, ~seen] == -1).all()
+    assert torch.equal(method.labels[method.tracked, indices], out.assignments)
+    assert torch.isfinite(out.loss) and out.loss.requires_grad
+    assert method.lr_scale(0) == 0.0 and method.lr_scale(1) == 1.0
+    method.on_epoch_end(0, None)  # C_prev ← C_cur, counts reset
+    assert torch.equal(method.centers_prev_1, method.centers_cur_1) and method.counts_1.sum() == 0
+    assert method.assign(torch.randn(3, 3, 16, 16)).shape == (3,)
+
+
+def test_short_training_keeps_occupancy_balanced(tmp_path):
+    run = selfsup_lab.train("coke", dataset="synthetic:n=128,classes=4,size=16", epochs=3, batch_size=32,
+                            backbone="convnet", device="cpu", progress=False, figures=False, out=str(tmp_path),
+                            num_clusters=(4,), proj_hidden=64, proj_dim=32)
+    assert run.history[0]["lr"] == 0.0  # the bootstrap epoch
+    for record in run.history:
+        assert record["occupancy"]["entropy_ratio"] > 0.8, record["occupancy"]
+        assert record["occupancy"]["empty"] == 0

@@ -1,0 +1,66 @@
+"""DeepCluster (METHODS.md §4.3): memory bank by index, k-means at epoch start, DDP equivalence, a short run."""
+import torch
+import torch.nn.functional as F
+
+import selfsup_lab
+from ddp_utils import assert_same_state, one_step
+from selfsup_lab.methods import MethodContext
+from selfsup_lab.methods.deepcluster import DeepCluster, DeepClusterOptions
+from selfsup_lab.models import build_backbone
+
+CONTEXT = dict(num_train=64, num_classes=4, batch_size=8, epochs=2, steps_per_epoch=8, image_size=16)
+
+
+def build_deepcluster():
+    method = DeepCluster(build_backbone("convnet"), DeepClusterOptions(num_prototypes=(3, 4), proj_hidden=32,
+                                                                       proj_dim=16), MethodContext(**CONTEXT))
+    # The state an epoch start leaves behind: a filled bank, k-means on it, prototypes = centroids.
+    g = torch.Generator().manual_seed(5)
+    method.bank.copy_(F.normalize(torch.randn(method.bank.shape, generator=g), dim=1))
+    method.on_epoch_start(1, None)
+    return method
+
+
+def test_epoch_start_clusters_the_bank_into_the_prototypes():
+    torch.manual_seed(0)
+    method = build_deepcluster()
+    assert method.ks == [3, 4] and method.num_clusters == 4  # the K = C head is tracked
+    for h, layer in enumerate(method.prototypes):
+        assert not layer.weight.requires_grad  # set by k-means, not by the optimiser
+        assert torch.bincount(method.assignments[h], minlength=method.ks[h]).min() > 0  # no empty cluster
+        # every image is assigned to its most similar centroid
+        assert torch.equal((method.bank @ layer.prototypes().t()).argmax(1), method.assignments[h])
+
+
+def test_bank_is_written_by_index_and_targets_come_from_the_stored_assignments():
+    torch.manual_seed(0)
+    method = build_deepcluster()
+    before = method.bank.clone()
+    indices = torch.tensor([2, 9, 30, 61])
+    out = method.training_step([torch.randn(4, 3, 16, 16) for _ in range(2)], indices)
+    changed = (method.bank != before).any(dim=1)
+    assert changed[indices].all() and changed.sum() == 4
+    assert torch.allclose(method.bank[indices].norm(dim=1), torch.ones(4))
+    assert torch.equal(out.assignments, method.assignments[method.tracked, indices])
+    assert torch.isfinite(out.loss) and out.loss.requires_grad
+
+
+def test_two_ranks_match_one_rank_including_the_bank():
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    indices = torch.tensor([3, 60, 7, 12, 0, 33, 21, 48])
+    single = one_step(build_deepcluster, views, indices, world=1)
+    double = one_step(build_deepcluster, views, indices, world=2)
+    assert_same_state(single["state"], double["state"])
+    assert torch.equal(single["assignments"], double["assignments"])
+
+
+def test_short_training_fills_the_bank_and_keeps_clusters_in_use(tmp_path):
+    run = selfsup_lab.train("deepcluster", dataset="synthetic:n=128,classes=4,size=16", epochs=2, batch_size=32,
+                            backbone="convnet", device="cpu", progress=False, figures=False, out=str(tmp_path),
+                            num_prototypes=(4, 6), proj_hidden=64, proj_dim=32)
+    assert run.method.extra_info()["num_clusters_used"] == [4, 6]
+    assert (run.method.bank.norm(dim=1) > 0.99).all()  # every image has a feature (epoch 0 filled it)
+    for record in run.history:
+        assert record["occupancy"]["empty"] == 0 and record["occupancy"]["entropy_ratio"] > 0.8
+    assert run.metrics["clustering_from"].startswith("spherical k-means")

@@ -1,0 +1,230 @@
+"""Widgets: the playground's simulation, the playground's sliders, the live dashboard (both branches),
+the occupancy board and the embedding explorer. No Jupyter kernel is needed: widgets are built and their
+callbacks driven from Python, which is what a slider move or a button click does in the browser."""
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import selfsup_lab
+from selfsup_lab import widgets
+from selfsup_lab.train import CHECKPOINT, Callback, ProgressBar
+from selfsup_lab.widgets import (RULES, ClusterSizePlayground, EmbeddingExplorer, LiveDashboard, OccupancyBoard,
+                                 PlaygroundParams, simulate, simulate_all)
+
+TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
+            progress=False, figures=False, proj_hidden=32, proj_dim=16)
+
+
+@pytest.fixture(autouse=True)
+def no_display(monkeypatch):
+    """Widgets are displayed with IPython's display(); outside a kernel that would only print a repr."""
+    monkeypatch.setattr(widgets, "_display", lambda widget: None)
+
+
+# --- the simulation ------------------------------------------------------------------------------------
+
+def test_naive_collapses_on_an_imbalanced_stream_and_the_balancing_rules_do_not():
+    histories = simulate_all(PlaygroundParams(steps=150, imbalance=20.0))
+    final = {rule: float(h["entropy"][-30:].mean()) for rule, h in histories.items()}
+    assert final["naive"] < 0.2, final  # (nearly) everything in one cluster
+    for rule in ("sinkhorn", "coke", "excb"):
+        assert final[rule] > 0.7, final
+    assert float(histories["naive"]["max_share"][-1]) > 0.8
+    assert float(histories["sinkhorn"]["max_share"][-1]) < 0.2
+
+
+def test_simulation_is_deterministic_and_counts_add_up():
+    params = PlaygroundParams(num_clusters=7, batch_size=24, steps=30, window=5)
+    a, b = simulate("excb", params), simulate("excb", params)
+    assert torch.equal(a["counts"], b["counts"]) and torch.equal(a["entropy"], b["entropy"])
+    assert a["counts"].shape == (30, 7) and a["sizes"].shape == (30, 7)
+    assert (a["counts"].sum(1) == 2 * 24).all()  # both views of every image are assigned
+    assert a["window_counts"][2].sum() == 3 * 48 and (a["window_counts"][4:].sum(1) == 5 * 48).all()
+    assert torch.isclose(a["sizes"][-1].sum(), torch.tensor(1.0), atol=1e-4)
+    assert simulate("coke", params)["duals"].min() >= 0
+    assert a["params"]["num_clusters"] == 7 and simulate("naive", params, steps=3)["counts"].shape[0] == 3
+
+
+def test_class_imbalance_and_bad_rules():
+    shares = widgets.class_shares(PlaygroundParams(imbalance=20.0, num_blobs=5))
+    assert torch.isclose(shares.sum(), torch.tensor(1.0)) and torch.isclose(shares[0] / shares[-1], torch.tensor(20.0))
+    assert torch.allclose(widgets.class_shares(PlaygroundParams(imbalance=1.0)), torch.full((5,), 0.2))
+    with pytest.raises(ValueError, match="unknown rule"):
+        simulate("kmeans")
+
+
+def test_coke_without_dual_steps_is_plain_online_kmeans_and_collapses():
+    """η = 0: the duals never move, nothing props small clusters up, and the drift wins."""
+    plain = simulate("coke", PlaygroundParams(steps=150, coke_step=0.0))
+    constrained = simulate("coke", PlaygroundParams(steps=150))
+    assert float(plain["duals"].abs().max()) == 0.0
+    assert float(constrained["entropy"][-30:].mean()) > float(plain["entropy"][-30:].mean()) + 0.3
+
+
+# --- the playground widget -------------------------------------------------------------------------------
+
+def test_playground_slider_change_recomputes_and_redraws():
+    pg = ClusterSizePlayground(PlaygroundParams(steps=40))
+    assert set(pg.histories) == set(RULES) and pg.recomputes == 1
+    assert {s.description for s in pg.sliders.values()} >= {"K clusters", "batch size B", "imbalance", "CoKe η",
+                                                             "ExCB momentum", "CoKe min ratio", "steps"}
+    before_image, before = pg.image.value, pg.histories
+
+    pg.sliders["num_clusters"].value = 12  # what dragging the slider does
+    assert pg.params.num_clusters == 12 and pg.recomputes == 2
+    for rule in RULES:
+        assert pg.histories[rule]["counts"].shape == (40, 12)
+        assert torch.equal(pg.histories[rule]["counts"], simulate(rule, pg.params)["counts"])
+    assert not torch.equal(before["excb"]["entropy"], pg.histories["excb"]["entropy"])
+    assert pg.image.value != before_image
+
+    old_excb = pg.histories["excb"]["counts"]
+    pg.sliders["excb_momentum"].value = 0.5
+    assert pg.params.excb_momentum == 0.5
+    assert torch.equal(pg.histories["excb"]["counts"], simulate("excb", PlaygroundParams(steps=40, num_clusters=12,
+                                                                                         excb_momentum=0.5))["counts"])
+    assert not torch.equal(old_excb, pg.histories["excb"]["counts"])
+
+    pg.sliders["steps"].value = 30
+    assert pg.step_slider.max == 30 and pg.histories["naive"]["counts"].shape[0] == 30
+
+    image, recomputes = pg.image.value, pg.recomputes
+    pg.step_slider.value = 5  # scrubbing through time only redraws
+    assert pg.recomputes == recomputes and pg.shown_step == 5 and pg.image.value != image
+
+
+# --- the live dashboard ------------------------------------------------------------------------------------
+
+def fake_trainer(num_clusters=4):
+    trainer = types.SimpleNamespace(
+        config=types.SimpleNamespace(method="excb", dataset="digits"), epoch=0, epochs=2, global_step=0,
+        total_steps=10, steps_per_epoch=5, out="runs/x", status="running", callbacks=[],
+        occupancy_log={"epochs": [], "steps": []}, stops=0)
+    trainer.request_stop = lambda: setattr(trainer, "stops", trainer.stops + 1)
+    return trainer
+
+
+def test_dashboard_collects_data_redraws_in_place_and_stop_button_requests_stop():
+    trainer = fake_trainer()
+    dash = LiveDashboard(mode="widget", refresh_seconds=3600)  # only forced redraws in this test
+    dash.on_train_start(trainer)
+    assert dash.mode == "widget" and dash.redraws == 1 and bytes(dash.image.value).startswith(b"\x89PNG")
+    first_image = dash.image.value
+
+    for step in range(1, 4):
+        trainer.global_step = step
+        trainer.occupancy_log["steps"].append({"epoch": 0, "step": step, "counts": [10 * step, 5, 5, 0]})
+        dash.on_step_end(trainer, {"loss": 2.0 / step, "lr": 0.1, "views_per_s": 500.0, "target_max": 0.5})
+    assert dash.steps == [1, 2, 3] and dash.losses == [2.0, 1.0, 2.0 / 3]
+    assert dash.step_logs["target_max"] == [0.5] * 3 and dash.views_per_s == 500.0
+    assert [s for s, _ in dash.occupancy] == [1, 2, 3] and dash.occupancy[-1][1] == [30, 5, 5, 0]
+    assert dash.entropy[0][1] > dash.entropy[-1][1]  # more and more in one cluster
+    assert dash.redraws == 1  # throttled: no redraw per step
+    assert "500 views/s" in dash.header_text() and "loss 0.667" in dash.header_text()
+
+    trainer.epoch = 1
+    dash.on_epoch_end(trainer, {"epoch": 1, "loss": 1.2, "knn_top1": 0.4, "occupancy": {"entropy_ratio": 0.5}})
+    assert dash.knn == [(1, 0.4)] and dash.records[-1]["loss"] == 1.2
+    assert dash.redraws == 2 and dash.image.value != first_image  # the same Image, new picture
+
+    dash.stop_button.click()  # what pressing Stop in the browser does
+    assert trainer.stops == 1 and dash.stop_clicked and dash.stop_button.disabled
+    trainer.status = "stopped during epoch 2"
+    dash.on_train_end(trainer)
+    assert "checkpoint of epoch 1 is kept" in dash.header.value and dash.stop_button.description == "stopped"
+
+
+class ClickStopAt(Callback):
+    def __init__(self, dashboard, step):
+        self.dashboard, self.step = dashboard, step
+
+    def on_step_end(self, trainer, logs):
+        if trainer.global_step == self.step:
+            self.dashboard.stop_button.click()
+
+
+def test_dashboard_stop_button_ends_real_training_cleanly_and_keeps_the_checkpoint(tmp_path):
+    dash = LiveDashboard(mode="widget", refresh_seconds=3600)
+    run = selfsup_lab.train("naive", epochs=5, out=str(tmp_path / "r"), callbacks=[dash, ClickStopAt(dash, 6)], **TINY)
+    assert run.status == "stopped during epoch 2" and run.trainer.epoch == 1  # 4 steps per epoch
+    assert torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert len(dash.losses) == 6 and dash.occupancy and dash.redraws == 3  # start, epoch 1, end
+    assert "resume=True" in dash.header.value
+
+
+@pytest.fixture(scope="module")
+def text_mode_run(tmp_path_factory):
+    """One finished tiny run, trained with a LiveDashboard in mode "auto" outside Jupyter (shared by tests)."""
+    dash = LiveDashboard()
+    run = selfsup_lab.train("naive", epochs=1, out=str(tmp_path_factory.mktemp("run") / "r"), callbacks=[dash], **TINY)
+    return run, dash
+
+
+def test_dashboard_falls_back_to_the_progress_bar_outside_jupyter(text_mode_run, capsys):
+    assert not widgets.in_notebook()
+    run, dash = text_mode_run
+    assert run.status == "finished" and dash.mode == "text" and dash.widget is None
+    assert isinstance(dash._fallback, ProgressBar) and dash._fallback.bar.n == 4  # the tqdm bar saw every step
+    assert len(dash.losses) == 4 and len(dash.records) == 1  # it still records what it saw
+
+    trainer = fake_trainer()
+    dash = LiveDashboard()
+    dash.on_train_start(trainer)
+    assert dash.mode == "text" and isinstance(dash._fallback, ProgressBar)
+    dash.on_train_end(trainer)
+    assert "excb on digits" in capsys.readouterr().err  # tqdm writes its bar to stderr
+
+    trainer.callbacks = [ProgressBar()]
+    dash = LiveDashboard()
+    dash.on_train_start(trainer)  # progress=True already shows a bar: do not add a second one
+    assert dash.mode == "text" and dash._fallback is None
+
+
+def test_importing_the_package_does_not_import_ipywidgets():
+    code = ("import sys, selfsup_lab, selfsup_lab.widgets; "
+            "assert 'ipywidgets' not in sys.modules and 'IPython.display' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_click_routing_is_a_no_op_outside_a_kernel():
+    import ipywidgets
+
+    assert widgets._handle_clicks_while_busy(ipywidgets.Button()) is False
+
+
+# --- several runs, and embeddings ----------------------------------------------------------------------------
+
+def test_occupancy_board_collects_several_runs():
+    board = OccupancyBoard(mode="widget", refresh_seconds=3600)
+    for name, counts in (("naive", [40, 0, 0, 0]), ("excb", [10, 10, 10, 10])):
+        trainer = fake_trainer()
+        reporter = board.callback(name)
+        reporter.on_train_start(trainer)
+        trainer.global_step = 1
+        trainer.occupancy_log["steps"].append({"epoch": 0, "step": 1, "counts": counts})
+        reporter.on_step_end(trainer, {"loss": 1.0})
+        trainer.status = "finished"
+        reporter.on_train_end(trainer)
+    assert list(board.series) == ["naive", "excb"]
+    assert board.series["excb"]["counts"] == [[10, 10, 10, 10]] and board.series["naive"]["status"] == "finished"
+    assert board.redraws >= 4 and bytes(board.image.value).startswith(b"\x89PNG")
+    assert len(board.figure().axes) == 3  # two bar charts and one shared entropy plot
+
+
+def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
+    tiny_run = text_mode_run[0]
+    explorer = EmbeddingExplorer(tiny_run, split="test", color_by="class", method="pca")
+    n = len(tiny_run.trainer.test_set)
+    assert explorer.coords.shape == (n, 2) and explorer.labels.shape == explorer.clusters.shape == (n,)
+    own_head = tiny_run.assign("test") is not None  # only when the method's K equals the number of classes
+    assert explorer.cluster_source == ("the method's own K = C head" if own_head else
+                                       "spherical k-means (K = C) on the features")
+    assert 0.0 <= explorer.scores["nmi"] <= 1.0
+    explorer._repr_mimebundle_()  # builds the widget, as displaying it in a notebook does
+    by_class = explorer.image.value
+    explorer.dropdown.value = "cluster"
+    assert explorer.color_by == "cluster" and explorer.image.value != by_class
+    assert widgets.explore_embedding(tiny_run, method="pca", color_by="cluster").figure() is not None
