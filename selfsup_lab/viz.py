@@ -315,13 +315,13 @@ def fragmentation_mixing_figure(rows):
         for i, m in enumerate(methods):
             vals = [next((r[key] for r in rows if r["method"] == m and r["batch_size"] == b), np.nan) for b in sizes]
             errs = [next((r.get(key + "_std", 0) for r in rows if r["method"] == m and r["batch_size"] == b), 0) for b in sizes]
-            ax.bar(np.arange(len(sizes)) + (i - (len(methods) - 1) / 2) * width, vals, width, yerr=errs,
-                   color=colors[m], label=m, capsize=2)
+            ax.bar(np.arange(len(sizes)) + (i - (len(methods) - 1) / 2) * width, vals, width,
+                   yerr=errs if any(errs) else None, color=colors[m], label=m, capsize=2)
         ax.axhline(1, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(sizes)), [f"B = {b}" for b in sizes])
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    axes[1].legend(fontsize=7, frameon=False)
+    axes[1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -334,7 +334,9 @@ def cosine_distributions_figure(distributions: dict, bins: int = 60):
     plt = _plt()
     rows, cols = grid_shape(len(distributions))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False, sharex=True)
-    edges = np.linspace(-1, 1, bins + 1)
+    # Zoom on where the cosines are (backbone features after ReLU all lie in one cone), same axis for all.
+    low = min(float(np.quantile(np.concatenate([d["intra"], d["inter"]]), 0.001)) for d in distributions.values())
+    edges = np.linspace(max(-1.0, low - 0.02), 1.0, bins + 1)
     for ax, (name, d) in zip(axes.flat, distributions.items()):
         ax.hist(d["inter"], bins=edges, density=True, alpha=0.5, color="tab:gray", label="inter-class")
         ax.hist(d["intra"], bins=edges, density=True, alpha=0.6, color="tab:orange", label="intra-class")
@@ -366,8 +368,9 @@ def alignment_uniformity_figure(rows, ax=None):
     return fig
 
 
-def metric_vs_batch_figure(rows, keys=("knn_top1", "same_class_neg_rate")):
-    """One panel per metric: its value against the batch size, one line per method."""
+def metric_vs_batch_figure(rows, keys=("knn_top1", "same_class_neg_rate"), reference: dict | None = None):
+    """One panel per metric: its value against the batch size, one line per method. `reference` maps a batch
+    size to {"random_expected", "floor"} of the same-class-negative rate, drawn as dashed lines."""
     plt = _plt()
     methods, sizes, colors, _ = _method_styles(rows)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
@@ -377,6 +380,10 @@ def metric_vs_batch_figure(rows, keys=("knn_top1", "same_class_neg_rate")):
             if pts:
                 b, v, e = zip(*pts)
                 ax.errorbar(b, v, yerr=e, marker="o", color=colors[m], label=m, capsize=2)
+        if key == "same_class_neg_rate" and reference:
+            ax.plot(sizes, [reference[b]["random_expected"] for b in sizes], "k--", lw=1, label="random (expected)")
+            ax.plot(sizes, [reference[b]["floor"] for b in sizes], "k:", lw=1, label="floor (B/C per class)")
+            ax.legend(fontsize=7, frameon=False)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(b) for b in sizes])
         ax.set_xlabel("batch size")

@@ -242,9 +242,9 @@ def wait_for(driver, condition, timeout: float, what: str, shots: Path | None = 
     raise TimeoutError(f"waited {timeout:.0f} s for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-ERROR_OUTPUTS_JS = """
+ERROR_OUTPUTS_JS = r"""
 return Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
-  .map(e => e.innerText).filter(t => /Error|Traceback/.test(t));
+  .map(e => e.innerText).filter(t => /Traceback \(most recent call last\)|^\w*(Error|Exception):/m.test(t));
 """
 
 # Every rendered picture in the notebook's outputs as a data URL: <img> (drawn onto a canvas, so the pixels
@@ -350,7 +350,7 @@ def run_cells_until_widget(driver, shots: Path, timeout: float, num_cells: int) 
 
 
 def slider_state(driver):
-    """(handle element, readout text) of the first slider, scrolled into view."""
+    """(slider, its handle, its readout text) of the first visible slider, scrolled into view; None if none."""
     from selenium.webdriver.common.by import By
 
     sliders = [s for s in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .widget-slider") if s.is_displayed()]
@@ -366,9 +366,9 @@ def slider_state(driver):
 def _readout_changes(driver, before: str, timeout: float = 5) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = slider_state(driver)[2]
-        if now != before:
-            return now
+        state = slider_state(driver)
+        if state and state[2] != before:
+            return state[2]
         time.sleep(0.2)
     return before
 

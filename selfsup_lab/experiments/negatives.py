@@ -227,8 +227,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     save(viz.homogeneity_completeness_figure(rows), "homogeneity_completeness.png")
     save(viz.fragmentation_mixing_figure(rows), "fragmentation_mixing.png")
     save(viz.alignment_uniformity_figure(rows), "alignment_uniformity.png")
-    save(viz.metric_vs_batch_figure(rows, ("knn_top1", "homogeneity", "completeness", "same_class_neg_rate")),
-         "metrics_vs_batch.png")
+    save(viz.metric_vs_batch_figure(rows, ("knn_top1", "homogeneity", "completeness", "same_class_neg_rate"),
+                                    reference), "metrics_vs_batch.png")
     save(viz.rank_window_figure(class_counts=sorted({10, 100, 1000, num_classes})), "rank_window.png")
     for b in batch_sizes:
         save(viz.cosine_distributions_figure({label: arrays[(label, b)]["cosines"] for label, _, _ in specs}),
