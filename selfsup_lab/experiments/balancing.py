@@ -49,18 +49,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-def parse_method(spec: str) -> tuple[str, dict]:
-    """'coke:dual_lr=1,ratio=0.5' → ('coke', {'dual_lr': '1', 'ratio': '0.5'})."""
-    from ..errors import UserError
-
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. coke:dual_lr=1)")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
+from . import parse_method  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:

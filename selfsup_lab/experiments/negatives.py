@@ -50,18 +50,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-def parse_method(spec: str) -> tuple[str, dict]:
-    """'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {'deputy': 'rank-rule', 'r_hi': '12'})."""
-    from ..errors import UserError
-
-    name, _, rest = spec.partition(":")
-    options = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. triplet:deputy=median)")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
+from . import parse_method  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
