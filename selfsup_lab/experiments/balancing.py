@@ -244,7 +244,7 @@ def run_cli(args) -> int:
                                progress=not args.no_progress, **train_options)
     print(markdown_table(result["rows"]))
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
-          + ", ".join(Path(f).name for f in result["figures"]))
+          + ", ".join("figures/" + Path(f).name for f in result["figures"]))
     for failure in result["failed"]:
         print(f"warning: {failure['method']} (B = {failure['batch_size']}) failed: {failure['error']}")
     return 1 if result["failed"] else 0

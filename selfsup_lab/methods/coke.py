@@ -30,6 +30,19 @@ rotate whole batches from cluster to cluster), and the centres are seeded from t
 (`seed_centers`: the paper's random directions need ~100 dual steps to be reached — fine for CIFAR's
 390-step epoch 0, hopeless for the 5 steps of digits at B = 256).
 
+What you may see on small data (digits, convnet, B = 64, measured 2026-11-22): balanced occupancy from the
+first epoch (H/log K ≈ 0.99), but features *worse* than the random network's for many epochs (kNN 0.84 at
+initialisation → 0.30–0.40 after 5 epochs → ~0.6 after 15–20). The logged `agree_last_epoch` — the share of images
+whose cluster this epoch matches last epoch's label — shows why: it stays at 0.1–0.2 for the K = 10 head,
+barely above chance (1/K). At initialisation two independent draws of an image's clustering feature f_i
+(each the mean of two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its augmentation, not by its content, and the
+α·onehot(label) part of the target trains the network to fit random labels. Only the swapped soft part
+teaches invariance, slowly; the labels become meaningful as it does (agreement ≈ 0.12 in epoch 2, ≈ 0.2 by
+epoch 20). CoKe's published runs give this hundreds of epochs of hundreds of steps each. Tried on digits
+(10 epochs, B = 64): α = 1, τ = 0.1, η/10, no output BN, and the official code's extra predictor path; none
+made the labels consistent (agreement ≤ 0.2 in every case). Without the output BN kNN was higher (0.61 against
+0.38) but the K = 10 clustering no better (NMI 0.12 against 0.15).
+
 DDP: the features and indices are gathered (no gradient) and every rank runs the identical clustering on
 the global batch, so duals, centres and labels stay the same on all ranks without any broadcast.
 """

@@ -1,0 +1,31 @@
+"""The throughput benchmark's logic runs on a CPU (its numbers only mean something on the real device)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_throughput():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
+    throughput = load_throughput()
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier results\n")
+    throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
+                     "--steps", "2", "--warmup", "1", "--workers", "0", "--results", str(results)])
+    text = results.read_text()
+    assert text.startswith("# earlier results\n"), "the benchmark must append, not overwrite"
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)"]
+    for row in rows:
+        views_per_s, ratio, memory = (cell.strip() for cell in row.split("|")[2:5])
+        assert float(views_per_s.replace(",", "")) > 0
+        assert float(memory) > 0  # resident memory is sampled on a CPU
+    assert rows[0].split("|")[3].strip() == "1.00"  # (a) is the baseline of the × column
