@@ -54,3 +54,19 @@ def test_command_line_is_wired():
                                       "--methods", "coke", "swav"])
     assert args.batch_sizes == [32, 128] and args.quick and args.methods == ["coke", "swav"]
     assert args.func.__module__ == "selfsup_lab.experiments.balancing"
+
+
+def test_steps_budget_gives_every_batch_size_the_same_number_of_steps(tmp_path):
+    from selfsup_lab.experiments.balancing import epochs_for_steps
+
+    # 96 synthetic images: B = 16 → 6 steps per epoch, B = 32 → 3 steps per epoch
+    assert epochs_for_steps(12, (16, 32), TINY["dataset"], {}) == {16: 2, 32: 4}
+    assert epochs_for_steps(12, (16, 32), TINY["dataset"], {"train_subset": 48}) == {16: 4, 32: 12}
+    options = {k: v for k, v in TINY.items() if k != "epochs"}
+    result = compare_balancing(methods=("naive",), batch_sizes=(16, 32), steps=6, out=tmp_path, **options)
+    assert [(r["batch_size"], r["epochs"], r["steps"]) for r in result["rows"]] == [(16, 1, 6), (32, 2, 6)]
+    assert "steps" in (tmp_path / "results.md").read_text().split("\n")[4]  # the table's header row
+    with pytest.raises(UserError, match="either epochs or steps"):
+        compare_balancing(methods=("naive",), steps=6, out=tmp_path, **TINY)
+    with pytest.raises(UserError, match="larger than the 96-image training set"):
+        epochs_for_steps(6, (128,), TINY["dataset"], {})

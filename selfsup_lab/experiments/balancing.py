@@ -1,7 +1,8 @@
 """Collapse vs balance: five answers to "how do we keep the clusters in use?" (METHODS.md §4, measured as in §5)
 
     selfsup-lab compare-balancing                          # digits, B = 256, the five methods, minutes on a CPU
-    selfsup-lab compare-balancing --batch-sizes 32 128 512 # the batch-size sweep
+    selfsup-lab compare-balancing --batch-sizes 32 128 512 # the batch-size sweep (same epochs)
+    selfsup-lab compare-balancing --batch-sizes 32 128 512 --steps 220   # ... same optimiser steps
     selfsup-lab compare-balancing --quick                  # CI scale (seconds of compute per method)
     selfsup-lab compare-balancing --dataset imagefolder:../shared/data/cifar10-jpg-train.tar.gz \\
         --epochs 100 --batch-sizes 64 256 512              # CIFAR-10 on a GPU
@@ -17,7 +18,9 @@
 
 Every method gets the same budget (dataset, backbone, epochs, batch size, optimiser, learning-rate schedule,
 augmentation, seed); only the method differs. Options for one method only: a spec such as "coke:dual_lr=1"
-or `method_options={"coke": {"dual_lr": 1.0}}`.
+or `method_options={"coke": {"dual_lr": 1.0}}`. Across batch sizes the budget is the same number of epochs by
+default, so a larger batch also means fewer optimiser steps; `steps=` (`--steps`) gives every batch size the
+same number of steps instead (epochs = steps / steps per epoch, rounded), which separates the two.
 
 Per run: the occupancy of the tracked head's hard assignments in the last epoch (normalised entropy H/log K,
 effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`), kNN top-1 and the
@@ -43,7 +46,8 @@ DEFAULT_EPOCHS = 5
 QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"proj_hidden": 64, "pred_hidden": 64})
 
 COLUMNS = [  # (key, header, format)
-    ("k", "K", "d"), ("entropy_ratio", "H/log K", ".3f"), ("effective_clusters", "eff. clusters", ".1f"),
+    ("k", "K", "d"), ("epochs", "epochs", "d"), ("steps", "steps", "d"), ("entropy_ratio", "H/log K", ".3f"),
+    ("effective_clusters", "eff. clusters", ".1f"),
     ("max_share", "largest share", ".3f"), ("empty", "empty", "d"), ("knn_top1", "kNN top-1", ".3f"),
     ("nmi", "NMI", ".3f"), ("acc", "ACC", ".3f"), ("ari", "ARI", ".3f"), ("minutes", "min", ".2f"),
 ]
@@ -58,7 +62,8 @@ def summarise(run, minutes: float) -> dict:
     metrics = run.metrics
     return {
         "method": run.trainer.config.method, "batch_size": run.trainer.config.batch_size,
-        "epochs": run.trainer.epoch, "k": run.method.num_clusters, "k_info": run.method.extra_info(),
+        "epochs": run.trainer.epoch, "steps": run.trainer.global_step,
+        "k": run.method.num_clusters, "k_info": run.method.extra_info(),
         **{key: occupancy.get(key) for key in ("entropy_ratio", "effective_clusters", "max_share", "empty")},
         **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
         "minutes": minutes, "out": str(run.out),
@@ -130,12 +135,13 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
                       batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seed: int = 0,
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
-                      progress: bool = True, **train_options) -> dict:
+                      progress: bool = True, steps: int | None = None, **train_options) -> dict:
     """Train every method at every batch size under one budget; write the table and the comparison figures.
 
     `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
     only; `shared_options` are method options given to every method that has them (e.g. proj_hidden);
     `train_options` are TrainConfig fields shared by every run (backbone, device, lr, train_subset, ...).
+    `steps` (instead of `epochs`) gives every batch size about the same number of optimiser steps.
     `quick=True` shrinks everything to CI scale (QUICK). A run that fails is reported in the table (and in
     the result's "failed") instead of stopping the others.
 
@@ -149,8 +155,10 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     specs = [parse_method(m) for m in methods]
     names = [name for name, _ in specs]
     option_sets = {name: {**(method_options or {}).get(name, {}), **given} for name, given in specs}
+    if steps is not None and epochs is not None:
+        raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
     if quick:
-        epochs = QUICK["epochs"] if epochs is None else epochs
+        epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
         batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
         train_options.setdefault("train_subset", QUICK["train_subset"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
@@ -162,6 +170,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         raise UserError(f"unknown training option '{unknown[0]}'; per-method options go in method_options or a "
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for name in names}  # unknown names fail before any training
+    epochs_for = {b: epochs for b in batch_sizes}
+    if steps is not None:
+        epochs_for = epochs_for_steps(int(steps), batch_sizes, dataset, train_options)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -173,8 +184,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
             options = {**{k: v for k, v in (shared_options or {}).items() if k in valid}, **option_sets[name]}
             t0 = time.perf_counter()
             try:
-                run = api.train(name, dataset, epochs=epochs, batch_size=batch_size, seed=seed, figures=False,
-                                out=str(out / f"{name}-b{batch_size}"), progress=progress,
+                run = api.train(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size, seed=seed,
+                                figures=False, out=str(out / f"{name}-b{batch_size}"), progress=progress,
                                 method_options=options, **train_options)
             except UserError:
                 raise  # a mistake in the arguments: every run would hit it
@@ -194,7 +205,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
 
     plt = viz._plt()
     (out / "figures").mkdir(exist_ok=True)
-    title = f"{dataset}, {epochs} epochs, seed {seed}"
+    budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
+    title = f"{dataset}, {budget}, seed {seed}"
     figures = [(comparison_figure(occupancy, names, batch_sizes, title=title), "comparison.png")]
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, names, title=title), "batch_size_sweep.png"))
@@ -203,18 +215,41 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         plt.close(fig)
         result["figures"].append(str(out / "figures" / filename))
 
-    protocol = (f"dataset {dataset}; {epochs} epochs; seed {seed}; training options {train_options or 'defaults'}; "
+    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seed {seed}; "
+                f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
                 "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
                 "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
     (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows)}\n\n"
                                     f"Total: {minutes:.1f} minutes.\n")
-    payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs, "batch_sizes": batch_sizes,
+    payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
+               "batch_sizes": batch_sizes,
                "seed": seed, "methods": names, "rows": rows, "minutes": minutes,
                "occupancy_per_epoch": {f"{m}-b{b}": counts for (m, b), counts in occupancy.items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     result.update(table=str(out / "results.md"), json=str(out / "results.json"))
     return result
+
+
+def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:
+    """Epochs that give each batch size about `steps` optimiser steps (the trainer drops the last partial
+    batch, so an epoch of N images is N // B steps; at least one epoch)."""
+    from .. import data
+    from ..errors import UserError
+
+    if steps < 1:
+        raise UserError(f"steps must be at least 1, got {steps}")
+    num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
+    if train_options.get("train_subset"):
+        num_train = min(num_train, int(train_options["train_subset"]))
+    epochs = {}
+    for batch_size in batch_sizes:
+        per_epoch = num_train // batch_size
+        if per_epoch < 1:
+            raise UserError(f"batch size {batch_size} is larger than the {num_train}-image training set; "
+                            "use smaller --batch-sizes")
+        epochs[batch_size] = max(1, round(steps / per_epoch))
+    return epochs
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -225,6 +260,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS}; --quick: {QUICK['epochs']})")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256], help="one run per method and batch size")
+    parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
+                                                  "(instead of --epochs)")
     parser.add_argument("--out", default="runs/compare-balancing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default="auto")
@@ -241,7 +278,7 @@ def run_cli(args) -> int:
                      if getattr(args, k) is not None}
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seed=args.seed, quick=args.quick,
-                               progress=not args.no_progress, **train_options)
+                               progress=not args.no_progress, steps=args.steps, **train_options)
     print(markdown_table(result["rows"]))
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
           + ", ".join("figures/" + Path(f).name for f in result["figures"]))
