@@ -250,7 +250,8 @@ def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int,
     bins = np.arange(-0.5, top + 0.5)
     for name, c in counts.items():
         ax.hist(np.asarray(c), bins=bins, density=True, histtype="step", lw=1.5, label=f"{name} batches")
-    ax.plot(np.arange(top), pmf[:top], "k.", ms=4, label=f"Binomial({batch_size - 1}, 1/{num_classes})")
+    shown = pmf[:top]  # the pmf has B entries (0 … B − 1 negatives); `top` may reach past them for small B
+    ax.plot(np.arange(len(shown)), shown, "k.", ms=4, label=f"Binomial({batch_size - 1}, 1/{num_classes})")
     r_lo, _ = rank_window(batch_size, num_classes, epsilon)
     ax.axvline(r_lo, color="tab:red", ls="--", lw=1, label=f"rank rule r_lo = {r_lo} (ε = {epsilon})")
     ax.set_xlabel("same-class negatives per anchor")

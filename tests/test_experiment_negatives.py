@@ -51,3 +51,13 @@ def test_method_spec_parsing():
     assert parse_method("byol") == ("byol", {})
     with pytest.raises(UserError, match="not key=value"):
         parse_method("triplet:median")
+
+
+def test_steps_budget_equalises_optimiser_steps_across_batch_sizes(tmp_path):
+    options = {k: v for k, v in TINY.items() if k != "epochs"}
+    # 48 synthetic images: B = 8 → 6 steps per epoch, B = 16 → 3 steps per epoch
+    result = compare_negatives(methods=("simclr",), batch_sizes=(8, 16), steps=6, out=tmp_path,
+                               method_options=SMALL_HEADS, **options)
+    assert [(r["batch_size"], r["epochs"], r["steps"]) for r in result["rows"]] == [(8, 1, 6), (16, 2, 6)]
+    with pytest.raises(UserError, match="either epochs or steps"):
+        compare_negatives(methods=("simclr",), steps=6, out=tmp_path, **TINY)

@@ -53,7 +53,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import parse_method  # noqa: E402  (shared by both experiments)
+from . import epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -229,27 +229,6 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     result.update(table=str(out / "results.md"), json=str(out / "results.json"))
     return result
-
-
-def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:
-    """Epochs that give each batch size about `steps` optimiser steps (the trainer drops the last partial
-    batch, so an epoch of N images is N // B steps; at least one epoch)."""
-    from .. import data
-    from ..errors import UserError
-
-    if steps < 1:
-        raise UserError(f"steps must be at least 1, got {steps}")
-    num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
-    if train_options.get("train_subset"):
-        num_train = min(num_train, int(train_options["train_subset"]))
-    epochs = {}
-    for batch_size in batch_sizes:
-        per_epoch = num_train // batch_size
-        if per_epoch < 1:
-            raise UserError(f"batch size {batch_size} is larger than the {num_train}-image training set; "
-                            "use smaller --batch-sizes")
-        epochs[batch_size] = max(1, round(steps / per_epoch))
-    return epochs
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ COLUMNS = [  # (key, header, format)
     ("knn_top1", "kNN top-1", ".3f"), ("homogeneity", "homog.", ".3f"), ("completeness", "compl.", ".3f"),
     ("fragmentation", "frag.", ".2f"), ("mixing", "mixing", ".2f"), ("separation", "intra>inter AUC", ".3f"),
     ("same_class_neg_rate", "same-class neg.", ".4f"), ("alignment", "align.", ".3f"),
-    ("uniformity", "unif.", ".3f"), ("seconds", "s/run", ".0f"),
+    ("uniformity", "unif.", ".3f"), ("steps", "steps", ".0f"), ("seconds", "s/run", ".0f"),
 ]
 
 
-from . import parse_method  # noqa: E402  (shared by both experiments)
+from . import epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
@@ -118,7 +118,8 @@ def _aggregate(rows: list[dict]) -> dict:
     """Mean (and std over seeds, as KEY_std) of the numeric fields of rows that differ only by seed."""
     out = dict(rows[0])
     for key, value in rows[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("batch_size", "seed"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("batch_size", "seed",
+                                                                                           "epochs", "steps"):
             vals = [r[key] for r in rows if r.get(key) is not None]
             out[key] = float(np.mean(vals))
             if len(vals) > 1:
@@ -144,14 +145,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_sizes=(64, 256),
-                      epochs: int | None = DEFAULT_EPOCHS, out: str | Path = "runs/compare-negatives",
+                      epochs: int | None = None, out: str | Path = "runs/compare-negatives",
                       seeds=(0,), method_options: dict | None = None, progress: bool = False,
                       linear: bool = True, alignment_images: int = 1000, reuse: bool = False,
-                      **train_options) -> dict:
+                      steps: int | None = None, **train_options) -> dict:
     """Train every method at every batch size (and seed) under one budget; write the table and figures.
 
     `method_options` maps a method name to options for it only (e.g. {"gsimclr": {"ae_epochs": 5}});
     `train_options` are TrainConfig fields shared by every run (backbone, device, lr, train_subset, ...).
+    The budget is `epochs` (default DEFAULT_EPOCHS) at every batch size, or `steps`: about the same number of
+    optimiser steps at every batch size, so that a larger batch does not also mean a shorter training.
     `linear=False` skips the linear probe (the slowest part of the evaluation at CI scale). `reuse=True`
     takes finished runs with identical settings from OUT/runs instead of training them again (add seeds or
     methods to a comparison, or continue one that was interrupted).
@@ -159,9 +162,15 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     "markdown"}.
     """
     from .. import analysis, api, distributed, viz
+    from ..errors import UserError
     from ..methods import get_method_class
     from ..train import Trainer
 
+    if steps is not None and epochs is not None:
+        raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
+    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
+    epochs_for = {b: epochs for b in batch_sizes} if steps is None else \
+        epochs_for_steps(int(steps), batch_sizes, dataset, train_options)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     specs = [(spec, *parse_method(spec)) for spec in methods]
@@ -174,8 +183,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
             folder_name = re.sub(r"[^\w=.-]+", "_", label)  # triplet:deputy=median → triplet_deputy=median
             for seed in seeds:
                 t0 = time.perf_counter()
-                config = api.make_config(name, dataset, epochs=epochs, batch_size=batch_size, seed=seed,
-                                         figures=False, progress=progress,
+                config = api.make_config(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size,
+                                         seed=seed, figures=False, progress=progress,
                                          out=str(out / "runs" / f"{folder_name}-b{batch_size}-s{seed}"),
                                          **train_options, **{**per_method.get(name, {}), **options})
                 if reuse and _finished(config):
@@ -188,7 +197,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                         (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
                 seconds = run.metrics.get("wall_seconds")
                 row, extra = measure(run, seed, alignment_images)
-                row.update(method=label, batch_size=batch_size, seed=seed, seconds=seconds)
+                row.update(method=label, batch_size=batch_size, seed=seed, seconds=seconds,
+                           epochs=epochs_for[batch_size], steps=epochs_for[batch_size] * run.trainer.steps_per_epoch)
                 runs.append(row)
                 arrays.setdefault((label, batch_size), extra)  # figures show the first seed
                 print(f"[compare-negatives] {label} B={batch_size} seed={seed}: kNN {row['knn_top1']:.3f}, "
@@ -232,7 +242,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     markdown = markdown_table(rows)
     notes = "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
                       f"any batch composition {v['floor']:.4f}" for b, v in reference.items())
-    protocol = (f"dataset {dataset}; epochs {epochs}; seeds {list(seeds)}; same budget for all methods "
+    budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
+    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; same budget for all methods "
                 f"(options: {json.dumps(train_options)}); kNN k=200 τ=0.1 cosine, train bank / test queries, final "
                 "epoch; clustering = spherical k-means K = C on test backbone features; fragmentation/mixing at 90% "
                 "coverage; alignment = two augmented views of each test image; same-class negatives = mean over "
@@ -250,7 +261,9 @@ def add_arguments(parser) -> None:
                         help="methods to compare; options with name:key=value,... (e.g. triplet:deputy=rank-rule)")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
+                                                  "(instead of --epochs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="several seeds give error bars")
     parser.add_argument("--out", default="runs/compare-negatives")
     parser.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
@@ -267,9 +280,11 @@ def add_arguments(parser) -> None:
 def run_cli(args) -> int:
     options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
                if getattr(args, k) is not None}
-    settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, seeds=tuple(args.seeds))
+    settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
+                    seeds=tuple(args.seeds))
     if args.quick:
-        settings.update({k: v for k, v in QUICK.items() if k != "train_subset"})
+        skip = {"train_subset", "epochs"} if args.steps else {"train_subset"}  # --steps replaces QUICK's epochs
+        settings.update({k: v for k, v in QUICK.items() if k not in skip})
         options.setdefault("train_subset", QUICK["train_subset"])
     result = compare_negatives(methods=tuple(args.methods), dataset=args.dataset, out=args.out,
                                progress=args.progress, reuse=args.reuse, **settings, **options)
