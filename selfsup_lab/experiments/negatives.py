@@ -197,8 +197,9 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                         (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
                 seconds = run.metrics.get("wall_seconds")
                 row, extra = measure(run, seed, alignment_images)
-                row.update(method=label, batch_size=batch_size, seed=seed, seconds=seconds,
-                           epochs=epochs_for[batch_size], steps=epochs_for[batch_size] * run.trainer.steps_per_epoch)
+                epochs_run = epochs_for[batch_size]
+                row.update(method=label, batch_size=batch_size, seed=seed, seconds=seconds, epochs=epochs_run,
+                           steps=epochs_run * run.trainer.steps_per_epoch)
                 runs.append(row)
                 arrays.setdefault((label, batch_size), extra)  # figures show the first seed
                 print(f"[compare-negatives] {label} B={batch_size} seed={seed}: kNN {row['knn_top1']:.3f}, "
@@ -243,7 +244,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     notes = "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
                       f"any batch composition {v['floor']:.4f}" for b, v in reference.items())
     budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
-    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; same budget for all methods "
+    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
+                "same budget for all methods "
                 f"(options: {json.dumps(train_options)}); kNN k=200 τ=0.1 cosine, train bank / test queries, final "
                 "epoch; clustering = spherical k-means K = C on test backbone features; fragmentation/mixing at 90% "
                 "coverage; alignment = two augmented views of each test image; same-class negatives = mean over "
