@@ -23,6 +23,13 @@ def _plt():
     return plt
 
 
+def _figure(ax, figsize):
+    """(fig, ax): a new figure of `figsize` when ax is None, else the figure that `ax` is drawn in."""
+    if ax is None:
+        return _plt().subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -80,10 +87,7 @@ def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None,
         from sklearn.decomposition import PCA
 
         xy = PCA(n_components=2, random_state=seed).fit_transform(x)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 4.5))
     n_colors = int(y.max()) + 1 if len(y) else 1
     cmap = plt.get_cmap("tab10" if n_colors <= 10 else "tab20")
     for c in range(n_colors):
@@ -104,12 +108,8 @@ def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None,
 
 def occupancy_bars(counts, title: str = "", ax=None, log: bool = False):
     """Cluster sizes sorted from largest to smallest, with the uniform level as a dashed line."""
-    plt = _plt()
     counts = np.sort(np.asarray(counts, dtype=float))[::-1]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 3))
     share = counts / max(counts.sum(), 1)
     ax.bar(np.arange(len(share)), share, width=1.0, color="tab:blue")
     ax.axhline(1.0 / len(share), color="k", ls="--", lw=1, label="uniform 1/K")
@@ -129,13 +129,9 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
     Sorting each column makes collapse visible at a glance: a balanced run is a flat band, a collapsing
     one concentrates all mass in the top rows.
     """
-    plt = _plt()
     rows = np.asarray(count_rows, dtype=float)
     shares = np.sort(rows / np.maximum(rows.sum(axis=1, keepdims=True), 1), axis=1)[:, ::-1]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 3))
     K = shares.shape[1]
     im = ax.imshow(shares.T * K, aspect="auto", origin="upper", cmap="magma", interpolation="nearest",
                    extent=(0.5, len(shares) + 0.5, K, 0), vmin=0, vmax=max(3.0, float((shares * K).max())))
@@ -151,11 +147,7 @@ def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str
     """Normalised entropy H/log K of the cluster sizes over time, one line per series."""
     from .metrics import occupancy_stats
 
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 3))
     series = count_rows if isinstance(count_rows, dict) else {labels or "run": count_rows}
     for name, rows in series.items():
         ys = [occupancy_stats(torch.as_tensor(r))["entropy_ratio"] for r in rows]
@@ -240,11 +232,7 @@ def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int,
     from .analysis import binomial_pmf
     from .methods.triplet import rank_window
 
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5.5, 3.2))
     pmf = binomial_pmf(batch_size - 1, 1.0 / num_classes)
     top = int(max([int(np.asarray(c).max()) for c in counts.values()] + [np.nonzero(pmf > 1e-4)[0].max()])) + 2
     bins = np.arange(-0.5, top + 0.5)
@@ -266,11 +254,7 @@ def rank_window_figure(batch_sizes=None, class_counts=(10, 100, 1000), epsilon: 
     """The rank rule's first rank r_lo against the batch size, for several priors C (log–log)."""
     from .methods.triplet import rank_window
 
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 3.2))
     sizes = np.unique(np.round(np.geomspace(16, 4096, 40)).astype(int)) if batch_sizes is None else np.asarray(batch_sizes)
     for c in class_counts:
         ax.plot(sizes, [rank_window(int(b), c, epsilon)[0] for b in sizes], label=f"C = {c}")
@@ -289,11 +273,7 @@ def rank_window_figure(batch_sizes=None, class_counts=(10, 100, 1000), epsilon: 
 def homogeneity_completeness_figure(rows, ax=None):
     """Each run as a point: completeness (x; low = classes torn apart, over-clustering) against homogeneity
     (y; low = classes merged, under-clustering) of a K = C k-means clustering of its features."""
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 4))
     _scatter_rows(ax, rows, "completeness", "homogeneity")
     lo = min(min(r["completeness"] for r in rows), min(r["homogeneity"] for r in rows)) - 0.05
     ax.plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls=":")
@@ -356,11 +336,7 @@ def cosine_distributions_figure(distributions: dict, bins: int = 60):
 def alignment_uniformity_figure(rows, ax=None):
     """Wang & Isola's plane: alignment (x, lower = positives closer) against uniformity (y, lower = more
     spread). Good representations sit at the bottom left."""
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _figure(ax, (5, 4))
     _scatter_rows(ax, rows, "alignment", "uniformity")
     ax.set_xlabel("alignment  E‖f(x) − f(x⁺)‖²  (lower = better)")
     ax.set_ylabel("uniformity  log E exp(−2‖f(x) − f(y)‖²)")
