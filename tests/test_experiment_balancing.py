@@ -32,6 +32,12 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
                    "clustering from"):
         assert column in table_head
     assert (tmp_path / "coke-b16" / "metrics.json").exists()
+    # the reference row: the untrained backbone, evaluated the same way, last in the table
+    untrained = saved["untrained"]
+    assert untrained["method"] == "untrained network" and untrained["steps"] == 0
+    assert 0.0 <= untrained["knn_top1"] <= 1.0 and untrained["clustering_from"].startswith("spherical k-means")
+    last_row = [line for line in header if line.startswith("|")][-1]
+    assert last_row.startswith("| untrained network | – |")
 
 
 def test_bad_arguments_fail_before_training(tmp_path):

@@ -23,6 +23,10 @@ def test_compare_negatives_writes_table_and_figures(tmp_path):
             assert isinstance(row[key], float), key
     assert next(r for r in saved["rows"] if r["method"] == "gsimclr")["sampler"] == "GuidedBatches"
     assert "| triplet | 16 |" in (tmp_path / "results.md").read_text()
+    untrained = saved["untrained"]  # the reference: the untrained backbone, measured like the runs
+    assert untrained["steps"] == 0 and untrained["same_class_neg_rate"] is None
+    assert isinstance(untrained["knn_top1"], float) and isinstance(untrained["homogeneity"], float)
+    assert "| untrained network | – |" in (tmp_path / "results.md").read_text()
     for name in ("homogeneity_completeness", "fragmentation_mixing", "alignment_uniformity", "metrics_vs_batch",
                  "rank_window", "cosine_distributions_b16", "same_class_negatives_b16"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000, name

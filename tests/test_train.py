@@ -122,3 +122,27 @@ def test_gpu_code_paths_run_on_cpu(tmp_path):
     lars = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "c"), optimizer="lars", **QUICK)
     assert lars.trainer.base_lr == pytest.approx(0.3 * 32 / 256)
     assert torch.isfinite(torch.tensor(lars.history[0]["loss"]))
+
+
+def test_untrained_run_starts_where_every_method_starts():
+    """The reference of the experiments: the same random backbone any method with this seed builds, with
+    batch-norm statistics calibrated on the training images (or left at their initial 0 / 1)."""
+    from selfsup_lab.api import untrained_run
+    from selfsup_lab.train import Trainer
+
+    options = dict(dataset="synthetic:n=64,classes=4,size=16", backbone="convnet", device="cpu", batch_size=16,
+                   seed=3, linear=False)
+    reference = untrained_run(**options)
+    assert reference.metrics["epochs_trained"] == 0 and 0.0 <= reference.metrics["knn_top1"] <= 1.0
+    assert reference.metrics["clustering_from"].startswith("spherical k-means")
+    config = selfsup_lab.api.make_config("excb", **{k: v for k, v in options.items() if k != "linear"},
+                                         progress=False)
+    excb_start = Trainer(config, callbacks=[]).method.backbone.state_dict()
+    weights = {k: v for k, v in reference.method.backbone.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    assert all(torch.equal(v, excb_start[k]) for k, v in weights.items())
+    norms = [m for m in reference.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.running_mean.abs().sum() > 0 for m in norms)  # calibrated from the data
+    plain = untrained_run(calibrate_batchnorm=False, **options)
+    norms = [m for m in plain.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.running_mean.abs().sum() == 0 and torch.all(m.running_var == 1) for m in norms)

@@ -26,7 +26,8 @@ Per run: the occupancy of the tracked head's hard assignments in the last epoch 
 effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`), kNN top-1 and the
 clustering scores of `api.evaluate` (the method's own K = C head where it has one, else k-means with K = C on
 the backbone features: the `clustering from` column says which) and the wall-clock minutes. Written to OUT:
-results.md, results.json, figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
+results.md (with a last row for the untrained network, the reference every run must beat), results.json,
+figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
 one row per batch size), figures/batch_size_sweep.png (with several batch sizes) and one run directory per
 (method, batch size).
 """
@@ -68,6 +69,17 @@ def summarise(run, minutes: float) -> dict:
         **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
         "minutes": minutes, "out": str(run.out),
     }
+
+
+def untrained_row(dataset: str, seed: int, train_options: dict) -> dict:
+    """The reference row: the untrained backbone every run starts from (`api.untrained_run`)."""
+    from .. import api
+
+    t0 = time.perf_counter()
+    metrics = api.untrained_run(dataset, seed=seed, **train_options).metrics
+    return {"method": "untrained network", "batch_size": "–", "epochs": 0, "steps": 0,
+            **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
+            "minutes": (time.perf_counter() - t0) / 60}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -145,7 +157,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     `quick=True` shrinks everything to CI scale (QUICK). A run that fails is reported in the table (and in
     the result's "failed") instead of stopping the others.
 
-    Returns {"rows", "failed", "out", "table", "json", "figures", "minutes"}.
+    Returns {"rows", "untrained", "failed", "out", "table", "json", "figures", "minutes"}; "untrained" is the
+    reference row of the untrained backbone (`api.untrained_run`, same dataset, subset and seed).
     """
     from .. import api, distributed
     from ..errors import UserError
@@ -196,9 +209,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 continue
             rows.append(summarise(run, (time.perf_counter() - t0) / 60))
             occupancy[(name, batch_size)] = run.trainer.occupancy_log.get("epochs", [])
+    untrained = untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options})
     minutes = (time.perf_counter() - start) / 60
 
-    result = {"rows": rows, "failed": failed, "out": str(out), "minutes": minutes, "figures": []}
+    result = {"rows": rows, "untrained": untrained, "failed": failed, "out": str(out), "minutes": minutes,
+              "figures": []}
     if not distributed.is_main_process():
         return result
     from .. import viz
@@ -220,11 +235,14 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
                 "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
                 "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
-    (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows)}\n\n"
+    (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows + [untrained])}\n\n"
+                                    f"The last row is the untrained network (the weights every run starts from, "
+                                    f"batch-norm statistics from one pass over the training images): a run below "
+                                    f"it has not yet learned better features than random ones.\n\n"
                                     f"Total: {minutes:.1f} minutes.\n")
     payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
                "batch_sizes": batch_sizes,
-               "seed": seed, "methods": names, "rows": rows, "minutes": minutes,
+               "seed": seed, "methods": names, "rows": rows, "untrained": untrained, "minutes": minutes,
                "occupancy_per_epoch": {f"{m}-b{b}": counts for (m, b), counts in occupancy.items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     result.update(table=str(out / "results.md"), json=str(out / "results.json"))
@@ -258,7 +276,8 @@ def run_cli(args) -> int:
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seed=args.seed, quick=args.quick,
                                progress=not args.no_progress, steps=args.steps, **train_options)
-    print(markdown_table(result["rows"]))
+    print(markdown_table(result["rows"] + [result["untrained"]]))
+    print("(last row: the untrained network every run starts from — the features a run must beat)")
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
           + ", ".join("figures/" + Path(f).name for f in result["figures"]))
     for failure in result["failed"]:

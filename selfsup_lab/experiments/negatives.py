@@ -87,13 +87,14 @@ def measure(run, seed: int = 0, alignment_images: int = 1000) -> tuple[dict, dic
         "fragmentation": report["fragmentation"], "mixing": report["mixing"],
         "intra_cos": cosines["intra_mean"], "inter_cos": cosines["inter_mean"], "separation": cosines["separation"],
         "alignment": analysis.alignment(z1, z2), "uniformity": analysis.uniformity(features, seed=seed),
-        "same_class_neg_rate": float(np.mean([r["same_class_neg_rate"] for r in history])),
+        "same_class_neg_rate": float(np.mean([r["same_class_neg_rate"] for r in history])) if history else None,
         "sampler": type(trainer.sampler).__name__,
     }
-    if "pseudo_nmi" in history[-1]:
-        row["pseudo_nmi"] = history[-1]["pseudo_nmi"]
-    if "deputy_r_lo" in history[-1]:
-        row["deputy_window"] = [int(history[-1]["deputy_r_lo"]), int(history[-1]["deputy_r_hi"])]
+    last = history[-1] if history else {}
+    if "pseudo_nmi" in last:
+        row["pseudo_nmi"] = last["pseudo_nmi"]
+    if "deputy_r_lo" in last:
+        row["deputy_window"] = [int(last["deputy_r_lo"]), int(last["deputy_r_hi"])]
     # Per-anchor same-class negatives of one epoch of this run's sampler (for the histogram).
     batches = trainer.sampler.batches(trainer.epochs - 1, torch.Generator().manual_seed(seed))
     arrays = {"cosines": cosines,
@@ -158,8 +159,9 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     `linear=False` skips the linear probe (the slowest part of the evaluation at CI scale). `reuse=True`
     takes finished runs with identical settings from OUT/runs instead of training them again (add seeds or
     methods to a comparison, or continue one that was interrupted).
-    Returns {"rows": [one aggregated row per method × batch size], "runs": [every run], "out", "figures",
-    "markdown"}.
+    Returns {"rows": [one aggregated row per method × batch size], "untrained": the same measurements of the
+    untrained backbone every run starts from (`api.untrained_run`; the table's last row), "runs": [every run],
+    "out", "figures", "markdown"}.
     """
     from .. import analysis, api, distributed, viz
     from ..errors import UserError
@@ -207,6 +209,10 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                       f"same-class negatives {row['same_class_neg_rate']:.4f} ({seconds or 0:.0f} s)", flush=True)
     rows = [_aggregate([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label, _, _ in specs]
+    # Reference: the untrained backbone every run starts from (first seed), measured the same way.
+    untrained, _ = measure(api.untrained_run(dataset, seed=seeds[0], linear=linear, batch_size=min(batch_sizes),
+                                             **train_options), seeds[0], alignment_images)
+    untrained.update(method="untrained network", batch_size="–", steps=0, epochs=0)
 
     # Reference values for the same-class rate: random batches and the floor no batch can beat.
     train_labels = run.trainer.train_set.labels
@@ -215,8 +221,10 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                      "floor": analysis.min_same_class_negative_rate(b, num_classes)} for b in batch_sizes}
 
     figures = []
+    markdown = markdown_table(rows + [untrained])
     if not distributed.is_main_process():
-        return {"rows": rows, "runs": runs, "out": str(out), "figures": figures, "markdown": markdown_table(rows)}
+        return {"rows": rows, "untrained": untrained, "runs": runs, "out": str(out), "figures": figures,
+                "markdown": markdown}
 
     def save(fig, name):
         path = out / "figures" / name
@@ -240,8 +248,9 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
             counts.setdefault(kind, arrays[(label, b)]["counts"])
         save(viz.same_class_negatives_figure(counts, b, num_classes), f"same_class_negatives_b{b}.png")
 
-    markdown = markdown_table(rows)
-    notes = "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
+    notes = "- The last row is the untrained network (the weights every run starts from, batch-norm statistics " \
+            "from one pass over the training images): a run below it has not learned better features than random ones.\n"
+    notes += "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
                       f"any batch composition {v['floor']:.4f}" for b, v in reference.items())
     budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
@@ -251,7 +260,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                 "coverage; alignment = two augmented views of each test image; same-class negatives = mean over "
                 "training epochs")
     (out / "results.md").write_text(f"# compare-negatives\n\n{protocol}\n\n{markdown}\n\n{notes}\n")
-    result = {"rows": rows, "runs": runs, "reference": {str(b): v for b, v in reference.items()},
+    result = {"rows": rows, "untrained": untrained, "runs": runs,
+              "reference": {str(b): v for b, v in reference.items()},
               "protocol": protocol, "figures": figures, "out": str(out)}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     result["markdown"] = markdown

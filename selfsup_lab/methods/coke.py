@@ -32,7 +32,8 @@ rotate whole batches from cluster to cluster), and the centres are seeded from t
 
 What you may see on small data (digits, convnet, B = 64, measured 2026-11-22): balanced occupancy from the
 first epoch (H/log K ≈ 0.99), but features *worse* than the random network's for many epochs (kNN 0.84 at
-initialisation → 0.30–0.40 after 5 epochs → ~0.6 after 15–20). The logged `agree_last_epoch` — the share of images
+initialisation, 0.89 with batch-norm statistics calibrated on the data → 0.30–0.40 after 5 epochs → ~0.6 after
+15–20). The logged `agree_last_epoch` — the share of images
 whose cluster this epoch matches last epoch's label — shows why: it stays at 0.1–0.2 for the K = 10 head,
 barely above chance (1/K). At initialisation two independent draws of an image's clustering feature f_i
 (each the mean of two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its augmentation, not by its content, and the
