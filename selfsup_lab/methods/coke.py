@@ -53,8 +53,8 @@ over 10 epochs, B = 64). Feeding the online clustering the projections of the *u
 forward pass without gradient; everything else unchanged) made the labels consistent — agreement 0.53 and
 NMI between epochs 0.46 by epoch 10 — and raised kNN from 0.38 to 0.58 (linear 0.96, NMI 0.28), still below
 the untrained network's 0.89. On CIFAR-10 (convnet, 4 epochs, B = 256) the same variant did not help: kNN
-0.314 against 0.307, NMI between consecutive epochs' labels 0.16–0.21, because there the random network's
-clusters of clean images carry little of the classes to begin with (NMI 0.09). The variant departs from the
+0.314 against 0.307, NMI between consecutive epochs' labels 0.16–0.21; there even the random network's
+clusters of clean images carry little of the classes (NMI 0.09), which may be why. The variant departs from the
 paper, which clusters the training views, and is not an option here: on this evidence the remedy is the
 paper's budget (hundreds of epochs), which needs a GPU.
 
