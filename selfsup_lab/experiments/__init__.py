@@ -8,6 +8,11 @@ EXPERIMENTS = {
     "compare-negatives": "negatives",  # under vs over-clustering: SimCLR / BYOL / triplet / G-SimCLR
 }
 
+# Both experiments end their table with the untrained network (`api.untrained_run`) and explain it so:
+UNTRAINED_NOTE = ("The last row is the untrained network (the weights every run starts from, batch-norm statistics "
+                  "from one pass over the training images): a run below it has not learned better features than "
+                  "random ones.")
+
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method with options in one word: 'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {...})."""

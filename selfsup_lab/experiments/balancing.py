@@ -54,7 +54,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -236,10 +236,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
                 "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
     (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows + [untrained])}\n\n"
-                                    f"The last row is the untrained network (the weights every run starts from, "
-                                    f"batch-norm statistics from one pass over the training images): a run below "
-                                    f"it has not yet learned better features than random ones.\n\n"
-                                    f"Total: {minutes:.1f} minutes.\n")
+                                    f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")
     payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
                "batch_sizes": batch_sizes,
                "seed": seed, "methods": names, "rows": rows, "untrained": untrained, "minutes": minutes,
@@ -277,7 +274,7 @@ def run_cli(args) -> int:
                                batch_sizes=args.batch_sizes, out=args.out, seed=args.seed, quick=args.quick,
                                progress=not args.no_progress, steps=args.steps, **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
-    print("(last row: the untrained network every run starts from — the features a run must beat)")
+    print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
           + ", ".join("figures/" + Path(f).name for f in result["figures"]))
     for failure in result["failed"]:

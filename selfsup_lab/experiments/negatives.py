@@ -50,7 +50,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
@@ -248,10 +248,9 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
             counts.setdefault(kind, arrays[(label, b)]["counts"])
         save(viz.same_class_negatives_figure(counts, b, num_classes), f"same_class_negatives_b{b}.png")
 
-    notes = "- The last row is the untrained network (the weights every run starts from, batch-norm statistics " \
-            "from one pass over the training images): a run below it has not learned better features than random ones.\n"
-    notes += "\n".join(f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for "
-                      f"any batch composition {v['floor']:.4f}" for b, v in reference.items())
+    notes = f"- {UNTRAINED_NOTE}\n" + "\n".join(
+        f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for any batch "
+        f"composition {v['floor']:.4f}" for b, v in reference.items())
     budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
                 "same budget for all methods "
