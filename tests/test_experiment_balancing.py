@@ -63,7 +63,7 @@ def test_command_line_is_wired():
 
 
 def test_steps_budget_gives_every_batch_size_the_same_number_of_steps(tmp_path):
-    from selfsup_lab.experiments.balancing import epochs_for_steps
+    from selfsup_lab.experiments import epochs_for_steps
 
     # 96 synthetic images: B = 16 → 6 steps per epoch, B = 32 → 3 steps per epoch
     assert epochs_for_steps(12, (16, 32), TINY["dataset"], {}) == {16: 2, 32: 4}

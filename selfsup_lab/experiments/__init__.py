@@ -47,3 +47,17 @@ def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict)
                             "use smaller --batch-sizes")
         epochs[batch_size] = max(1, round(steps / per_epoch))
     return epochs
+
+
+def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: str, train_options: dict,
+                 default_epochs: int) -> tuple[dict[int, int], str]:
+    """Epochs per batch size and the budget's name for tables: `epochs` (or `default_epochs`) at every batch
+    size, or — with `steps` — about `steps` optimiser steps at every batch size (`epochs_for_steps`)."""
+    from ..errors import UserError
+
+    if steps is not None and epochs is not None:
+        raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
+    if steps is not None:
+        return epochs_for_steps(int(steps), batch_sizes, dataset, train_options), f"{steps} steps per run"
+    epochs = default_epochs if epochs is None else int(epochs)
+    return {b: epochs for b in batch_sizes}, f"{epochs} epochs"

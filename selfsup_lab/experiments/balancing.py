@@ -54,7 +54,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, epoch_budget, parse_method  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -168,14 +168,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     specs = [parse_method(m) for m in methods]
     names = [name for name, _ in specs]
     option_sets = {name: {**(method_options or {}).get(name, {}), **given} for name, given in specs}
-    if steps is not None and epochs is not None:
-        raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
     if quick:
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
         batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
         train_options.setdefault("train_subset", QUICK["train_subset"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
-    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
     batch_sizes = [int(b) for b in batch_sizes]
     fields = {f for f in TrainConfig.__dataclass_fields__}
     unknown = sorted(set(train_options) - fields)
@@ -183,9 +180,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         raise UserError(f"unknown training option '{unknown[0]}'; per-method options go in method_options or a "
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for name in names}  # unknown names fail before any training
-    epochs_for = {b: epochs for b in batch_sizes}
-    if steps is not None:
-        epochs_for = epochs_for_steps(int(steps), batch_sizes, dataset, train_options)
+    epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -220,7 +215,6 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
 
     plt = viz._plt()
     (out / "figures").mkdir(exist_ok=True)
-    budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
     title = f"{dataset}, {budget}, seed {seed}"
     figures = [(comparison_figure(occupancy, names, batch_sizes, title=title), "comparison.png")]
     if len(batch_sizes) > 1:

@@ -50,7 +50,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, epochs_for_steps, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, epoch_budget, parse_method  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
@@ -164,15 +164,10 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     "out", "figures", "markdown"}.
     """
     from .. import analysis, api, distributed, viz
-    from ..errors import UserError
     from ..methods import get_method_class
     from ..train import Trainer
 
-    if steps is not None and epochs is not None:
-        raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
-    epochs = DEFAULT_EPOCHS if epochs is None else int(epochs)
-    epochs_for = {b: epochs for b in batch_sizes} if steps is None else \
-        epochs_for_steps(int(steps), batch_sizes, dataset, train_options)
+    epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     specs = [(spec, *parse_method(spec)) for spec in methods]
@@ -251,7 +246,6 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     notes = f"- {UNTRAINED_NOTE}\n" + "\n".join(
         f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for any batch "
         f"composition {v['floor']:.4f}" for b, v in reference.items())
-    budget = f"{steps} steps per run" if steps is not None else f"{epochs} epochs"
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
                 "same budget for all methods "
                 f"(options: {json.dumps(train_options)}); kNN k=200 τ=0.1 cosine, train bank / test queries, final "
