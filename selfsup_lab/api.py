@@ -80,6 +80,7 @@ def untrained_run(dataset: str = "digits", seed: int = 0, linear: bool = True, c
 def _calibrate_batchnorm(trainer: Trainer, batch_size: int = 1024) -> None:
     """Every batch norm's running mean/variance := its average over one pass of the un-augmented train set."""
     norms = [m for m in trainer.method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # None = cumulative average over the batches seen, not an exponential one
@@ -88,6 +89,8 @@ def _calibrate_batchnorm(trainer: Trainer, batch_size: int = 1024) -> None:
     for start in range(0, len(images), batch_size):
         trainer.method.embed(trainer.prepare(images[start : start + batch_size]))
     trainer.method.eval()
+    for norm, momentum in zip(norms, momenta):  # later forward passes in train mode behave as usual
+        norm.momentum = momentum
 
 
 def has_own_clusters(method) -> bool:

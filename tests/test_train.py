@@ -143,6 +143,7 @@ def test_untrained_run_starts_where_every_method_starts():
     assert all(torch.equal(v, excb_start[k]) for k, v in weights.items())
     norms = [m for m in reference.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(m.running_mean.abs().sum() > 0 for m in norms)  # calibrated from the data
+    assert all(m.momentum == 0.1 for m in norms)  # the calibration's cumulative averaging is undone afterwards
     plain = untrained_run(calibrate_batchnorm=False, **options)
     norms = [m for m in plain.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(m.running_mean.abs().sum() == 0 and torch.all(m.running_var == 1) for m in norms)
