@@ -8,6 +8,11 @@ backward, SGD step):
   (c) (b) + bf16 autocast + channels_last            (CUDA only)
   (d) (c) + torch.compile of the backbone             (CUDA; on a CPU only with --cpu-compile)
 
+and, to show where the time of (c)/(d) goes, two parts of the device pipeline measured alone:
+
+  (e) the augmentation alone: two views per image, no model
+  (f) the model alone on a fixed pair of pre-augmented views, at (c)'s settings (and (d)'s as (g))
+
     PYTHONPATH=. python benchmarks/throughput.py                     # GPU: ResNet-18, batch 512
     PYTHONPATH=. python benchmarks/throughput.py --device cpu --backbone convnet --batch-size 256 --steps 5
 
@@ -157,6 +162,38 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_ba
     return measure(step, device, warmup, args.steps, 2 * args.batch_size)
 
 
+def run_augment_only(args, dataset, device):
+    """(e): sampling + two augmented views per image, nothing else — the augmentation's own ceiling."""
+    images = dataset.images.to(device)
+    mean, std = dataset.channel_stats()
+    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        idx = torch.randint(len(images), (args.batch_size,), device=device, generator=generator)
+        batch = images[idx]
+        for _ in range(2):
+            augmenter(batch, generator)
+
+    return measure(step, device, args.warmup, args.steps, 2 * args.batch_size)
+
+
+def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
+    """(f)/(g): the training step on one fixed pair of augmented views — the model's own ceiling."""
+    images = dataset.images[: args.batch_size].to(device)
+    mean, std = dataset.channel_stats()
+    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
+    generator = torch.Generator(device=device).manual_seed(0)
+    views = [augmenter(images, generator) for _ in range(2)]
+    if channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
+                                   dataset.image_size)
+    warmup = args.warmup + (10 if compile_backbone else 0)
+    return measure(lambda: train_step(model, optimizer, views, amp, device), device, warmup, args.steps,
+                   2 * args.batch_size)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
@@ -193,6 +230,12 @@ def main(argv=None):
         pipelines["(d) + torch.compile"] = lambda: run_device(args, dataset, device, True, True, True)
     elif args.cpu_compile:
         pipelines["(d) fp32 + torch.compile"] = lambda: run_device(args, dataset, device, False, False, True)
+    cuda = device.type == "cuda"
+    pipelines["(e) augmentation alone"] = lambda: run_augment_only(args, dataset, device)
+    pipelines["(f) model alone" + (", bf16 + channels_last" if cuda else ", fp32")] = \
+        lambda: run_model_only(args, dataset, device, cuda, cuda, False)
+    if cuda or args.cpu_compile:
+        pipelines["(g) model alone + torch.compile"] = lambda: run_model_only(args, dataset, device, cuda, cuda, True)
 
     rows = []
     for label, fn in pipelines.items():

@@ -261,6 +261,17 @@ def load_splits(spec: str, data_dir: str | os.PathLike | None = None, **options)
     )
 
 
+def display_name(spec: str) -> str:
+    """A short label for titles: 'imagefolder:/long/path/cifar10-jpg-train.tar.gz' -> 'cifar10-jpg-train.tar.gz'.
+
+    Other specs are returned unchanged ('digits', 'synthetic:n=64'); a path would crowd out a figure's title.
+    """
+    name, _, arg = str(spec).partition(":")
+    if name.strip().lower().replace("_", "-") in ("imagefolder", "image-folder") and arg.strip():
+        return Path(arg.strip().rstrip("/\\")).name or arg.strip()
+    return str(spec)
+
+
 def _parse_spec(spec: str) -> tuple[str, str]:
     """'imagefolder:/x' -> ('imagefolder', '/x'); 'CIFAR10' -> ('cifar10', '')."""
     if not isinstance(spec, str) or not spec.strip():

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import data
+
 
 def _plt():
     import matplotlib
@@ -168,7 +170,7 @@ def save_run_figures(run) -> list[Path]:
     plt = _plt()
     folder = Path(run.out) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{run.trainer.config.method} on {run.trainer.config.dataset}"
+    name = f"{run.trainer.config.method} on {data.display_name(run.trainer.config.dataset)}"
     written = []
 
     def save(fig, filename):

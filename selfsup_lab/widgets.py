@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import balancing
+from . import balancing, data
 from .metrics import occupancy_stats
 from .train import Callback, ProgressBar
 
@@ -306,7 +306,7 @@ class LiveDashboard(Callback):
             return "waiting for training to start"
         done = t.global_step - self._start_step
         elapsed = time.perf_counter() - self._start_time
-        parts = [f"<b>{t.config.method}</b> on {t.config.dataset}",
+        parts = [f"<b>{t.config.method}</b> on {data.display_name(t.config.dataset)}",
                  f"epoch {min(t.epoch + 1, t.epochs)}/{t.epochs}", f"step {t.global_step}/{t.total_steps}"]
         if self.losses:
             parts.append(f"loss {self.losses[-1]:.3f}")

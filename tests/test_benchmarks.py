@@ -23,7 +23,7 @@ def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
     text = results.read_text()
     assert text.startswith("# earlier results\n"), "the benchmark must append, not overwrite"
     rows = [line for line in text.splitlines() if line.startswith("| (")]
-    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)"]
+    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)", "(e)", "(f)"]
     for row in rows:
         views_per_s, ratio, memory = (cell.strip() for cell in row.split("|")[2:5])
         assert float(views_per_s.replace(",", "")) > 0

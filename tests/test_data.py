@@ -66,6 +66,13 @@ def test_registry_and_default_dir(monkeypatch, tmp_path):
     assert default_data_dir() == Path.home() / ".cache" / "selfsup-lab"
 
 
+def test_display_name_shortens_image_folder_paths_only():
+    assert data.display_name("imagefolder:/very/long/path/cifar10-jpg-train.tar.gz") == "cifar10-jpg-train.tar.gz"
+    assert data.display_name("imagefolder:relative/folder/") == "folder"
+    assert data.display_name("digits") == "digits"
+    assert data.display_name("synthetic:n=64,classes=4") == "synthetic:n=64,classes=4"
+
+
 def test_unknown_dataset_and_bad_split():
     with pytest.raises(UserError, match="unknown dataset 'imagenet'.*digits.*synthetic"):
         load_dataset("imagenet")

@@ -211,11 +211,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
               "figures": []}
     if not distributed.is_main_process():
         return result
-    from .. import viz
+    from .. import data, viz
 
     plt = viz._plt()
     (out / "figures").mkdir(exist_ok=True)
-    title = f"{dataset}, {budget}, seed {seed}"
+    title = f"{data.display_name(dataset)}, {budget}, seed {seed}"
     figures = [(comparison_figure(occupancy, names, batch_sizes, title=title), "comparison.png")]
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, names, title=title), "batch_size_sweep.png"))
