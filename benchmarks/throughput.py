@@ -142,11 +142,16 @@ def run_dataloader(args, dataset, device):
     return result
 
 
+def device_augmenter(dataset, device):
+    """The lab's augmentation (the CIFAR preset at the data's resolution and statistics) and a seeded generator."""
+    mean, std = dataset.channel_stats()
+    return (augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std)),
+            torch.Generator(device=device).manual_seed(0))
+
+
 def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
     images = dataset.images.to(device)
-    mean, std = dataset.channel_stats()
-    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
-    generator = torch.Generator(device=device).manual_seed(0)
+    augmenter, generator = device_augmenter(dataset, device)
     model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
                                    dataset.image_size)
 
@@ -165,9 +170,7 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_ba
 def run_augment_only(args, dataset, device):
     """(e): sampling + two augmented views per image, nothing else — the augmentation's own ceiling."""
     images = dataset.images.to(device)
-    mean, std = dataset.channel_stats()
-    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
-    generator = torch.Generator(device=device).manual_seed(0)
+    augmenter, generator = device_augmenter(dataset, device)
 
     def step():
         idx = torch.randint(len(images), (args.batch_size,), device=device, generator=generator)
@@ -181,9 +184,7 @@ def run_augment_only(args, dataset, device):
 def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
     """(f)/(g): the training step on one fixed pair of augmented views — the model's own ceiling."""
     images = dataset.images[: args.batch_size].to(device)
-    mean, std = dataset.channel_stats()
-    augmenter = augment.Augmenter(augment.cifar_preset(dataset.image_size, mean, std))
-    generator = torch.Generator(device=device).manual_seed(0)
+    augmenter, generator = device_augmenter(dataset, device)
     views = [augmenter(images, generator) for _ in range(2)]
     if channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
