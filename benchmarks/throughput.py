@@ -15,8 +15,11 @@ and, to show where the time of (c)/(d) goes, two parts of the device pipeline me
 
     PYTHONPATH=. python benchmarks/throughput.py                     # GPU: ResNet-18, batch 512
     PYTHONPATH=. python benchmarks/throughput.py --device cpu --backbone convnet --batch-size 256 --steps 5
+    PYTHONPATH=. python benchmarks/throughput.py --profile 10      # + where each pipeline's time goes
 
-Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory).
+Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory). With --profile N,
+each pipeline is also profiled for N more steps (torch.profiler) and its top operations are written to
+benchmarks/out/profile-<pipeline>.txt (not committed).
 Data: the CIFAR-10 JPEG copy via --dataset imagefolder:PATH, or `digits` upscaled (same shapes and work
 per image as CIFAR: throughput does not depend on the pixel values).
 """
@@ -137,9 +140,7 @@ def run_dataloader(args, dataset, device):
             v1, v2 = next(iterator)
         train_step(model, optimizer, [v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)], False, device)
 
-    result = measure(step, device, args.warmup, args.steps, 2 * args.batch_size)
-    result["workers"] = workers
-    return result
+    return step, args.warmup, {"workers": workers}
 
 
 def device_augmenter(dataset, device):
@@ -163,8 +164,7 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_ba
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         train_step(model, optimizer, views, amp, device)
 
-    warmup = args.warmup + (10 if compile_backbone else 0)  # compilation happens in the first steps
-    return measure(step, device, warmup, args.steps, 2 * args.batch_size)
+    return step, args.warmup + (10 if compile_backbone else 0), {}  # compilation happens in the first steps
 
 
 def run_augment_only(args, dataset, device):
@@ -178,7 +178,7 @@ def run_augment_only(args, dataset, device):
         for _ in range(2):
             augmenter(batch, generator)
 
-    return measure(step, device, args.warmup, args.steps, 2 * args.batch_size)
+    return step, args.warmup, {}
 
 
 def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
@@ -190,9 +190,25 @@ def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compil
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
                                    dataset.image_size)
-    warmup = args.warmup + (10 if compile_backbone else 0)
-    return measure(lambda: train_step(model, optimizer, views, amp, device), device, warmup, args.steps,
-                   2 * args.batch_size)
+    return lambda: train_step(model, optimizer, views, amp, device), args.warmup + (10 if compile_backbone else 0), {}
+
+
+def write_profile(step_fn, device, steps: int, label: str, folder) -> Path:
+    """Profile `steps` more steps (already warm) with torch.profiler; write the operations that took the most
+    time — on a GPU by their own device time, on a CPU by their own CPU time — to folder/profile-<label>.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step_fn()
+        sync(device)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=25)
+    path = Path(folder) / f"profile-{label.split(')')[0].strip('(')}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{label}: {steps} steps, {device}\n\n{table}\n")
+    return path
 
 
 def main(argv=None):
@@ -206,6 +222,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for (a); default: all cores")
     parser.add_argument("--cpu-compile", action="store_true", help="also run (d) on a CPU (slow to compile)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing each pipeline, profile STEPS more steps and write its top operations")
+    parser.add_argument("--profile-dir", default=str(Path(__file__).with_name("out")))
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -239,11 +258,14 @@ def main(argv=None):
         pipelines["(g) model alone + torch.compile"] = lambda: run_model_only(args, dataset, device, cuda, cuda, True)
 
     rows = []
-    for label, fn in pipelines.items():
-        result = fn()
+    for label, build in pipelines.items():
+        step, warmup, info = build()  # each pipeline: a step function, its warm-up steps, extra info
+        result = {**measure(step, device, warmup, args.steps, 2 * args.batch_size), **info}
         rows.append((label, result))
         extra = f", {result['workers']} workers" if "workers" in result else ""
         print(f"{label:45s} {result['views_per_s']:>10,.0f} views/s   peak {result['peak_gib']:.2f} GiB{extra}", flush=True)
+        if args.profile:
+            print(f"  profile of {args.profile} more steps: {write_profile(step, device, args.profile, label, args.profile_dir)}")
 
     base = rows[0][1]["views_per_s"]
     memory_label = ("peak GPU memory (GiB)" if device.type == "cuda"
