@@ -266,9 +266,12 @@ def display_name(spec: str) -> str:
 
     Other specs are returned unchanged ('digits', 'synthetic:n=64'); a path would crowd out a figure's title.
     """
-    name, _, arg = str(spec).partition(":")
-    if name.strip().lower().replace("_", "-") in ("imagefolder", "image-folder") and arg.strip():
-        return Path(arg.strip().rstrip("/\\")).name or arg.strip()
+    try:
+        name, arg = _parse_spec(spec)  # the same name normalisation and aliases as loading uses
+    except UserError:
+        return str(spec)
+    if name == "imagefolder" and arg:
+        return Path(arg.rstrip("/\\")).name or arg
     return str(spec)
 
 
