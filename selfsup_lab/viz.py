@@ -129,15 +129,22 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
     """Sorted cluster shares over time: each column is one epoch (or window), clusters sorted by size.
 
     Sorting each column makes collapse visible at a glance: a balanced run is a flat band, a collapsing
-    one concentrates all mass in the top rows.
+    one concentrates all mass in the top rows. The colour is share × K on a fixed log scale from 0.1 to 10,
+    so one colour means one share in every figure: uniform (1) sits in the middle, black is empty or below a
+    tenth of uniform, the brightest colour ten times uniform or more. (On a linear scale up to the largest
+    cluster, a few huge clusters would turn every other cluster black.)
     """
+    from matplotlib.colors import LogNorm
+
     rows = np.asarray(count_rows, dtype=float)
     shares = np.sort(rows / np.maximum(rows.sum(axis=1, keepdims=True), 1), axis=1)[:, ::-1]
     fig, ax = _figure(ax, (5, 3))
     K = shares.shape[1]
-    im = ax.imshow(shares.T * K, aspect="auto", origin="upper", cmap="magma", interpolation="nearest",
-                   extent=(0.5, len(shares) + 0.5, K, 0), vmin=0, vmax=max(3.0, float((shares * K).max())))
-    fig.colorbar(im, ax=ax, label="share × K (1 = uniform)")
+    floor, ceiling = 0.1, 10.0
+    relative = np.clip(shares.T * K, floor, ceiling)  # empty clusters get the floor's colour, not none
+    im = ax.imshow(relative, aspect="auto", origin="upper", cmap="magma", interpolation="nearest",
+                   extent=(0.5, len(shares) + 0.5, K, 0), norm=LogNorm(vmin=floor, vmax=ceiling))
+    fig.colorbar(im, ax=ax, label="share × K (1 = uniform)", extend="both")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("cluster rank")
     ax.set_title(title or "occupancy over time", fontsize=10)
