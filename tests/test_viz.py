@@ -1,10 +1,6 @@
 """Figures: what their colours and axes mean must not depend on the data drawn."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import numpy as np
 import pytest
 
@@ -12,9 +8,9 @@ from selfsup_lab import viz
 
 
 def heatmap_image(count_rows):
-    fig = viz.occupancy_heatmap(count_rows)
+    fig = viz.occupancy_heatmap(count_rows)  # viz draws with the Agg backend outside notebooks
     image = fig.axes[0].images[0]
-    matplotlib.pyplot.close(fig)
+    viz._plt().close(fig)
     return image
 
 
