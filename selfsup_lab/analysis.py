@@ -37,17 +37,23 @@ def _labels(x) -> torch.Tensor:
     return (x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).long().flatten()
 
 
+def _labelled_groups(labels, batches=None) -> list[torch.Tensor]:
+    """The labels of each batch (or of the one batch `labels`), without the unlabelled images (label < 0)."""
+    labels = _labels(labels)
+    groups = [labels] if batches is None else [labels[_labels(b)] for b in batches]
+    return [y[y >= 0] for y in groups]
+
+
 def same_class_negative_rate(labels, batches=None) -> float:
     """Fraction of (anchor, negative) pairs sharing the anchor's class, averaged over batches.
 
     For one batch with n_c images of class c among B:  rate = Σ_c n_c(n_c − 1) / (B(B − 1)).
     (With two views per image SimCLR's negatives are 2B − 2 views, two per other image: the same fraction.)
     `labels`: the labels of one batch, or — with `batches` (a list of index tensors) — of the whole dataset.
+    Unlabelled images (label −1) are left out: B counts the labelled images of the batch.
     """
-    labels = _labels(labels)
-    groups = [labels] if batches is None else [labels[_labels(b)] for b in batches]
     rates = []
-    for y in groups:
+    for y in _labelled_groups(labels, batches):
         b = y.numel()
         if b < 2:
             continue
@@ -58,13 +64,14 @@ def same_class_negative_rate(labels, batches=None) -> float:
 
 def expected_same_class_negative_rate(labels=None, num_classes: int | None = None) -> float:
     """What random batches give. From the dataset's class counts N_c (batches drawn without replacement):
-    Σ_c N_c(N_c − 1) / (N(N − 1)); or 1/C for C balanced classes — the mean of X/(B − 1) for
-    X ~ Binomial(B − 1, 1/C)."""
+    Σ_c N_c(N_c − 1) / (N(N − 1)) over the labelled images; or 1/C for C balanced classes — the mean of
+    X/(B − 1) for X ~ Binomial(B − 1, 1/C)."""
     if labels is None:
         if not num_classes:
             raise ValueError("give the dataset's labels or num_classes")
         return 1.0 / num_classes
-    counts = torch.bincount(_labels(labels)).double()
+    (labelled,) = _labelled_groups(labels)
+    counts = torch.bincount(labelled).double()
     total = float(counts.sum())
     return float((counts * (counts - 1)).sum() / (total * (total - 1)))
 
@@ -77,14 +84,9 @@ def min_same_class_negative_rate(batch_size: int, num_classes: int) -> float:
 
 
 def same_class_negative_counts(labels, batches=None) -> torch.Tensor:
-    """Per anchor, the number X of negatives in its batch that share its class: X_i = n_{y_i} − 1."""
-    labels = _labels(labels)
-    groups = [labels] if batches is None else [labels[_labels(b)] for b in batches]
-    out = []
-    for y in groups:
-        y = y - y.min()
-        out.append(torch.bincount(y)[y] - 1)
-    return torch.cat(out)
+    """Per anchor, the number X of negatives in its batch that share its class: X_i = n_{y_i} − 1
+    (labelled anchors only; an unlabelled image, label −1, is neither anchor nor counted)."""
+    return torch.cat([torch.bincount(y)[y] - 1 for y in _labelled_groups(labels, batches)])
 
 
 def binomial_pmf(n: int, p: float) -> np.ndarray:

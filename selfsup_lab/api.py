@@ -27,9 +27,10 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     from .metrics import clustering_scores, kmeans_clustering_scores, knn_accuracy, linear_probe
 
     config = trainer.config
-    train_x = trainer.features(trainer.train_set.images)
+    train_set = trainer.labelled_train_set  # the unlabelled training images (STL-10) have nothing to score
+    train_x = trainer.features(train_set.images)
     test_x = trainer.features(trainer.test_set.images)
-    train_y, test_y = trainer.train_set.labels.to(train_x.device), trainer.test_set.labels.to(test_x.device)
+    train_y, test_y = train_set.labels.to(train_x.device), trainer.test_set.labels.to(test_x.device)
     metrics = {
         "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn_k, temperature=config.knn_temperature),
     }
@@ -45,8 +46,8 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
         metrics["clustering_from"] = "spherical k-means (K = C) on backbone features"
     if trainer.history and "occupancy" in trainer.history[-1]:
         metrics["occupancy"] = trainer.history[-1]["occupancy"]
-    metrics["protocol"] = (f"kNN k={config.knn_k} τ={config.knn_temperature} cosine on backbone features, train split "
-                           "(no augmentation) as bank, test split as queries, final epoch; linear probe on frozen "
+    metrics["protocol"] = (f"kNN k={config.knn_k} τ={config.knn_temperature} cosine on backbone features, labelled train "
+                           "split (no augmentation) as bank, test split as queries, final epoch; linear probe on frozen "
                            "standardised features; clustering on the test split")
     metrics["epochs_trained"] = trainer.epoch
     metrics["dataset"] = config.dataset
@@ -130,10 +131,11 @@ class Run:
     def _split(self, split: str):
         if split not in ("train", "test"):
             raise UserError(f"split must be 'train' or 'test', got '{split}'")
-        return self.trainer.train_set if split == "train" else self.trainer.test_set
+        return self.trainer.labelled_train_set if split == "train" else self.trainer.test_set
 
     def embed(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        """(backbone features, labels) of a split, computed without augmentation."""
+        """(backbone features, labels) of a split, computed without augmentation. "train" means its labelled
+        images (all of them, except for datasets with an unlabelled part such as STL-10)."""
         data = self._split(split)
         return self.trainer.features(data.images).cpu(), data.labels
 

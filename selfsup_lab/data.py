@@ -13,12 +13,16 @@ the training loop.
 
 Every sample carries its index: `dataset[i]` returns `(image, label, i)`, because clustering methods
 (DeepCluster, CoKe) keep a pseudo-label per image and look it up by index. Labels are only ever used for
-evaluation.
+evaluation, so a training split may also hold *unlabelled* images (label -1, `UNLABELLED`), as STL-10's
+100,000-image unlabelled split: they are trained on, and evaluation uses the labelled ones
+(`ImageDataset.labelled()`).
 
 Where the images come from (`load_dataset(spec, split)`):
 
 * ``cifar10``, ``cifar100``, ``stl10``, ``mnist``, ``fashion-mnist`` -- torchvision's own dataset classes,
   downloaded into ``data_dir`` and converted to our format once (cached as a ``.pt`` file next to them).
+  ``stl10`` trains on its 5,000 labelled *and* 100,000 unlabelled images (the usual self-supervised
+  protocol); ``stl10:labelled`` on the 5,000 labelled ones only.
 * ``digits`` -- scikit-learn's bundled 8x8 handwritten digits, upscaled to 32x32. Always available
   offline, trains in seconds on a CPU: the default for notebooks and tests.
 * ``synthetic[:n=..,classes=..,size=..,seed=..]`` -- seeded procedural images of any size, for tests.
@@ -49,6 +53,7 @@ from .errors import DataUnavailableError, UserError
 
 __all__ = [
     "DATASETS",
+    "UNLABELLED",
     "ImageDataset",
     "RandomBatches",
     "default_data_dir",
@@ -67,7 +72,8 @@ DATASETS: dict[str, str] = {
     "(optionally inside train/ and test/) or a .tar/.tar.gz of one",
     "cifar10": "CIFAR-10, 50,000 + 10,000 32x32 images, 10 classes (torchvision download)",
     "cifar100": "CIFAR-100, 50,000 + 10,000 32x32 images, 100 classes (torchvision download)",
-    "stl10": "STL-10 labelled splits, 5,000 + 8,000 96x96 images, 10 classes (torchvision download)",
+    "stl10": "STL-10, 5,000 labelled + 100,000 unlabelled training and 8,000 test 96x96 images, 10 classes "
+    "(torchvision download, 2.6 GB); stl10:labelled trains on the 5,000 labelled images only",
     "mnist": "MNIST, 60,000 + 10,000 28x28 handwritten digits as 3-channel images (torchvision download)",
     "fashion-mnist": "Fashion-MNIST, 60,000 + 10,000 28x28 clothing images as 3-channel images (torchvision download)",
 }
@@ -76,6 +82,9 @@ OFFLINE_ALTERNATIVES = "`digits`, `synthetic` or `imagefolder:PATH` (a folder or
 
 # Fraction of images held out as the test split when a source has no test split of its own.
 HOLDOUT_FRACTION = 0.2
+
+# The label of an image without one (STL-10's unlabelled split): trained on, never used by evaluation.
+UNLABELLED = -1
 
 # Bump when the layout of the cached .pt files changes, so that old caches are rebuilt, not misread.
 CACHE_FORMAT = 1
@@ -97,7 +106,8 @@ class ImageDataset:
     """A whole split of a dataset as two tensors, living on one device.
 
     images: uint8 (N, 3, H, W) -- grayscale sources are replicated to 3 channels.
-    labels: int64 (N,) -- indices into `classes`; used for evaluation only.
+    labels: int64 (N,) -- indices into `classes`, or UNLABELLED (-1) for an image without a label;
+            used for evaluation only.
     """
 
     images: torch.Tensor
@@ -118,6 +128,11 @@ class ImageDataset:
             raise UserError(
                 f"ImageDataset labels must be an int64 tensor of shape ({imgs.shape[0]},) matching the images, "
                 f"got {labels.dtype} {tuple(labels.shape)}"
+            )
+        if len(labels) and not (UNLABELLED <= int(labels.min()) and int(labels.max()) < len(self.classes)):
+            raise UserError(
+                f"ImageDataset labels must lie in 0..{len(self.classes) - 1} (one per class) or be {UNLABELLED} "
+                f"(unlabelled), got values from {int(labels.min())} to {int(labels.max())}"
             )
 
     def __len__(self) -> int:
@@ -175,10 +190,23 @@ class ImageDataset:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name, self.split)
 
+    @property
+    def num_unlabelled(self) -> int:
+        return int((self.labels == UNLABELLED).sum())
+
+    def labelled(self) -> ImageDataset:
+        """The images that have a label: `self` itself when all have one (no copy), else a subset.
+
+        What evaluation uses as the training side (kNN memory bank, linear-probe training set)."""
+        if not self.num_unlabelled:
+            return self
+        return self.subset(torch.nonzero(self.labels != UNLABELLED).flatten())
+
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
+        unlabelled = f" ({self.num_unlabelled} unlabelled)" if self.num_unlabelled else ""
         return (
-            f"ImageDataset(name={self.name!r}, split={self.split!r}, {n} images of {c}x{h}x{w}, "
+            f"ImageDataset(name={self.name!r}, split={self.split!r}, {n} images{unlabelled} of {c}x{h}x{w}, "
             f"{self.num_classes} classes, device={self.images.device})"
         )
 
@@ -245,8 +273,18 @@ def load_dataset(spec: str, split: str = "train", data_dir: str | os.PathLike | 
         _no_options(name, "", options)
         train, test = _imagefolder(arg, root)
         return train if split == "train" else test
+    if name == "stl10":
+        _no_options(name, "", options)
+        return _torchvision(name, _stl10_split(arg, split), root)
     _no_options(name, arg, options)
     return _torchvision(name, split, root)
+
+
+def _stl10_split(arg: str, split: str) -> str:
+    """torchvision's STL-10 split for our (spec argument, split): the unlabelled images join training."""
+    if arg.lower() not in ("", "labelled", "labeled"):
+        raise UserError(f"stl10 takes only ':labelled' after its name (got {arg!r}); write 'stl10' or 'stl10:labelled'")
+    return "train+unlabeled" if split == "train" and not arg else split
 
 
 def load_splits(spec: str, data_dir: str | os.PathLike | None = None, **options) -> tuple[ImageDataset, ImageDataset]:
@@ -430,6 +468,7 @@ _TORCHVISION = {
 
 
 def _torchvision(name: str, split: str, data_dir: Path) -> ImageDataset:
+    """One split of a torchvision dataset; `split` is "train", "test" or (STL-10) "train+unlabeled"."""
     cache = data_dir / f"{name}-{split}.pt"
     cached = _read_cache(cache, ("classes", list))
     if cached is None:
@@ -458,11 +497,11 @@ def _torchvision(name: str, split: str, data_dir: Path) -> ImageDataset:
             targets = raw.labels  # STL-10
         cached = {
             "images": _to_rgb_uint8(data.to(torch.uint8)),
-            "labels": torch.as_tensor(np.asarray(targets), dtype=torch.int64),
+            "labels": torch.as_tensor(np.asarray(targets), dtype=torch.int64),  # STL-10: -1 = unlabelled
             "classes": [str(c) for c in raw.classes],
         }
         _write_cache(cache, cached)
-    return ImageDataset(cached["images"], cached["labels"], cached["classes"], name, split)
+    return ImageDataset(cached["images"], cached["labels"], cached["classes"], name, split.partition("+")[0])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -210,8 +210,12 @@ class GuidedBatches(RandomBatches):
         t0 = time.perf_counter()
         seed = self.seed * 7919 + epoch
         kind = self.options.pseudo_labels
+        true_labels = trainer.train_set.labels
         if kind == "oracle":
-            labels = trainer.train_set.labels.clone()
+            if trainer.train_set.num_unlabelled:
+                raise UserError(f"oracle pseudo-labels are the true labels, but {trainer.train_set.num_unlabelled} "
+                                f"training images have none; use pseudo_labels=autoencoder or encoder")
+            labels = true_labels.clone()
         else:
             codes = autoencoder_codes(trainer.train_images, self.options, seed) if kind == "autoencoder" \
                 else trainer.features(trainer.train_set.images)
@@ -221,7 +225,9 @@ class GuidedBatches(RandomBatches):
         self.set_pseudo_labels(labels, epoch)
         from sklearn.metrics import normalized_mutual_info_score
 
-        self.info = {"pseudo_nmi": float(normalized_mutual_info_score(trainer.train_set.labels.numpy(), labels.numpy())),
+        labelled = true_labels >= 0  # pseudo-label quality can only be measured where the truth is known
+        self.info = {"pseudo_nmi": float(normalized_mutual_info_score(true_labels[labelled].numpy(),
+                                                                      labels[labelled].numpy())),
                      "pseudo_seconds": time.perf_counter() - t0}
 
     def state_dict(self) -> dict:

@@ -249,6 +249,12 @@ class Trainer:
         if config.train_subset is not None and config.train_subset < len(self.train_set):
             keep = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed))
             self.train_set = self.train_set.subset(keep[: config.train_subset])
+        # Evaluation's training side (kNN bank, linear probe): the labelled images; all of them but for
+        # datasets with an unlabelled part (STL-10), which is trained on but has nothing to score against.
+        self.labelled_train_set = self.train_set.labelled()
+        if not len(self.labelled_train_set):
+            raise UserError(f"the training images of {config.dataset!r} include none with a label, so nothing can "
+                            f"be evaluated; use a larger train_subset or a dataset with labelled training images")
         self.mean, self.std = self.train_set.channel_stats()
         self.train_images = self.train_set.images.to(self.device)
         self.sampler = samplers.build_sampler(config.sampler, config.sampler_options, options,
@@ -464,12 +470,13 @@ class Trainer:
             record = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()},
                       "views_per_s": views_seen / max(time.perf_counter() - t0, 1e-9)}
             record["lr"] = lr
-            record.update(samplers.epoch_statistics(self.sampler, batches, self.train_set.labels))
+            record.update(samplers.epoch_statistics(self.sampler, batches, self.train_set.labels))  # -1s skipped
             if K:
                 record["occupancy"] = occupancy_stats(epoch_counts)
                 self.occupancy_log["epochs"].append(epoch_counts.tolist())
             if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < self.epochs:
-                record["knn_top1"] = knn_accuracy(self.features(self.train_set.images), self.train_set.labels,
+                bank = self.labelled_train_set
+                record["knn_top1"] = knn_accuracy(self.features(bank.images), bank.labels,
                                                   self.features(self.test_set.images), self.test_set.labels,
                                                   k=config.knn_k, temperature=config.knn_temperature)
             self.epoch = epoch + 1
@@ -491,7 +498,8 @@ class Trainer:
             "epochs": self.epochs, "backbone": self.backbone_name, "device": str(self.device),
             "lr": self.base_lr, "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
             "amp_bf16": self.use_amp, "channels_last": self.channels_last, "world_size": distributed.world_size(),
-            "num_train": len(self.train_set), "num_test": len(self.test_set),
+            "num_train": len(self.train_set), "num_train_labelled": len(self.labelled_train_set),
+            "num_test": len(self.test_set),
             "sampler": type(self.sampler).__name__,
             "method_options": dataclasses.asdict(self.method.options), **self.method.extra_info()}}
         _atomic_write_text(self.out / "config.json", json.dumps(info, indent=2, default=str))

@@ -55,6 +55,10 @@ def test_same_class_negative_rate_and_its_references():
     assert analysis.expected_same_class_negative_rate(CLASSES) == pytest.approx(9 / 39)
     assert analysis.min_same_class_negative_rate(512, 10) == pytest.approx((2 * 52 * 51 + 8 * 51 * 50) / (512 * 511))
     assert analysis.min_same_class_negative_rate(8, 20) == 0.0
+    # unlabelled images (-1, STL-10's unlabelled split) are neither anchors nor negatives
+    assert analysis.same_class_negative_rate(torch.tensor([0, 0, -1, -1, 0, 1])) == pytest.approx(0.5)
+    assert analysis.same_class_negative_counts(torch.tensor([-1, 0, 0, -1]), [torch.arange(4)]).tolist() == [1, 1]
+    assert analysis.expected_same_class_negative_rate(torch.tensor(CLASSES.tolist() + [-1] * 7)) == pytest.approx(9 / 39)
     # random batches match the expectation on average
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 10, (5000,), generator=g)

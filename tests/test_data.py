@@ -318,6 +318,50 @@ def test_torchvision_cifar_layout_is_permuted(tmp_path, monkeypatch):
     assert ds.images.shape == (2, 3, 32, 32) and ds.images[:, 0].min() == 255 and ds.images[:, 1].max() == 0
 
 
+class FakeSTL10:
+    """What torchvision's STL10 exposes: (N, 3, H, W) uint8 numpy data, labels with -1 for unlabelled images."""
+
+    calls: list = []
+
+    def __init__(self, root, split, download):
+        FakeSTL10.calls.append(split)
+        labelled, unlabelled, test = 6, 10, 4
+        n = {"train": labelled, "train+unlabeled": labelled + unlabelled, "test": test}[split]
+        self.data = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(3, 1).repeat(8, 2).repeat(8, 3)
+        self.labels = np.asarray([i % 3 for i in range(min(n, labelled if split != "test" else n))]
+                                 + [-1] * (n - labelled if split == "train+unlabeled" else 0))
+        self.classes = ["airplane", "bird", "car"]
+
+
+def test_stl10_trains_on_its_unlabelled_images_and_evaluates_on_the_labelled(tmp_path, monkeypatch):
+    import torchvision
+
+    FakeSTL10.calls = []
+    monkeypatch.setattr(torchvision.datasets, "STL10", FakeSTL10)
+    train, test = load_splits("stl10", data_dir=tmp_path)
+    assert FakeSTL10.calls == ["train+unlabeled", "test"] and train.split == "train"
+    assert len(train) == 16 and train.num_unlabelled == 10 and test.num_unlabelled == 0
+    assert "(10 unlabelled)" in repr(train)
+    labelled = train.labelled()
+    assert len(labelled) == 6 and labelled.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert labelled.images[:, 0, 0, 0].tolist() == list(range(6))  # the labelled images, in order
+    assert test.labelled() is test  # nothing to drop: no copy
+    # stl10:labelled is the 5,000 labelled training images alone, cached apart from the full training split
+    only = load_dataset("stl10:labelled", data_dir=tmp_path)
+    assert FakeSTL10.calls[-1] == "train" and len(only) == 6 and only.num_unlabelled == 0
+    assert {p.name for p in tmp_path.glob("*.pt")} == {"stl10-train+unlabeled.pt", "stl10-train.pt", "stl10-test.pt"}
+    with pytest.raises(UserError, match="labelled"):
+        load_dataset("stl10:unlabelled", data_dir=tmp_path)
+
+
+def test_imagedataset_labels_must_name_a_class_or_be_unlabelled():
+    images = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    ImageDataset(images, torch.tensor([0, -1, 1]), ["a", "b"], "toy", "train")  # -1 = unlabelled is fine
+    for bad in ([0, 2, 1], [0, -2, 1]):
+        with pytest.raises(UserError, match=r"0\.\.1"):
+            ImageDataset(images, torch.tensor(bad), ["a", "b"], "toy", "train")
+
+
 # ---------------------------------------------------------------------------------------------- batches
 
 def test_random_batches_deterministic_and_disjoint():

@@ -1,6 +1,7 @@
 """The trainer: resume reproduces an uninterrupted run, NaN stops cleanly, checkpoints are atomic."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,3 +148,35 @@ def test_untrained_run_starts_where_every_method_starts():
     plain = untrained_run(calibrate_batchnorm=False, **options)
     norms = [m for m in plain.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(m.running_mean.abs().sum() == 0 and torch.all(m.running_var == 1) for m in norms)
+
+
+class FakeSTL10:
+    """torchvision's STL10 interface on a little made-up data: 60 labelled (3 classes), 90 unlabelled (-1)."""
+
+    def __init__(self, root, split, download):
+        g = np.random.default_rng(0 if split != "test" else 1)
+        labelled = 30 if split == "test" else 60
+        unlabelled = 90 if split == "train+unlabeled" else 0
+        self.labels = np.concatenate([np.arange(labelled) % 3, -np.ones(unlabelled, dtype=np.int64)])
+        self.data = g.integers(0, 256, (labelled + unlabelled, 3, 16, 16), dtype=np.uint8)
+        self.data[:labelled, self.labels[:labelled]] = 255  # a class is its saturated channel: easy to tell apart
+        self.classes = ["red", "green", "blue"]
+
+
+def test_unlabelled_images_are_trained_on_and_left_out_of_evaluation(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", FakeSTL10)
+    settings = {**QUICK, "dataset": "stl10", "data_dir": str(tmp_path / "data"), "eval_every": 1}
+    run = selfsup_lab.train("simclr", epochs=2, out=str(tmp_path / "run"), **settings)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["num_train"] == 150 and resolved["num_train_labelled"] == 60
+    assert run.trainer.steps_per_epoch == 150 // 32  # the unlabelled images are trained on
+    features, labels = run.embed("train")
+    assert features.shape[0] == 60 and labels.min() == 0  # evaluation sees the labelled ones only
+    assert 0.0 <= run.history[0]["knn_top1"] <= 1.0 and 0.0 <= run.metrics["linear_top1"] <= 1.0
+    assert 0.0 <= run.history[-1]["same_class_neg_rate"] < 1.0
+    # the guided sampler's oracle pseudo-labels would be the true ones, which 90 images do not have
+    with pytest.raises(UserError, match="pseudo_labels=autoencoder or encoder"):
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "oracle"), sampler="guided",
+                          **{"sampler.pseudo_labels": "oracle"}, **settings)
