@@ -4,6 +4,9 @@ Everything the command line catches and prints as a single sentence (unknown met
 corrupt checkpoint, a diverged loss) is a `UserError`. Anything else is a bug in the lab and keeps its
 traceback.
 """
+from __future__ import annotations
+
+from typing import Callable
 
 
 class UserError(Exception):
@@ -16,3 +19,21 @@ class DataUnavailableError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# A range rule: (setting names, test a value must pass, what the value must be — for the message).
+Bounds = list[tuple[tuple[str, ...], Callable[[float], bool], str]]
+
+
+def check_bounds(settings: object, bounds: Bounds, label: Callable[[str], str] = str) -> None:
+    """Raise a `UserError` naming the first setting of `settings` outside its range.
+
+    None means "use the default rule" and always passes; a tuple or list is checked entry by entry.
+    `label(name)` is how the message names the setting (a command-line flag, "option 'x' of swav", ...).
+    """
+    for names, valid, wanted in bounds:
+        for name in names:
+            value = getattr(settings, name, None)
+            for v in value if isinstance(value, (tuple, list)) else [value]:
+                if v is not None and not valid(v):
+                    raise UserError(f"{label(name)} must be {wanted}, got {value!r}")

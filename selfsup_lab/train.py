@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, samplers
-from .errors import TrainingDiverged, UserError
+from .errors import Bounds, TrainingDiverged, UserError, check_bounds
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -219,6 +219,18 @@ def json_ready(value):
 
 # --- the trainer ----------------------------------------------------------------------------------------
 
+# Settings outside their meaningful range stop the run before any data is loaded. Three have command-line
+# flags; the others are keywords of selfsup_lab.train(...).
+CONFIG_BOUNDS: Bounds = [
+    (("lr", "knn_temperature"), lambda v: v > 0, "above 0"),
+    (("weight_decay", "warmup_epochs", "eval_every", "occupancy_every"), lambda v: v >= 0, "0 or more"),
+    (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("train_subset",), lambda v: v >= 2, "2 or more images"),
+    (("knn_k",), lambda v: v >= 1, "1 or more"),
+]
+_FLAGS = {"lr": "--lr", "eval_every": "--eval-every", "train_subset": "--train-subset"}
+
+
 class Trainer:
     """Builds data, model, optimiser and augmentation from a `TrainConfig` and runs the loop."""
 
@@ -235,6 +247,7 @@ class Trainer:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if config.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (self-supervised losses compare images), got {config.batch_size}")
+        check_bounds(config, CONFIG_BOUNDS, lambda name: _FLAGS.get(name, name))
         if config.batch_size % distributed.world_size():
             raise UserError(f"batch size {config.batch_size} must divide evenly over {distributed.world_size()} processes")
         self.use_amp = self.device.type == "cuda" if config.amp is None else bool(config.amp)
@@ -383,7 +396,11 @@ class Trainer:
             self._load(load_checkpoint(self.out / CHECKPOINT))
         else:
             if distributed.is_main_process():
-                self.out.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise UserError(f"cannot create the run directory {self.out} ({e.strerror}); "
+                                    f"choose a writable place with --out") from None
                 for stale in ("metrics.json", "history.jsonl", CHECKPOINT):
                     (self.out / stale).unlink(missing_ok=True)
             self.method.on_train_start(self)

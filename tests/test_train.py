@@ -93,6 +93,32 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
         selfsup_lab.train("simclr", temprature=0.1, **{**QUICK, "out": str(tmp_path)})
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"lr": 0.0}, "--lr must be above 0, got 0.0"),
+    ({"weight_decay": -1e-4}, "weight_decay must be 0 or more"),
+    ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+    ({"train_subset": 1}, "--train-subset must be 2 or more images"),
+    ({"knn_temperature": 0}, "knn_temperature must be above 0"),
+    ({"temperature": 0}, "option 'temperature' of simclr must be above 0, got 0"),
+    ({"proj_dim": 0}, "option 'proj_dim' of simclr must be 1 or more"),
+])
+def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message):
+    with pytest.raises(UserError, match=message):
+        selfsup_lab.train("simclr", **{**QUICK, "out": str(tmp_path), **setting})
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("method, option, value, message", [
+    ("excb", "size_momentum", 1.5, r"in \[0, 1\]"),
+    ("coke", "num_clusters", (10, 1), "2 or more, got \\(10, 1\\)"),  # every head's K is checked
+    ("swav", "epsilon", 0.0, "above 0"),
+    ("gsimclr", "num_pseudo", 1, "2 or more"),
+])
+def test_method_options_out_of_range_are_refused(tmp_path, method, option, value, message):
+    with pytest.raises(UserError, match=f"option '{option}' of {method} must be {message}"):
+        selfsup_lab.train(method, **{**QUICK, "out": str(tmp_path), option: value})
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import Bounds, UserError, check_bounds
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _convert(value, annotation, key: str):
 
 
 def parse_options(options_cls: type, values: dict | None, method_name: str = "method"):
-    """Build the method's options dataclass from user values, checking names and types."""
+    """Build the method's options dataclass from user values, checking names, types and ranges."""
     values = dict(values or {})
     hints = typing.get_type_hints(options_cls)
     names = [f.name for f in dataclasses.fields(options_cls)]
@@ -136,7 +136,25 @@ def parse_options(options_cls: type, values: dict | None, method_name: str = "me
         raise UserError(
             f"unknown option '{unknown[0]}' for {method_name}; valid options: {', '.join(names) or '(none)'}"
         )
-    return options_cls(**{k: _convert(v, hints[k], k) for k, v in values.items()})
+    options = options_cls(**{k: _convert(v, hints[k], k) for k, v in values.items()})
+    check_bounds(options, OPTION_BOUNDS, lambda name: f"option '{name}' of {method_name}")
+    return options
+
+
+# An option name means the same thing in every method that has it (a temperature is a softmax temperature,
+# a momentum an EMA weight), so its valid range is stated once, here, by name. (The triplet's epsilon, a
+# probability, is further held to (0, 1) by `rank_window`.)
+OPTION_BOUNDS: Bounds = [
+    (("temperature", "student_temperature", "teacher_temperature", "epsilon", "boost", "ae_noise"), lambda v: v > 0,
+     "above 0"),
+    (("base_momentum", "teacher_momentum", "size_momentum", "alpha"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("ratio",), lambda v: 0 < v <= 1, "in (0, 1]"),
+    (("dual_lr", "gamma", "sinkhorn_iterations", "freeze_prototypes_epochs", "queue_length", "queue_start_epoch",
+      "num_small_views"), lambda v: v >= 0, "0 or more"),
+    (("proj_hidden", "proj_dim", "pred_hidden", "kmeans_iters", "window_width", "expected_classes",
+      "refresh_every", "ae_epochs", "ae_width"), lambda v: v >= 1, "1 or more"),
+    (("num_prototypes", "num_clusters", "num_pseudo"), lambda v: v >= 2, "2 or more"),
+]
 
 
 def describe_options(options_cls: type) -> list[tuple[str, str, object]]:
