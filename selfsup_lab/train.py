@@ -182,6 +182,16 @@ class HistoryWriter(Callback):
 
 # --- checkpoints --------------------------------------------------------------------------------------
 
+def make_output_dir(path: Path) -> Path:
+    """Create a run (or experiment) directory, or say in one sentence why it cannot be created."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output directory {path} ({e.strerror}); "
+                        f"choose a writable place with --out") from None
+    return path
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -197,7 +207,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     if not path.exists():
-        raise UserError(f"no checkpoint at {path}; train first (without --resume) or point --out at a run directory")
+        raise UserError(f"no checkpoint at {path}; train first, or give the run directory of an earlier training run")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated file, not a torch file, ...
@@ -396,11 +406,7 @@ class Trainer:
             self._load(load_checkpoint(self.out / CHECKPOINT))
         else:
             if distributed.is_main_process():
-                try:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise UserError(f"cannot create the run directory {self.out} ({e.strerror}); "
-                                    f"choose a writable place with --out") from None
+                make_output_dir(self.out)
                 for stale in ("metrics.json", "history.jsonl", CHECKPOINT):
                     (self.out / stale).unlink(missing_ok=True)
             self.method.on_train_start(self)

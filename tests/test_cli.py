@@ -28,7 +28,9 @@ def test_methods_and_datasets_list(capsys):
     (["eval", "/no/such/run"], "does not exist"),
     (["train", "--lr", "-1"], "--lr must be above 0, got -1.0"),
     (["train", "--method", "coke", "--set", "ratio=1.5"], "option 'ratio' of coke must be in (0, 1], got 1.5"),
-    (["train", "--epochs", "1", "--out", "/dev/null/run"], "cannot create the run directory /dev/null/run"),
+    (["train", "--epochs", "1", "--out", "/dev/null/run"], "cannot create the output directory /dev/null/run"),
+    (["compare-balancing", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
+    (["compare-negatives", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
 ])
 def test_bad_input_is_one_sentence(args, message):
     result = run_cli(*args)

@@ -163,7 +163,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     from .. import api, distributed
     from ..errors import UserError
     from ..methods import get_method_class
-    from ..train import TrainConfig
+    from ..train import TrainConfig, make_output_dir
 
     specs = [parse_method(m) for m in methods]
     names = [name for name, _ in specs]
@@ -181,8 +181,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for name in names}  # unknown names fail before any training
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(Path(out))
 
     rows, failed, occupancy = [], [], {}
     start = time.perf_counter()

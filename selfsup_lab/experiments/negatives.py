@@ -165,11 +165,11 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     """
     from .. import analysis, api, distributed, viz
     from ..methods import get_method_class
-    from ..train import Trainer
+    from ..train import Trainer, make_output_dir
 
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    make_output_dir(out / "figures")
     specs = [(spec, *parse_method(spec)) for spec in methods]
     for _, name, _ in specs:
         get_method_class(name)  # an unknown name fails now, not after an hour of training
