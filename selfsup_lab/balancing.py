@@ -73,6 +73,9 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, queue_s
     subtracts the maximum before every exp). exp(1/0.05) = 5e8 overflows float16 — the classic source of NaN
     targets — and with a small ε even float32 exp(S/ε) over- or underflows; log space never does.
     """
+    if scores.dim() != 2 or not epsilon > 0 or iterations < 0:  # ε = 0 would give NaN targets, not an error
+        raise ValueError(f"sinkhorn needs (B, K) scores, epsilon > 0 and iterations >= 0; got scores of shape "
+                         f"{tuple(scores.shape)}, epsilon={epsilon}, iterations={iterations}")
     local = scores.shape[0]
     logits = scores.float() / epsilon
     if queue_scores is not None:

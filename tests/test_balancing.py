@@ -71,6 +71,13 @@ def test_sinkhorn_has_no_nan_for_half_precision_cosines(dtype):
     assert torch.isfinite(q).all() and torch.allclose(q.sum(dim=1), torch.ones(32), atol=1e-4)
 
 
+def test_sinkhorn_refuses_an_epsilon_of_zero_instead_of_returning_nan():
+    with pytest.raises(ValueError, match="epsilon > 0"):
+        sinkhorn(cosines(8, 3), epsilon=0.0)
+    with pytest.raises(ValueError, match=r"\(B, K\) scores"):
+        sinkhorn(torch.randn(8))
+
+
 def test_sinkhorn_queue_rows_are_dropped_and_pull_small_batches_towards_the_full_data_balance():
     s = cosines(512, 32, skew=1.0)
     full = sinkhorn(s, epsilon=0.05, iterations=3)  # equipartition over the whole "dataset"
