@@ -76,3 +76,34 @@ def test_steps_budget_gives_every_batch_size_the_same_number_of_steps(tmp_path):
         compare_balancing(methods=("naive",), steps=6, out=tmp_path, **TINY)
     with pytest.raises(UserError, match="larger than the 96-image training set"):
         epochs_for_steps(6, (128,), TINY["dataset"], {})
+
+
+def test_several_seeds_give_one_row_per_method_with_mean_and_std(tmp_path):
+    result = compare_balancing(methods=("naive",), batch_sizes=(16,), seeds=(0, 1), out=tmp_path, **TINY)
+    assert [(r["method"], r["seed"]) for r in result["runs"]] == [("naive", 0), ("naive", 1)]
+    (row,) = result["rows"]
+    knn = [r["knn_top1"] for r in result["runs"]]
+    assert row["seeds"] == [0, 1] and row["knn_top1"] == pytest.approx(sum(knn) / 2)
+    assert knn[0] != knn[1]  # two seeds, two different runs
+    # a value that differs between seeds carries its spread (sample std), and the table shows it
+    assert row["knn_top1_std"] == pytest.approx(abs(knn[0] - knn[1]) / 2 ** 0.5)
+    assert f"{row['knn_top1']:.3f} ± {row['knn_top1_std']:.3f}" in (tmp_path / "results.md").read_text()
+    assert row["k"] == result["runs"][0]["k"] and "k_std" not in row  # the same in both seeds: kept as is
+    assert (tmp_path / "naive-b16-s0" / "metrics.json").exists() and (tmp_path / "naive-b16-s1").is_dir()
+    assert result["untrained"]["seeds"] == [0, 1]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["occupancy_per_epoch"]) == {"naive-b16-s0", "naive-b16-s1"}
+
+
+def test_aggregate_seeds_keeps_constants_and_skips_failed_runs():
+    from selfsup_lab.experiments import aggregate_seeds
+
+    rows = [{"method": "swav", "k": 71, "empty": 0, "knn_top1": 0.5, "seed": 0},
+            {"method": "swav", "k": 71, "empty": 3, "knn_top1": 0.7, "seed": 1},
+            {"method": "swav", "error": "RuntimeError: boom", "seed": 2}]
+    row = aggregate_seeds(rows)
+    assert row["k"] == 71 and "k_std" not in row and row["seeds"] == [0, 1] and "seed" not in row
+    assert row["empty"] == 1.5 and row["empty_std"] == pytest.approx(2.1213, abs=1e-4)
+    assert row["knn_top1"] == pytest.approx(0.6) and "error" not in row
+    assert aggregate_seeds(rows[2:])["error"] == "RuntimeError: boom"  # every seed failed: the failure stays
+    assert "1.5 ± 2.1" in markdown_table([{**row, "batch_size": 32}])  # whole-number column: one decimal

@@ -14,6 +14,37 @@ UNTRAINED_NOTE = ("The last row is the untrained network (the weights every run 
                   "random ones.")
 
 
+def aggregate_seeds(rows: list[dict]) -> dict:
+    """One row from rows that differ only by seed: a number that differs between seeds becomes its mean, with
+    the sample standard deviation as KEY_std; everything else is kept. Failed runs (rows with an "error")
+    are left out, unless every seed failed."""
+    import statistics
+
+    ok = [r for r in rows if not r.get("error")] or rows
+    out = {k: v for k, v in ok[0].items() if k != "seed"}
+    for key, value in ok[0].items():
+        values = [r[key] for r in ok if r.get(key) is not None]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and key != "seed" and len(set(values)) > 1:
+            out[key] = statistics.mean(values)
+            out[key + "_std"] = statistics.stdev(values)
+    out["seeds"] = [r.get("seed") for r in ok]
+    return out
+
+
+def table_cell(row: dict, key: str, fmt: str) -> str:
+    """A value as the column formats it; a mean over seeds ± its std (a whole-number column gets one decimal)."""
+    value = row.get(key)
+    if value is None:
+        return "–"
+    if fmt == "d" and isinstance(value, float):  # e.g. 0.7 empty clusters on average over seeds
+        value, fmt = (int(value), "d") if value.is_integer() else (value, ".1f")
+    cell = format(value + 0, fmt).replace("-0.000", "0.000")  # no "-0.000" for a tiny negative (or -0.0)
+    if row.get(key + "_std") is not None:
+        cell += f" ± {format(row[key + '_std'], '.1f' if fmt == 'd' else fmt)}"
+    return cell
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method with options in one word: 'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {...})."""
     from ..errors import UserError

@@ -3,6 +3,7 @@
     selfsup-lab compare-balancing                          # digits, B = 256, the five methods, minutes on a CPU
     selfsup-lab compare-balancing --batch-sizes 32 128 512 # the batch-size sweep (same epochs)
     selfsup-lab compare-balancing --batch-sizes 32 128 512 --steps 220   # ... same optimiser steps
+    selfsup-lab compare-balancing --seeds 0 1 2            # three seeds: mean ± std in the table
     selfsup-lab compare-balancing --quick                  # CI scale (seconds of compute per method)
     selfsup-lab compare-balancing --dataset imagefolder:../shared/data/cifar10-jpg-train.tar.gz \\
         --epochs 100 --batch-sizes 64 256 512              # CIFAR-10 on a GPU
@@ -28,8 +29,9 @@ clustering scores of `api.evaluate` (the method's own K = C head where it has on
 the backbone features: the `clustering from` column says which) and the wall-clock minutes. Written to OUT:
 results.md (with a last row for the untrained network, the reference every run must beat), results.json,
 figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
-one row per batch size), figures/batch_size_sweep.png (with several batch sizes) and one run directory per
-(method, batch size).
+one row per batch size; the first seed's runs), figures/batch_size_sweep.png (with several batch sizes) and one
+run directory per (method, batch size), or per (method, batch size, seed) with several seeds. With several
+seeds a table cell that differs between seeds reads mean ± sample standard deviation.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, epoch_budget, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, parse_method, table_cell  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -89,8 +91,7 @@ def markdown_table(rows: list[dict]) -> str:
         if r.get("error"):
             lines.append(f"| {r['method']} | {r['batch_size']} | failed: {r['error']} |" + " |" * len(COLUMNS))
             continue
-        cells = ["–" if r.get(key) is None else format(r[key] + 0, fmt).replace("-0.000", "0.000")
-                 for key, _, fmt in COLUMNS]
+        cells = [table_cell(r, key, fmt) for key, _, fmt in COLUMNS]
         source = "own K = C head" if str(r.get("clustering_from", "")).startswith("the method") else "k-means K = C"
         lines.append(f"| {r['method']} | {r['batch_size']} | " + " | ".join(cells) + f" | {source} |")
     return "\n".join(lines)
@@ -145,7 +146,7 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 
 
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
-                      batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seed: int = 0,
+                      batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seeds=(0,),
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
                       progress: bool = True, steps: int | None = None, **train_options) -> dict:
     """Train every method at every batch size under one budget; write the table and the comparison figures.
@@ -159,6 +160,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
 
     Returns {"rows", "untrained", "failed", "out", "table", "json", "figures", "minutes"}; "untrained" is the
     reference row of the untrained backbone (`api.untrained_run`, same dataset, subset and seed).
+    `seeds`: one run per seed for every (method, batch size); "rows" then hold the mean over seeds (KEY_std:
+    the standard deviation) and "runs" every single run.
     """
     from .. import api, distributed
     from ..errors import UserError
@@ -183,39 +186,51 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = make_output_dir(Path(out))
 
-    rows, failed, occupancy = [], [], {}
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise UserError("give at least one seed")
+
+    def run_name(name: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
+        return f"{name}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")
+
+    runs, failed, occupancy = [], [], {}
     start = time.perf_counter()
-    for batch_size in batch_sizes:
-        for name in names:
-            valid = classes[name].Options.__dataclass_fields__
-            options = {**{k: v for k, v in (shared_options or {}).items() if k in valid}, **option_sets[name]}
-            t0 = time.perf_counter()
-            try:
-                run = api.train(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size, seed=seed,
-                                figures=False, out=str(out / f"{name}-b{batch_size}"), progress=progress,
-                                method_options=options, **train_options)
-            except UserError:
-                raise  # a mistake in the arguments: every run would hit it
-            except Exception as err:  # a bug in one method should not cost the others' results
-                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                failed.append({"method": name, "batch_size": batch_size, "error": message})
-                rows.append({"method": name, "batch_size": batch_size, "error": message})
-                continue
-            rows.append(summarise(run, (time.perf_counter() - t0) / 60))
-            occupancy[(name, batch_size)] = run.trainer.occupancy_log.get("epochs", [])
-    untrained = untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options})
+    for seed in seeds:
+        for batch_size in batch_sizes:
+            for name in names:
+                valid = classes[name].Options.__dataclass_fields__
+                options = {**{k: v for k, v in (shared_options or {}).items() if k in valid}, **option_sets[name]}
+                t0 = time.perf_counter()
+                try:
+                    run = api.train(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size, seed=seed,
+                                    figures=False, out=str(out / run_name(name, batch_size, seed)),
+                                    progress=progress, method_options=options, **train_options)
+                except UserError:
+                    raise  # a mistake in the arguments: every run would hit it
+                except Exception as err:  # a bug in one method should not cost the others' results
+                    message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    failed.append({"method": name, "batch_size": batch_size, "seed": seed, "error": message})
+                    runs.append({"method": name, "batch_size": batch_size, "seed": seed, "error": message})
+                    continue
+                runs.append({**summarise(run, (time.perf_counter() - t0) / 60), "seed": seed})
+                occupancy[(name, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
+    rows = [aggregate_seeds([r for r in runs if r["method"] == name and r["batch_size"] == b])
+            for b in batch_sizes for name in names]
+    untrained = aggregate_seeds([{**untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options}),
+                                  "seed": seed} for seed in seeds])
     minutes = (time.perf_counter() - start) / 60
 
-    result = {"rows": rows, "untrained": untrained, "failed": failed, "out": str(out), "minutes": minutes,
-              "figures": []}
+    result = {"rows": rows, "runs": runs, "untrained": untrained, "failed": failed, "out": str(out),
+              "minutes": minutes, "figures": []}
     if not distributed.is_main_process():
         return result
     from .. import data, viz
 
     plt = viz._plt()
     (out / "figures").mkdir(exist_ok=True)
-    title = f"{data.display_name(dataset)}, {budget}, seed {seed}"
-    figures = [(comparison_figure(occupancy, names, batch_sizes, title=title), "comparison.png")]
+    title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
+    first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
+    figures = [(comparison_figure(first_seed, names, batch_sizes, title=title), "comparison.png")]
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, names, title=title), "batch_size_sweep.png"))
     for fig, filename in figures:
@@ -223,7 +238,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         plt.close(fig)
         result["figures"].append(str(out / "figures" / filename))
 
-    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seed {seed}; "
+    protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
                 "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
@@ -232,8 +247,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                                     f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")
     payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
                "batch_sizes": batch_sizes,
-               "seed": seed, "methods": names, "rows": rows, "untrained": untrained, "minutes": minutes,
-               "occupancy_per_epoch": {f"{m}-b{b}": counts for (m, b), counts in occupancy.items()}}
+               "seeds": seeds, "methods": names, "rows": rows, "runs": runs, "untrained": untrained,
+               "minutes": minutes,
+               "occupancy_per_epoch": {run_name(m, b, s): counts for (m, b, s), counts in occupancy.items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     result.update(table=str(out / "results.md"), json=str(out / "results.json"))
     return result
@@ -250,7 +266,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
                                                   "(instead of --epochs)")
     parser.add_argument("--out", default="runs/compare-balancing")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+                        help="one run per seed; several give mean ± std in the table")
     parser.add_argument("--backbone", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
@@ -264,12 +281,13 @@ def run_cli(args) -> int:
     train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
                      if getattr(args, k) is not None}
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
-                               batch_sizes=args.batch_sizes, out=args.out, seed=args.seed, quick=args.quick,
+                               batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
                                progress=not args.no_progress, steps=args.steps, **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
     print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "
           + ", ".join("figures/" + Path(f).name for f in result["figures"]))
     for failure in result["failed"]:
-        print(f"warning: {failure['method']} (B = {failure['batch_size']}) failed: {failure['error']}")
+        print(f"warning: {failure['method']} (B = {failure['batch_size']}, seed {failure['seed']}) failed: "
+              f"{failure['error']}")
     return 1 if result["failed"] else 0

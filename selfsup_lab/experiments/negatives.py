@@ -50,7 +50,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, epoch_budget, parse_method  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, parse_method, table_cell  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
@@ -115,32 +115,11 @@ def _finished(config) -> bool:
     return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
 
 
-def _aggregate(rows: list[dict]) -> dict:
-    """Mean (and std over seeds, as KEY_std) of the numeric fields of rows that differ only by seed."""
-    out = dict(rows[0])
-    for key, value in rows[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("batch_size", "seed",
-                                                                                           "epochs", "steps"):
-            vals = [r[key] for r in rows if r.get(key) is not None]
-            out[key] = float(np.mean(vals))
-            if len(vals) > 1:
-                out[key + "_std"] = float(np.std(vals, ddof=1))
-    out["seeds"] = [r["seed"] for r in rows]
-    out.pop("seed", None)
-    return out
-
-
 def markdown_table(rows: list[dict]) -> str:
     head = "| method | B | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for r in rows:
-        cells = []
-        for key, _, fmt in COLUMNS:
-            v = r.get(key)
-            cell = "–" if v is None else format(v, fmt)
-            if r.get(key + "_std") is not None:
-                cell += f" ± {format(r[key + '_std'], fmt)}"
-            cells.append(cell)
+        cells = [table_cell(r, key, fmt) for key, _, fmt in COLUMNS]
         lines.append(f"| {r['method']} | {r['batch_size']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -202,7 +181,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                 print(f"[compare-negatives] {label} B={batch_size} seed={seed}: kNN {row['knn_top1']:.3f}, "
                       f"homogeneity {row['homogeneity']:.3f}, completeness {row['completeness']:.3f}, "
                       f"same-class negatives {row['same_class_neg_rate']:.4f} ({seconds or 0:.0f} s)", flush=True)
-    rows = [_aggregate([r for r in runs if r["method"] == label and r["batch_size"] == b])
+    rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label, _, _ in specs]
     # Reference: the untrained backbone every run starts from (first seed), measured the same way.
     untrained, _ = measure(api.untrained_run(dataset, seed=seeds[0], linear=linear, batch_size=min(batch_sizes),
