@@ -28,7 +28,8 @@ Where the images come from (`load_dataset(spec, split)`):
 * ``synthetic[:n=..,classes=..,size=..,seed=..]`` -- seeded procedural images of any size, for tests.
 * ``imagefolder:PATH`` -- your own images: a folder of class sub-folders (optionally split into
   ``train/`` and ``test/``), or a ``.tar``/``.tar.gz`` archive of one. Decoded once with PIL, cached under
-  ``data_dir/cache/``.
+  ``data_dir/cache/``. A training sub-folder named ``unlabelled`` (or ``unlabeled``) is not a class: its
+  images are trained on with label -1, as STL-10's unlabelled split.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ DATASETS: dict[str, str] = {
     "digits": "scikit-learn's 1,797 handwritten 8x8 digits upscaled to 32x32, 10 classes (offline, seconds on a CPU)",
     "synthetic": "seeded procedural colour patterns for tests: synthetic:n=512,classes=4,size=16,seed=0 (offline)",
     "imagefolder": "your own images: imagefolder:PATH, a folder of class sub-folders "
-    "(optionally inside train/ and test/) or a .tar/.tar.gz of one",
+    "(optionally inside train/ and test/) or a .tar/.tar.gz of one; an unlabelled/ sub-folder is trained on only",
     "cifar10": "CIFAR-10, 50,000 + 10,000 32x32 images, 10 classes (torchvision download)",
     "cifar100": "CIFAR-100, 50,000 + 10,000 32x32 images, 100 classes (torchvision download)",
     "stl10": "STL-10, 5,000 labelled + 100,000 unlabelled training and 8,000 test 96x96 images, 10 classes "
@@ -85,9 +86,11 @@ HOLDOUT_FRACTION = 0.2
 
 # The label of an image without one (STL-10's unlabelled split): trained on, never used by evaluation.
 UNLABELLED = -1
+# imagefolder: a sub-folder with one of these names holds unlabelled training images, not a class.
+UNLABELLED_FOLDERS = ("unlabelled", "unlabeled")
 
 # Bump when the layout of the cached .pt files changes, so that old caches are rebuilt, not misread.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: imagefolder's unlabelled/ sub-folder is label -1, no longer a class
 
 
 def default_data_dir() -> Path:
@@ -600,13 +603,16 @@ def _imagefolder(path_arg: str, data_dir: Path) -> tuple[ImageDataset, ImageData
         else:
             train, test = _holdout(mine)
 
+    if (test["labels"] == UNLABELLED).any():
+        raise UserError(f"the test images of {path} include an unlabelled/ folder, but test images need a class to "
+                        f"be scored against; move it into the training images")
     classes = sorted(set(train["classes"]) | set(test["classes"]))  # one label space for both splits
     return _as_dataset(train, classes, name, "train"), _as_dataset(test, classes, name, "test")
 
 
 def _as_dataset(part: dict, classes: list[str], name: str, split: str) -> ImageDataset:
-    lookup = torch.tensor([classes.index(c) for c in part["classes"]], dtype=torch.int64)
-    labels = lookup[part["labels"]] if len(part["labels"]) else part["labels"]
+    lookup = torch.tensor([classes.index(c) for c in part["classes"]] + [UNLABELLED], dtype=torch.int64)
+    labels = lookup[part["labels"]] if len(part["labels"]) else part["labels"]  # index -1 → UNLABELLED
     return ImageDataset(part["images"], labels, classes, name, split)
 
 
@@ -788,20 +794,21 @@ def _decode_image(data: bytes) -> np.ndarray:
 
 
 def _decode_part(source: Path, split: str, members: list[tuple[str, str, bytes]]) -> dict:
-    """Decode one split's images (in a fixed order: by class, then path) into a part dict.
+    """Decode one split's images (in a fixed order: by class, then path) into a part dict; images of an
+    unlabelled/ folder get label UNLABELLED and no class.
 
     A plain loop: a 32x32 JPEG decodes in ~0.1 ms, and PIL holds the GIL for such small images, so
     threads would not help; 50,000 CIFAR images take a few seconds.
     """
     members = sorted(members, key=lambda m: (m[0], m[1]))
-    classes = sorted({cls for cls, _, _ in members})
+    classes = sorted({cls for cls, _, _ in members if cls.lower() not in UNLABELLED_FOLDERS})
     arrays, labels = [], []
     for cls, rel, data in members:
         try:
             arrays.append(_decode_image(data))
         except Exception as e:
             raise UserError(f"could not decode image {rel} in {source} ({e}); remove or re-save that file") from None
-        labels.append(classes.index(cls))
+        labels.append(UNLABELLED if cls.lower() in UNLABELLED_FOLDERS else classes.index(cls))
 
     sizes = Counter((a.shape[1], a.shape[0]) for a in arrays)
     if len(sizes) > 1:
@@ -815,7 +822,8 @@ def _decode_part(source: Path, split: str, members: list[tuple[str, str, bytes]]
 
 
 def _holdout(part: dict, fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> tuple[dict, dict]:
-    """Split one part into (train, test), holding out `fraction` of every class (stratified, deterministic)."""
+    """Split one part into (train, test), holding out `fraction` of every class (stratified, deterministic);
+    unlabelled images all stay in train."""
     g = torch.Generator().manual_seed(seed)
     labels = part["labels"]
     test_idx = []

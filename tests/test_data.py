@@ -181,6 +181,30 @@ def test_imagefolder_folder_with_train_and_test(tmp_path):
     check_labels_match_pixels(test)
 
 
+def add_unlabelled(folder: Path, count: int, name: str = "unlabelled", size: int = 8) -> None:
+    (folder / name).mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (size, size), (255, i, 255)).save(folder / name / f"u{i}.png")
+
+
+def test_imagefolder_unlabelled_folder_is_trained_on_but_is_not_a_class(tmp_path):
+    src = make_folder(tmp_path / "pets", per_class=4, splits=("train", "test"))
+    add_unlabelled(src / "train", 7, name="Unlabeled")  # either spelling, any case
+    train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "cache")
+    assert train.classes == list(CLASSES) and len(train) == 19 and train.num_unlabelled == 7
+    assert (train.images[train.labels == -1][:, 0] == 255).all()  # the unlabelled images, and only they
+    check_labels_match_pixels(train.labelled())
+    # without train/ and test/, the held-out test images come from the classes only
+    flat = make_folder(tmp_path / "flat", per_class=5)
+    add_unlabelled(flat, 6)
+    train, test = load_splits(f"imagefolder:{flat}", data_dir=tmp_path / "cache")
+    assert train.num_unlabelled == 6 and test.num_unlabelled == 0 and len(test) == 3
+    # test images must have a class
+    add_unlabelled(src / "test", 2)
+    with pytest.raises(UserError, match="test images need a class"):
+        load_splits(f"imagefolder:{src}", data_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tgz"])
 def test_imagefolder_archive(tmp_path, suffix):
     src = make_folder(tmp_path / "pets", per_class=5)
