@@ -4,7 +4,8 @@ import json
 import pytest
 
 from selfsup_lab.errors import UserError
-from selfsup_lab.experiments.balancing import compare_balancing, markdown_table, parse_method
+from selfsup_lab.experiments import parse_method
+from selfsup_lab.experiments.balancing import compare_balancing, markdown_table
 
 TINY = dict(dataset="synthetic:n=96,classes=3,size=16", epochs=1, backbone="convnet", device="cpu",
             progress=False, shared_options={"proj_hidden": 32, "proj_dim": 16})
@@ -15,7 +16,7 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
                                out=tmp_path, **TINY)
     assert not result["failed"], result["failed"]
     assert [(r["method"], r["batch_size"]) for r in result["rows"]] == [
-        ("coke", 16), ("deepcluster", 16), ("coke", 32), ("deepcluster", 32)]
+        ("coke:num_clusters=3", 16), ("deepcluster", 16), ("coke:num_clusters=3", 32), ("deepcluster", 32)]
     for name in ("results.md", "results.json", "figures/comparison.png", "figures/batch_size_sweep.png"):
         assert (tmp_path / name).exists(), name
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -25,13 +26,13 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
             assert row[key] is not None, key
         assert 0.0 <= row["entropy_ratio"] <= 1.0 and row["k"] >= 2
     assert saved["rows"][0]["k"] == 3  # the spec's option reached CoKe only
-    assert len(saved["occupancy_per_epoch"]["coke-b16"]) == 1  # one count vector per epoch
+    assert len(saved["occupancy_per_epoch"]["coke_num_clusters=3-b16"]) == 1  # one count vector per epoch
     header = (tmp_path / "results.md").read_text().split("\n")
     table_head = next(line for line in header if line.startswith("| method"))
     for column in ("H/log K", "eff. clusters", "largest share", "empty", "kNN top-1", "NMI", "ACC", "ARI", "min",
                    "clustering from"):
         assert column in table_head
-    assert (tmp_path / "coke-b16" / "metrics.json").exists()
+    assert (tmp_path / "coke_num_clusters=3-b16" / "metrics.json").exists()  # a spec's folder: its label
     # the reference row: the untrained backbone, evaluated the same way, last in the table
     untrained = saved["untrained"]
     assert untrained["method"] == "untrained network" and untrained["steps"] == 0
@@ -107,3 +108,13 @@ def test_aggregate_seeds_keeps_constants_and_skips_failed_runs():
     assert row["knn_top1"] == pytest.approx(0.6) and "error" not in row
     assert aggregate_seeds(rows[2:])["error"] == "RuntimeError: boom"  # every seed failed: the failure stays
     assert "1.5 ± 2.1" in markdown_table([{**row, "batch_size": 32}])  # whole-number column: one decimal
+
+
+def test_one_method_against_itself_with_other_options(tmp_path):
+    result = compare_balancing(methods=("naive", "naive:hard_targets=true"), batch_sizes=(16,), out=tmp_path, **TINY)
+    assert [r["method"] for r in result["rows"]] == ["naive", "naive:hard_targets=true"]
+    configs = [json.loads((tmp_path / folder / "config.json").read_text())
+               for folder in ("naive-b16", "naive_hard_targets=true-b16")]
+    assert [c["resolved"]["method_options"]["hard_targets"] for c in configs] == [False, True]
+    with pytest.raises(UserError, match="listed twice"):
+        compare_balancing(methods=("naive", "naive"), out=tmp_path, **TINY)

@@ -5,7 +5,8 @@ import pytest
 
 from selfsup_lab.cli import main
 from selfsup_lab.errors import UserError
-from selfsup_lab.experiments.negatives import compare_negatives, parse_method
+from selfsup_lab.experiments import parse_method
+from selfsup_lab.experiments.negatives import compare_negatives
 
 TINY = dict(dataset="synthetic:n=48,classes=3,size=16", epochs=1, device="cpu", backbone="convnet",
             linear=False, alignment_images=32)

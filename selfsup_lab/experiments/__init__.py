@@ -3,6 +3,8 @@
 Each module exposes HELP, add_arguments(parser), run_cli(args) -> exit code, and a Python function that
 notebooks call directly. `EXPERIMENTS` maps the `selfsup-lab` subcommand to the module.
 """
+import re
+
 EXPERIMENTS = {
     "compare-balancing": "balancing",  # collapse vs balance: naive / SwAV / DeepCluster / CoKe / ExCB
     "compare-negatives": "negatives",  # under vs over-clustering: SimCLR / BYOL / triplet / G-SimCLR
@@ -57,6 +59,23 @@ def parse_method(spec: str) -> tuple[str, dict]:
             raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. coke:dual_lr=1)")
         options[key.strip()] = value.strip()
     return name.strip(), options
+
+
+def parse_methods(specs) -> list[tuple[str, str, dict]]:
+    """(label, method name, options) per spec; the label (the spec as written, e.g. 'coke:alpha=0') names the
+    run's row and folder, so one method can be compared with itself under other options."""
+    from ..errors import UserError
+
+    labels = [str(spec).strip() for spec in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise UserError(f"method {repeated[0]!r} is listed twice; list each method or spec once")
+    return [(label, *parse_method(label)) for label in labels]
+
+
+def folder_name(label: str) -> str:
+    """A run folder's name for a method label: 'triplet:deputy=median' → 'triplet_deputy=median'."""
+    return re.sub(r"[^\w=.-]+", "_", label)
 
 
 def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:

@@ -56,7 +56,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, parse_method, table_cell  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell  # noqa: E402  (shared by both experiments)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -168,9 +168,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     from ..methods import get_method_class
     from ..train import TrainConfig, make_output_dir
 
-    specs = [parse_method(m) for m in methods]
-    names = [name for name, _ in specs]
-    option_sets = {name: {**(method_options or {}).get(name, {}), **given} for name, given in specs}
+    specs = parse_methods(methods)  # (label, method name, options); the label names rows and folders
+    labels = [label for label, _, _ in specs]
     if quick:
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
         batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
@@ -182,7 +181,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     if unknown:
         raise UserError(f"unknown training option '{unknown[0]}'; per-method options go in method_options or a "
                         "spec such as 'coke:dual_lr=1'")
-    classes = {name: get_method_class(name) for name in names}  # unknown names fail before any training
+    classes = {name: get_method_class(name) for _, name, _ in specs}  # unknown names fail before any training
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = make_output_dir(Path(out))
 
@@ -190,32 +189,33 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     if not seeds:
         raise UserError("give at least one seed")
 
-    def run_name(name: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
-        return f"{name}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")
+    def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
+        return f"{folder_name(label)}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")
 
     runs, failed, occupancy = [], [], {}
     start = time.perf_counter()
     for seed in seeds:
         for batch_size in batch_sizes:
-            for name in names:
+            for label, name, given in specs:
                 valid = classes[name].Options.__dataclass_fields__
-                options = {**{k: v for k, v in (shared_options or {}).items() if k in valid}, **option_sets[name]}
+                options = {**{k: v for k, v in (shared_options or {}).items() if k in valid},
+                           **(method_options or {}).get(name, {}), **given}
                 t0 = time.perf_counter()
                 try:
                     run = api.train(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size, seed=seed,
-                                    figures=False, out=str(out / run_name(name, batch_size, seed)),
+                                    figures=False, out=str(out / run_name(label, batch_size, seed)),
                                     progress=progress, method_options=options, **train_options)
                 except UserError:
                     raise  # a mistake in the arguments: every run would hit it
                 except Exception as err:  # a bug in one method should not cost the others' results
                     message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                    failed.append({"method": name, "batch_size": batch_size, "seed": seed, "error": message})
-                    runs.append({"method": name, "batch_size": batch_size, "seed": seed, "error": message})
+                    failed.append({"method": label, "batch_size": batch_size, "seed": seed, "error": message})
+                    runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": message})
                     continue
-                runs.append({**summarise(run, (time.perf_counter() - t0) / 60), "seed": seed})
-                occupancy[(name, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
-    rows = [aggregate_seeds([r for r in runs if r["method"] == name and r["batch_size"] == b])
-            for b in batch_sizes for name in names]
+                runs.append({**summarise(run, (time.perf_counter() - t0) / 60), "method": label, "seed": seed})
+                occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
+    rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
+            for b in batch_sizes for label in labels]
     untrained = aggregate_seeds([{**untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options}),
                                   "seed": seed} for seed in seeds])
     minutes = (time.perf_counter() - start) / 60
@@ -230,9 +230,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     (out / "figures").mkdir(exist_ok=True)
     title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
     first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
-    figures = [(comparison_figure(first_seed, names, batch_sizes, title=title), "comparison.png")]
+    figures = [(comparison_figure(first_seed, labels, batch_sizes, title=title), "comparison.png")]
     if len(batch_sizes) > 1:
-        figures.append((sweep_figure(rows, names, title=title), "batch_size_sweep.png"))
+        figures.append((sweep_figure(rows, labels, title=title), "batch_size_sweep.png"))
     for fig, filename in figures:
         fig.savefig(out / "figures" / filename, dpi=110)
         plt.close(fig)
@@ -247,7 +247,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                                     f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")
     payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
                "batch_sizes": batch_sizes,
-               "seeds": seeds, "methods": names, "rows": rows, "runs": runs, "untrained": untrained,
+               "seeds": seeds, "methods": labels, "rows": rows, "runs": runs, "untrained": untrained,
                "minutes": minutes,
                "occupancy_per_epoch": {run_name(m, b, s): counts for (m, b, s), counts in occupancy.items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))

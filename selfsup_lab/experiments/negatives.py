@@ -28,7 +28,6 @@ results.json, results.md, figures/*.png and one run directory per (method, batch
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, parse_method, table_cell  # noqa: E402  (shared by both experiments)
+from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell  # noqa: E402  (shared by both experiments)
 
 
 @torch.no_grad()
@@ -149,19 +148,18 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
     make_output_dir(out / "figures")
-    specs = [(spec, *parse_method(spec)) for spec in methods]
+    specs = parse_methods(methods)
     for _, name, _ in specs:
         get_method_class(name)  # an unknown name fails now, not after an hour of training
     per_method = method_options or {}
     runs, arrays = [], {}
     for batch_size in batch_sizes:
         for label, name, options in specs:
-            folder_name = re.sub(r"[^\w=.-]+", "_", label)  # triplet:deputy=median → triplet_deputy=median
             for seed in seeds:
                 t0 = time.perf_counter()
                 config = api.make_config(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size,
                                          seed=seed, figures=False, progress=progress,
-                                         out=str(out / "runs" / f"{folder_name}-b{batch_size}-s{seed}"),
+                                         out=str(out / "runs" / f"{folder_name(label)}-b{batch_size}-s{seed}"),
                                          **train_options, **{**per_method.get(name, {}), **options})
                 if reuse and _finished(config):
                     run = api.load_run(config.out, device=config.device)
