@@ -34,15 +34,20 @@ What you may see on small data (digits, convnet, B = 64, measured 2026-11-22): b
 first epoch (H/log K ≈ 0.99), but features *worse* than the random network's for many epochs (kNN 0.84 at
 initialisation, 0.89 with batch-norm statistics calibrated on the data → 0.30–0.40 after 5 epochs → ~0.6 after
 15–20). The logged `agree_last_epoch` — the share of images
-whose cluster this epoch matches last epoch's label — shows why: it stays at 0.1–0.2 for the K = 10 head,
-barely above chance (1/K). At initialisation two independent draws of an image's clustering feature f_i
-(each the mean of two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its augmentation, not by its content, and the
-α·onehot(label) part of the target trains the network to fit random labels. Only the swapped soft part
-teaches invariance, slowly; the labels become meaningful as it does (agreement ≈ 0.12 in epoch 2, ≈ 0.2 by
-epoch 20). CoKe's published runs give this hundreds of epochs of hundreds of steps each. Tried on digits
-(10 epochs, B = 64): α = 1, τ = 0.1, η/10, no output BN, and the official code's extra predictor path; none
-made the labels consistent (agreement ≤ 0.2 in every case). Without the output BN kNN was higher (0.61 against
-0.38) but the K = 10 clustering no better (NMI 0.12 against 0.15).
+whose cluster this epoch matches last epoch's label — stays at 0.1–0.25 for the K = 10 head, barely above
+chance (1/K). At initialisation two independent draws of an image's clustering feature f_i (each the mean of
+two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its
+augmentation, not by its content. CoKe's published runs give the labels hundreds of epochs of hundreds of steps
+each to become meaningful. Tried on digits (10 epochs, B = 64): α = 1, τ = 0.1, η/10, no output BN, and the
+official code's extra predictor path; none made the labels consistent (agreement ≤ 0.2 in every case).
+
+The near-random labels are *not* what costs the features, though we long thought so: with α = 0 — no label
+term at all, only the swapped soft targets against C_prev — kNN is no better (digits, 20 epochs, B = 256, three
+seeds, 2026-11-23: 0.504 ± 0.052 against 0.463 ± 0.042 for α = 0.2 and 0.450 ± 0.104 for α = 1; untrained
+0.883), nor with τ = 0.1 (0.544) or a single K = 10 head (0.541); without the output BN the K = 10 head uses 5
+of its 10 clusters (benchmarks/results_balancing.md, "CoKe ablation"). What degrades them at this budget is
+not known; untested candidates are the prototypes' jump at every epoch end (C_prev is replaced by this epoch's
+centres, not moved towards them) and the learning rate, which all methods here share.
 
 The augmentation, not the clustering, is what randomises the labels (measured on digits, seed 0, 2026-11-22,
 third session, with throw-away scripts, not the library): k-means (K = 10) of the *random* network's backbone
