@@ -56,7 +56,9 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell  # noqa: E402  (shared by both experiments)
+from . import (  # noqa: E402  (shared by both experiments)
+    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+)
 
 
 def summarise(run, minutes: float) -> dict:
@@ -183,11 +185,10 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for _, name, _ in specs}  # unknown names fail before any training
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
-    out = make_output_dir(Path(out))
-
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise UserError("give at least one seed")
+    out = make_output_dir(Path(out))
 
     def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
         return f"{folder_name(label)}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")

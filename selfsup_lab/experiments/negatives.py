@@ -49,7 +49,9 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-from . import UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell  # noqa: E402  (shared by both experiments)
+from . import (  # noqa: E402  (shared by both experiments)
+    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+)
 
 
 @torch.no_grad()
