@@ -118,3 +118,20 @@ def test_one_method_against_itself_with_other_options(tmp_path):
     assert [c["resolved"]["method_options"]["hard_targets"] for c in configs] == [False, True]
     with pytest.raises(UserError, match="listed twice"):
         compare_balancing(methods=("naive", "naive"), out=tmp_path, **TINY)
+
+
+def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monkeypatch):
+    from selfsup_lab.train import Trainer
+
+    options = {k: v for k, v in TINY.items() if k != "epochs"}
+    compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=1, out=tmp_path, **options)
+    (tmp_path / "naive-b16" / "metrics.json").unlink()  # as if stopped after epoch 1: a checkpoint, no metrics
+    result = compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
+    metrics = json.loads((tmp_path / "naive-b16" / "metrics.json").read_text())
+    assert metrics["resumed"] is True and metrics["epochs_trained"] == 2
+    history = (tmp_path / "naive-b16" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2]  # epoch 1 was not trained again
+    # finished with these settings: loaded, not trained (training would fail here)
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
+    again = compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
+    assert again["rows"][0]["knn_top1"] == result["rows"][0]["knn_top1"]

@@ -78,6 +78,48 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^\w=.-]+", "_", label)
 
 
+def finished_run(config) -> bool:
+    """Whether config.out holds a finished run (metrics.json written) trained with exactly these settings."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    folder = Path(config.out)
+    if not (folder / "metrics.json").exists() or not (folder / "config.json").exists():
+        return False
+    saved = json.loads((folder / "config.json").read_text())
+    ignore = {"out", "progress", "figures", "device"}
+    wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
+
+
+def train_or_reuse(config, reuse: bool = False, linear: bool = True):
+    """One run of an experiment, evaluated, with metrics.json written; returns the `api.Run`.
+
+    With `reuse`, a finished run with the same settings in config.out is loaded instead of trained again, and
+    an interrupted one (a checkpoint but no metrics.json) is continued from its last epoch — so a comparison
+    can be run in pieces, e.g. under a time limit per command. metrics.json records "wall_seconds" (training +
+    evaluation in the invocation that finished the run) and whether it was "resumed".
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from .. import api, distributed
+    from ..train import CHECKPOINT, Trainer
+
+    if reuse and finished_run(config):
+        return api.load_run(config.out, device=config.device)
+    t0 = time.perf_counter()
+    resume = reuse and (Path(config.out) / CHECKPOINT).exists()
+    run = api.Run(Trainer(config, resume=resume).fit())
+    run.metrics = api.evaluate(run.trainer, linear=linear)
+    run.metrics.update(wall_seconds=time.perf_counter() - t0, resumed=resume)
+    if distributed.is_main_process():
+        (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
+    return run
+
+
 def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:
     """Epochs that give each batch size about `steps` optimiser steps (the trainer drops the last partial
     batch, so an epoch of N images is N // B steps; at least one epoch)."""

@@ -57,7 +57,7 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell, train_or_reuse,
 )
 
 
@@ -150,7 +150,7 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
                       batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seeds=(0,),
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
-                      progress: bool = True, steps: int | None = None, **train_options) -> dict:
+                      progress: bool = True, steps: int | None = None, reuse: bool = False, **train_options) -> dict:
     """Train every method at every batch size under one budget; write the table and the comparison figures.
 
     `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
@@ -163,7 +163,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     Returns {"rows", "untrained", "failed", "out", "table", "json", "figures", "minutes"}; "untrained" is the
     reference row of the untrained backbone (`api.untrained_run`, same dataset, subset and seed).
     `seeds`: one run per seed for every (method, batch size); "rows" then hold the mean over seeds (KEY_std:
-    the standard deviation) and "runs" every single run.
+    the standard deviation) and "runs" every single run. `reuse=True` loads finished runs with identical
+    settings from OUT and continues interrupted ones from their last epoch (`train_or_reuse`), so a long
+    comparison can be run in pieces; the `min` column is then the time of the invocation that finished a run.
     """
     from .. import api, distributed
     from ..errors import UserError
@@ -201,11 +203,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 valid = classes[name].Options.__dataclass_fields__
                 options = {**{k: v for k, v in (shared_options or {}).items() if k in valid},
                            **(method_options or {}).get(name, {}), **given}
-                t0 = time.perf_counter()
+                config = api.make_config(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size,
+                                         seed=seed, figures=False, out=str(out / run_name(label, batch_size, seed)),
+                                         progress=progress, method_options=options, **train_options)
                 try:
-                    run = api.train(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size, seed=seed,
-                                    figures=False, out=str(out / run_name(label, batch_size, seed)),
-                                    progress=progress, method_options=options, **train_options)
+                    run = train_or_reuse(config, reuse)
                 except UserError:
                     raise  # a mistake in the arguments: every run would hit it
                 except Exception as err:  # a bug in one method should not cost the others' results
@@ -213,7 +215,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                     failed.append({"method": label, "batch_size": batch_size, "seed": seed, "error": message})
                     runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": message})
                     continue
-                runs.append({**summarise(run, (time.perf_counter() - t0) / 60), "method": label, "seed": seed})
+                minutes = run.metrics.get("wall_seconds", float("nan")) / 60
+                runs.append({**summarise(run, minutes), "method": label, "seed": seed})
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label in labels]
@@ -276,6 +279,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs with identical settings found in OUT and continue interrupted "
+                             "ones, instead of training them again (a long comparison in pieces)")
 
 
 def run_cli(args) -> int:
@@ -283,7 +289,7 @@ def run_cli(args) -> int:
                      if getattr(args, k) is not None}
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
-                               progress=not args.no_progress, steps=args.steps, **train_options)
+                               progress=not args.no_progress, steps=args.steps, reuse=args.reuse, **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
     print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "

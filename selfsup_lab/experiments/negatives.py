@@ -28,7 +28,6 @@ results.json, results.md, figures/*.png and one run directory per (method, batch
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell, train_or_reuse,
 )
 
 
@@ -103,19 +102,6 @@ def measure(run, seed: int = 0, alignment_images: int = 1000) -> tuple[dict, dic
     return row, arrays
 
 
-def _finished(config) -> bool:
-    """Whether config.out holds a finished run trained with exactly these settings."""
-    import dataclasses
-
-    folder = Path(config.out)
-    if not (folder / "metrics.json").exists() or not (folder / "config.json").exists():
-        return False
-    saved = json.loads((folder / "config.json").read_text())
-    ignore = {"out", "progress", "figures", "device"}
-    wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
-
-
 def markdown_table(rows: list[dict]) -> str:
     head = "| method | B | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
@@ -137,15 +123,16 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     The budget is `epochs` (default DEFAULT_EPOCHS) at every batch size, or `steps`: about the same number of
     optimiser steps at every batch size, so that a larger batch does not also mean a shorter training.
     `linear=False` skips the linear probe (the slowest part of the evaluation at CI scale). `reuse=True`
-    takes finished runs with identical settings from OUT/runs instead of training them again (add seeds or
-    methods to a comparison, or continue one that was interrupted).
+    takes finished runs with identical settings from OUT/runs instead of training them again and continues
+    interrupted ones from their last epoch (add seeds or methods to a comparison, or finish one that was
+    interrupted; `train_or_reuse`).
     Returns {"rows": [one aggregated row per method × batch size], "untrained": the same measurements of the
     untrained backbone every run starts from (`api.untrained_run`; the table's last row), "runs": [every run],
     "out", "figures", "markdown"}.
     """
     from .. import analysis, api, distributed, viz
     from ..methods import get_method_class
-    from ..train import Trainer, make_output_dir
+    from ..train import make_output_dir
 
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
@@ -158,19 +145,11 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     for batch_size in batch_sizes:
         for label, name, options in specs:
             for seed in seeds:
-                t0 = time.perf_counter()
                 config = api.make_config(name, dataset, epochs=epochs_for[batch_size], batch_size=batch_size,
                                          seed=seed, figures=False, progress=progress,
                                          out=str(out / "runs" / f"{folder_name(label)}-b{batch_size}-s{seed}"),
                                          **train_options, **{**per_method.get(name, {}), **options})
-                if reuse and _finished(config):
-                    run = api.load_run(config.out, device=config.device)
-                else:
-                    run = api.Run(Trainer(config).fit())
-                    run.metrics = api.evaluate(run.trainer, linear=linear)
-                    run.metrics["wall_seconds"] = time.perf_counter() - t0  # training + evaluation
-                    if distributed.is_main_process():
-                        (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
+                run = train_or_reuse(config, reuse, linear)
                 seconds = run.metrics.get("wall_seconds")
                 row, extra = measure(run, seed, alignment_images)
                 epochs_run = epochs_for[batch_size]
@@ -258,7 +237,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 192 images, B = 32 and 64")
     parser.add_argument("--progress", action="store_true", help="a progress bar per run")
     parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished runs with identical settings found in OUT/runs instead of retraining")
+                        help="reuse finished runs with identical settings found in OUT/runs and continue "
+                             "interrupted ones, instead of training them again")
 
 
 def run_cli(args) -> int:
