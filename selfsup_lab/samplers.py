@@ -179,8 +179,12 @@ class GuidedBatches(RandomBatches):
         self.options = options or GuidedOptions()
         if self.options.pseudo_labels not in ("autoencoder", "encoder", "oracle"):
             raise UserError(f"unknown pseudo_labels '{self.options.pseudo_labels}'; choose autoencoder, encoder or oracle")
-        if self.options.refresh_every < 1:
-            raise UserError(f"refresh_every must be at least 1, got {self.options.refresh_every}")
+        from .errors import check_bounds
+        from .methods.base import OPTION_BOUNDS
+
+        # The ranges every method option obeys (refresh_every ≥ 1, num_pseudo ≥ 2, ...), also for options
+        # built directly rather than parsed from --set.
+        check_bounds(self.options, OPTION_BOUNDS, lambda name: f"option '{name}' of the guided sampler")
         self.num_pseudo = min(self.options.num_pseudo or batch_size, num_samples)
         self.seed = seed
         self.pseudo_labels: torch.Tensor | None = None

@@ -79,6 +79,11 @@ def test_sampler_choice_follows_the_method_and_config():
         build_sampler("greedy", {}, SimCLROptions(), 64, 16)
     with pytest.raises(UserError, match="unknown option 'pseudo'"):
         build_sampler("guided", {"pseudo": "x"}, SimCLROptions(), 64, 16)
+    # options built directly (not parsed from --set) get the same range checks
+    with pytest.raises(UserError, match="option 'refresh_every' of the guided sampler must be 1 or more"):
+        GuidedBatches(64, 16, GuidedOptions(refresh_every=0))
+    with pytest.raises(UserError, match="option 'ae_noise' of the guided sampler must be above 0"):
+        GuidedBatches(64, 16, GuidedOptions(ae_noise=0.0))
     config = make_config("simclr", "digits", sampler="guided", **{"sampler.pseudo_labels": "encoder"}, temperature=0.5)
     assert config.sampler == "guided" and config.sampler_options == {"pseudo_labels": "encoder"}
     assert config.method_options == {"temperature": 0.5}
