@@ -44,8 +44,9 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     else:
         metrics.update(kmeans_clustering_scores(test_x, test_y, seed=config.seed))
         metrics["clustering_from"] = "spherical k-means (K = C) on backbone features"
-    if trainer.history and "occupancy" in trainer.history[-1]:
-        metrics["occupancy"] = trainer.history[-1]["occupancy"]
+    for key in ("occupancy", "occupancy_without_rule"):  # the last epoch's, from the training assignments
+        if trainer.history and key in trainer.history[-1]:
+            metrics[key] = trainer.history[-1][key]
     metrics["protocol"] = (f"kNN k={config.knn_k} τ={config.knn_temperature} cosine on backbone features, labelled train "
                            "split (no augmentation) as bank, test split as queries, final epoch; linear probe on frozen "
                            "standardised features; clustering on the test split")

@@ -29,6 +29,10 @@ def _summary(run) -> str:
     if occ:
         parts.append(f"occupancy entropy={occ['entropy_ratio']:.2f} effective={occ['effective_clusters']:.1f}/"
                      f"{occ['num_clusters']} largest={occ['max_share']:.1%}")
+    plain = m.get("occupancy_without_rule")
+    if plain:  # the same head with the balancing rule switched off: is the representation itself balanced?
+        parts.append(f"without the balancing rule: entropy={plain['entropy_ratio']:.2f} "
+                     f"largest={plain['max_share']:.1%} empty={plain['empty']}")
     return "  ".join(parts)
 
 

@@ -151,11 +151,18 @@ def cosine_momentum(base_momentum: float, progress: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, and BN running statistics copied from the student."""
+    """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, for the parameters only.
+
+    Buffers are not copied: the teacher's batch norms keep the running statistics of the teacher's *own*
+    activations, gathered by its forward passes in train mode (as MoCo and DINO do). The student's statistics
+    describe a different network — the teacher lags behind by the EMA — and with them an evaluation-mode
+    teacher mis-normalises its features. Measured on digits (ExCB with K = 10, 20 epochs, B = 256, seed 0,
+    2026-11-23; training itself is unaffected, the teacher runs in train mode): with the student's statistics the
+    teacher's plain argmax put 99% of the training images into one cluster (test ACC 0.114, NMI 0.026); with its
+    own, the largest cluster held 26% (ACC 0.444, NMI 0.416).
+    """
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        t.copy_(s)
 
 
 # --- batch norm over the global batch ----------------------------------------------------------------

@@ -320,7 +320,8 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict] = []
-        self.occupancy_log: dict = {"epochs": [], "steps": []}  # per-epoch and per-window cluster counts
+        # per-epoch and per-window cluster counts; "epochs_without_rule": the same head's plain argmax per epoch
+        self.occupancy_log: dict = {"epochs": [], "steps": [], "epochs_without_rule": []}
         self.status = "created"
         self._stop_requested = False
         self.callbacks = list(callbacks) if callbacks is not None else []
@@ -395,6 +396,7 @@ class Trainer:
         self.global_step = checkpoint["global_step"]
         self.history = checkpoint["history"]
         self.occupancy_log = checkpoint.get("occupancy_log", {"epochs": [], "steps": []})
+        self.occupancy_log.setdefault("epochs_without_rule", [])  # checkpoints written before it existed
         samplers.load_state_dict(self.sampler, checkpoint.get("sampler"))
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -430,6 +432,8 @@ class Trainer:
             sums: dict[str, float] = {}
             epoch_counts = torch.zeros(K, dtype=torch.long, device=self.device) if K else None
             window_counts = torch.zeros_like(epoch_counts) if K else None
+            counts_without_rule = torch.zeros_like(epoch_counts) if K else None
+            seen_without_rule = False
             views_seen, t0 = 0, time.perf_counter()
             local = config.batch_size // distributed.world_size()
 
@@ -473,6 +477,10 @@ class Trainer:
                         self.occupancy_log["steps"].append(
                             {"epoch": epoch, "step": self.global_step, "counts": window_counts.tolist()})
                         window_counts.zero_()
+                if out.assignments_without_rule is not None and K:
+                    counts_without_rule += distributed.all_reduce_sum(
+                        assignment_counts(out.assignments_without_rule.detach(), K))
+                    seen_without_rule = True
                 step_logs = {"loss": loss.item(), "lr": lr,
                              **{k: float(v) for k, v in json_ready(out.logs).items()}}
                 for k, v in step_logs.items():
@@ -497,6 +505,9 @@ class Trainer:
             if K:
                 record["occupancy"] = occupancy_stats(epoch_counts)
                 self.occupancy_log["epochs"].append(epoch_counts.tolist())
+            if seen_without_rule:
+                record["occupancy_without_rule"] = occupancy_stats(counts_without_rule)
+                self.occupancy_log["epochs_without_rule"].append(counts_without_rule.tolist())
             if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < self.epochs:
                 bank = self.labelled_train_set
                 record["knn_top1"] = knn_accuracy(self.features(bank.images), bank.labels,

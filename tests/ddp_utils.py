@@ -42,10 +42,11 @@ def _one_step(rank: int, world: int, port: int, build, views, indices, result_pa
     distributed.average_gradients(method)
     optimizer.step()
     method.after_optimizer_step(0.5)
-    assignments = distributed.gather_no_grad(out.assignments) if out.assignments is not None else None
+    gathered = {key: distributed.gather_no_grad(getattr(out, key)) if getattr(out, key) is not None else None
+                for key in ("assignments", "assignments_without_rule")}
     if rank == 0:
         state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-        torch.save({"state": state, "loss": out.loss.detach(), "assignments": assignments}, result_path)
+        torch.save({"state": state, "loss": out.loss.detach(), **gathered}, result_path)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -63,6 +63,7 @@ def test_two_ranks_take_the_same_step_as_one(tmp_path):
         double = torch.load(path, weights_only=False)
         assert_same_state(single["state"], double["state"])  # weights, teacher, size estimate, queue
         assert torch.equal(single["assignments"], double["assignments"]), name
+        assert torch.equal(single["assignments_without_rule"], double["assignments_without_rule"]), name
         torch.manual_seed(0)
         initial = BUILDS[name]().state_dict()
         moved = {k: (single["state"][k] - initial[k]).abs().max().item()
@@ -104,6 +105,27 @@ def test_number_of_clusters_adapts_to_the_dataset_and_is_recorded():
     assert excb10.assign(torch.randn(4, 3, 16, 16)).shape == (4,)
 
 
+def test_assignments_without_rule_are_the_plain_argmax_whatever_the_rule_does():
+    torch.manual_seed(0)
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    excb = BUILDS["excb"]()
+    plain = excb.teacher_scores(views[0]).argmax(dim=1)
+    skewed = torch.full((8,), 1e-4)
+    skewed[plain[0]] = 1.0  # image 0's cluster looks huge: balancing pushes images out of it
+    excb.sizes.copy_(skewed / skewed.sum())
+    out = excb.training_step(views, torch.arange(8))
+    assert torch.equal(out.assignments_without_rule, plain)
+    assert not torch.equal(out.assignments, plain)  # the rule did move some images
+
+    swav = BUILDS["swav"]()
+    s1 = swav.scores(swav.projector(swav.backbone(views[0])))
+    out = swav.training_step(views, torch.arange(8))
+    assert torch.equal(out.assignments_without_rule, s1.argmax(dim=1))
+    naive = BUILDS["naive"]()
+    out = naive.training_step(views, torch.arange(8))
+    assert torch.equal(out.assignments_without_rule, out.assignments)  # naive has no rule
+
+
 # --- the collapse picture (short real training runs) -------------------------------------------------------
 
 QUICK = dict(dataset="synthetic:n=256,classes=4,size=16", batch_size=64, backbone="convnet", device="cpu",
@@ -122,3 +144,15 @@ def test_naive_collapses_while_excb_stays_balanced(tmp_path):
     assert naive[-1]["entropy_ratio"] < 0.3 and naive[-1]["max_share"] > 0.7
     assert naive[-1]["entropy_ratio"] < naive[0]["entropy_ratio"] - 0.2  # it FALLS
     assert excb[-1]["entropy_ratio"] > 0.8 and excb[-1]["max_share"] < 0.4
+
+
+def test_history_and_metrics_carry_the_occupancy_without_the_rule(tmp_path):
+    options = dict(QUICK, dataset="synthetic:n=64,classes=4,size=16", batch_size=32, proj_hidden=32)
+    swav = selfsup_lab.train("swav", epochs=2, out=str(tmp_path / "swav"), **options)
+    for record in swav.history:
+        plain = record["occupancy_without_rule"]
+        assert plain["num_clusters"] == swav.method.num_clusters and plain["total"] == 64  # two steps of 32
+    assert swav.metrics["occupancy_without_rule"] == swav.history[-1]["occupancy_without_rule"]
+    assert len(swav.trainer.occupancy_log["epochs_without_rule"]) == 2
+    simclr = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "simclr"), **options)
+    assert "occupancy_without_rule" not in simclr.history[-1] and "occupancy_without_rule" not in simclr.metrics

@@ -111,6 +111,7 @@ def test_two_ranks_match_one_rank_including_duals_centres_and_labels():
     double = one_step(build_coke, views, indices, world=2)
     assert_same_state(single["state"], double["state"])
     assert torch.equal(single["assignments"], double["assignments"])
+    assert torch.equal(single["assignments_without_rule"], double["assignments_without_rule"])
     assert (single["state"]["counts_1"].sum() == 8) and not torch.equal(single["state"]["duals_1"], build_coke().duals_1)
 
 
@@ -130,6 +131,23 @@ def test_labels_are_stored_by_image_index_and_epoch_zero_has_learning_rate_zero(
     method.on_epoch_end(0, None)  # C_prev ← C_cur, counts reset
     assert torch.equal(method.centers_prev_1, method.centers_cur_1) and method.counts_1.sum() == 0
     assert method.assign(torch.randn(3, 3, 16, 16)).shape == (3,)
+
+
+def test_assignments_without_rule_ignore_the_duals():
+    torch.manual_seed(0)
+    method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(4,), proj_hidden=32, proj_dim=16),
+                  MethodContext(**CONTEXT))
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        z1, z2 = (F.normalize(method.projector(method.backbone(v)), dim=1) for v in views)
+    feats = (z1 + z2) / 2
+    method.seed_centers(feats)  # centre i = image i's feature (i < 4): the plain argmax uses several clusters
+    plain = (feats @ method.centers_cur_0.t()).argmax(dim=1)
+    assert len(plain.unique()) > 1
+    method.duals_0.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))  # a bonus no cosine can beat
+    out = method.training_step(views, torch.arange(8))
+    assert (out.assignments == 2).all()  # the rule's choice: everything into the propped-up cluster
+    assert torch.equal(out.assignments_without_rule, plain)  # the network's own: unchanged by ρ
 
 
 def test_short_training_keeps_occupancy_balanced(tmp_path):

@@ -53,6 +53,7 @@ def test_two_ranks_match_one_rank_including_the_bank():
     double = one_step(build_deepcluster, views, indices, world=2)
     assert_same_state(single["state"], double["state"])
     assert torch.equal(single["assignments"], double["assignments"])
+    assert torch.equal(single["assignments_without_rule"], double["assignments_without_rule"])
 
 
 def test_short_training_fills_the_bank_and_keeps_clusters_in_use(tmp_path):

@@ -22,14 +22,15 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     for row in saved["rows"]:
         for key in ("k", "entropy_ratio", "effective_clusters", "max_share", "empty", "knn_top1", "nmi", "acc",
-                    "ari", "clustering_from", "minutes", "k_info"):
+                    "ari", "clustering_from", "minutes", "k_info", "entropy_ratio_without_rule",
+                    "empty_without_rule"):
             assert row[key] is not None, key
         assert 0.0 <= row["entropy_ratio"] <= 1.0 and row["k"] >= 2
     assert saved["rows"][0]["k"] == 3  # the spec's option reached CoKe only
     assert len(saved["occupancy_per_epoch"]["coke_num_clusters=3-b16"]) == 1  # one count vector per epoch
     header = (tmp_path / "results.md").read_text().split("\n")
     table_head = next(line for line in header if line.startswith("| method"))
-    for column in ("H/log K", "eff. clusters", "largest share", "empty", "kNN top-1", "NMI", "ACC", "ARI", "min",
+    for column in ("H/log K", "eff. clusters", "largest share", "empty", "H/log K without rule", "kNN top-1", "NMI", "ACC", "ARI", "min",
                    "clustering from"):
         assert column in table_head
     assert (tmp_path / "coke_num_clusters=3-b16" / "metrics.json").exists()  # a spec's folder: its label

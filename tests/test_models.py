@@ -54,3 +54,15 @@ def test_ema_moves_teacher_towards_student():
     ema_update(teacher, student, momentum=0.9)
     assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight)
     assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99) and cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+
+
+def test_ema_leaves_the_teachers_batch_norm_statistics_its_own():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    teacher = make_teacher(student)
+    student(torch.randn(32, 4) + 5.0)  # train mode: the student's running mean moves towards its inputs' 5
+    teacher(torch.randn(32, 4) - 5.0)  # and the teacher's towards its own
+    own_mean = teacher[1].running_mean.clone()
+    ema_update(teacher, student, momentum=0.9)
+    assert torch.equal(teacher[1].running_mean, own_mean)  # not overwritten by the student's
+    assert not torch.allclose(teacher[1].running_mean, student[1].running_mean)

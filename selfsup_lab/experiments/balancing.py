@@ -24,7 +24,10 @@ default, so a larger batch also means fewer optimiser steps; `steps=` (`--steps`
 same number of steps instead (epochs = steps / steps per epoch, rounded), which separates the two.
 
 Per run: the occupancy of the tracked head's hard assignments in the last epoch (normalised entropy H/log K,
-effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`), kNN top-1 and the
+effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`); the same head's
+occupancy *without* the balancing rule (the plain argmax of its scores in the same training steps,
+`StepOutput.assignments_without_rule`: a rule can keep the assignments balanced while the representation
+itself collapses); kNN top-1 and the
 clustering scores of `api.evaluate` (the method's own K = C head where it has one, else k-means with K = C on
 the backbone features: the `clustering from` column says which) and the wall-clock minutes. Written to OUT:
 results.md (with a last row for the untrained network, the reference every run must beat), results.json,
@@ -51,7 +54,9 @@ QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"pro
 COLUMNS = [  # (key, header, format)
     ("k", "K", "d"), ("epochs", "epochs", "d"), ("steps", "steps", "d"), ("entropy_ratio", "H/log K", ".3f"),
     ("effective_clusters", "eff. clusters", ".1f"),
-    ("max_share", "largest share", ".3f"), ("empty", "empty", "d"), ("knn_top1", "kNN top-1", ".3f"),
+    ("max_share", "largest share", ".3f"), ("empty", "empty", "d"),
+    ("entropy_ratio_without_rule", "H/log K without rule", ".3f"), ("empty_without_rule", "empty without rule", "d"),
+    ("knn_top1", "kNN top-1", ".3f"),
     ("nmi", "NMI", ".3f"), ("acc", "ACC", ".3f"), ("ari", "ARI", ".3f"), ("minutes", "min", ".2f"),
 ]
 
@@ -65,11 +70,13 @@ def summarise(run, minutes: float) -> dict:
     """One table row from a finished run (final-epoch occupancy of the tracked head + metrics.json)."""
     occupancy = run.history[-1].get("occupancy", {}) if run.history else {}
     metrics = run.metrics
+    without_rule = metrics.get("occupancy_without_rule") or {}
     return {
         "method": run.trainer.config.method, "batch_size": run.trainer.config.batch_size,
         "epochs": run.trainer.epoch, "steps": run.trainer.global_step,
         "k": run.method.num_clusters, "k_info": run.method.extra_info(),
         **{key: occupancy.get(key) for key in ("entropy_ratio", "effective_clusters", "max_share", "empty")},
+        **{f"{key}_without_rule": without_rule.get(key) for key in ("entropy_ratio", "max_share", "empty")},
         **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
         "minutes": minutes, "out": str(run.out),
     }
@@ -245,7 +252,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
-                "last epoch; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
+                "last epoch; 'without rule' = the same head's plain argmax (no Sinkhorn, duals or size estimate) in "
+                "the same training steps; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
                 "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
     (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows + [untrained])}\n\n"
                                     f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")

@@ -40,6 +40,9 @@ class StepOutput:
     loss: torch.Tensor  # scalar, float32, mean over this rank's anchors
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)  # scalars averaged per epoch
     assignments: torch.Tensor | None = None  # hard cluster ids of this rank's images (occupancy)
+    # The same head's plain argmax with the balancing rule switched off (no Sinkhorn, duals or size estimate),
+    # from the same forward pass: is the representation balanced by itself, or is the rule holding it up?
+    assignments_without_rule: torch.Tensor | None = None
 
 
 class Method(nn.Module):

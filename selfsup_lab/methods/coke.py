@@ -66,6 +66,12 @@ paper's budget (hundreds of epochs), which needs a GPU. With ResNet-18 on one H1
 epochs, 2026-11-22) the K = 10 head's agreement rose from 0.10 to 0.23 and kNN ended at 0.286 against the
 untrained network's 0.336 (benchmarks/results_balancing.md); the paper's 400 epochs have not been run.
 
+How much the duals do is measured, not assumed: every step also reports the tracked head's choice with ρ = 0
+(`assignments_without_rule`; history's `occupancy_without_rule`). On digits (20 epochs, B = 256, three seeds,
+2026-11-23) it is within 0.05 of the dual-balanced occupancy in every epoch — the output batch norm, not the
+duals, keeps the batch spread here. Without that batch norm the projections collapse to one direction and the
+duals pass whole batches from cluster to cluster (benchmarks/results_balancing.md, "Balanced by the rule").
+
 DDP: the features and indices are gathered (no gradient) and every rank runs the identical clustering on
 the global batch, so duals, centres and labels stay the same on all ranks without any broadcast.
 """
@@ -160,6 +166,8 @@ class CoKe(Method):
                 state = self.head(h)
                 with torch.no_grad():
                     y = coke_assign(feats, state["centers_cur"], state["duals"])
+                    if h == self.tracked:  # the same choice with ρ = 0, before this batch moves the centres
+                        without_duals = coke_assign(feats[local], state["centers_cur"], torch.zeros_like(state["duals"]))
                     one_hot = F.one_hot(y, k).float()
                     batch_counts = one_hot.sum(dim=0)
                     previous = self.labels[h, indices]  # read before this batch overwrites them
@@ -180,7 +188,7 @@ class CoKe(Method):
                     logs["agree_last_epoch"] = (y[local] == previous).float().mean()
             loss = loss / len(self.ks)
         logs["max_dual"] = self.head(self.tracked)["duals"].max()
-        return StepOutput(loss=loss, logs=logs, assignments=assignments)
+        return StepOutput(loss=loss, logs=logs, assignments=assignments, assignments_without_rule=without_duals)
 
     def on_epoch_end(self, epoch, trainer):
         for h in range(len(self.ks)):

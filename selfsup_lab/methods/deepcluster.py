@@ -81,15 +81,18 @@ class DeepCluster(Method):
                 mean = F.normalize(F.normalize(z1, dim=1) + F.normalize(z2, dim=1), dim=1)
                 self.bank[distributed.gather_no_grad(indices.to(mean.device))] = distributed.gather_no_grad(mean)
             targets = self.assignments[:, indices]  # (heads, b): this epoch's k-means clusters of my images
-            loss, agree = 0.0, 0.0
+            loss, agree, own = 0.0, 0.0, None
             for h, layer in enumerate(self.prototypes):
                 for z in (z1, z2):
                     scores = layer(z) / self.options.temperature
                     loss = loss + F.cross_entropy(scores, targets[h])
                     if h == self.tracked:
                         agree = agree + (scores.argmax(dim=1) == targets[h]).float().mean() / 2
+                        if own is None:  # view 1's nearest prototype: the network's choice, not k-means'
+                            own = scores.detach().argmax(dim=1)
             loss = loss / (2 * len(self.ks))
-        return StepOutput(loss=loss, logs={"agree_kmeans": agree}, assignments=targets[self.tracked])
+        return StepOutput(loss=loss, logs={"agree_kmeans": agree}, assignments=targets[self.tracked],
+                          assignments_without_rule=own)
 
     def extra_info(self):
         return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters}

@@ -132,7 +132,8 @@ class ExCB(Method):
 
         with torch.no_grad():  # Teacher: balanced targets of the two global views.
             rho = excb_relative_sizes(self.sizes)
-            balanced = [excb_balance_scores(self.teacher_scores(v), rho, opts.boost) for v in views[:2]]
+            teacher = [self.teacher_scores(v) for v in views[:2]]
+            balanced = [excb_balance_scores(t, rho, opts.boost) for t in teacher]
             targets = [torch.softmax(b / opts.teacher_temperature, dim=1) for b in balanced]
             hard = [b.argmax(dim=1) for b in balanced]
             self._update_sizes(torch.cat(hard))
@@ -143,7 +144,7 @@ class ExCB(Method):
             terms += [swapped_cross_entropy(q, p, opts.student_temperature) for p in predicted]
         loss = torch.stack(terms).mean()
         logs = {"target_max": targets[0].max(dim=1).values.mean(), "rho_max": rho.max(), "rho_min": rho.min()}
-        return StepOutput(loss=loss, logs=logs, assignments=hard[0])
+        return StepOutput(loss=loss, logs=logs, assignments=hard[0], assignments_without_rule=teacher[0].argmax(dim=1))
 
     @torch.no_grad()
     def _update_sizes(self, assignments: torch.Tensor) -> None:

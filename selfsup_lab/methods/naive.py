@@ -74,7 +74,8 @@ class Naive(Method):
         tau = self.options.student_temperature
         loss = 0.5 * (swapped_cross_entropy(q1, s2, tau) + swapped_cross_entropy(q2, s1, tau))
         confidence = q1.max(dim=1).values.mean()  # → 1 as the targets harden
-        return StepOutput(loss=loss, logs={"target_max": confidence}, assignments=q1.argmax(dim=1))
+        hard = q1.argmax(dim=1)  # naive has no balancing rule: with and without it are the same
+        return StepOutput(loss=loss, logs={"target_max": confidence}, assignments=hard, assignments_without_rule=hard)
 
     def assign_clusters(self, images):
         return self.scores(images).argmax(dim=1)

@@ -103,7 +103,8 @@ class SwAV(Method):
         loss = 0.5 * (swapped_cross_entropy(q[0], s[1], opts.temperature) +
                       swapped_cross_entropy(q[1], s[0], opts.temperature))
         logs = {"target_max": q[0].max(dim=1).values.mean()}
-        return StepOutput(loss=loss, logs=logs, assignments=q[0].argmax(dim=1))
+        return StepOutput(loss=loss, logs=logs, assignments=q[0].argmax(dim=1),
+                          assignments_without_rule=s[0].detach().argmax(dim=1))
 
     @torch.no_grad()
     def _enqueue(self, embeddings: list[torch.Tensor]) -> None:
