@@ -229,8 +229,8 @@ def json_ready(value):
 
 # --- the trainer ----------------------------------------------------------------------------------------
 
-# Settings outside their meaningful range stop the run before any data is loaded. Three have command-line
-# flags; the others are keywords of selfsup_lab.train(...).
+# Settings outside their meaningful range stop the run before any data is loaded. Those in _FLAGS have
+# command-line flags; the others are keywords of selfsup_lab.train(...).
 CONFIG_BOUNDS: Bounds = [
     (("lr", "knn_temperature"), lambda v: v > 0, "above 0"),
     (("weight_decay", "warmup_epochs", "eval_every", "occupancy_every"), lambda v: v >= 0, "0 or more"),
@@ -238,7 +238,8 @@ CONFIG_BOUNDS: Bounds = [
     (("train_subset",), lambda v: v >= 2, "2 or more images"),
     (("knn_k",), lambda v: v >= 1, "1 or more"),
 ]
-_FLAGS = {"lr": "--lr", "eval_every": "--eval-every", "train_subset": "--train-subset"}
+_FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
+          "train_subset": "--train-subset"}
 
 
 class Trainer:

@@ -27,6 +27,7 @@ def test_methods_and_datasets_list(capsys):
     (["train", "--set", "temperature"], "--set expects key=value"),
     (["eval", "/no/such/run"], "does not exist"),
     (["train", "--lr", "-1"], "--lr must be above 0, got -1.0"),
+    (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),
     (["train", "--method", "coke", "--set", "ratio=1.5"], "option 'ratio' of coke must be in (0, 1], got 1.5"),
     (["train", "--epochs", "1", "--out", "/dev/null/run"], "cannot create the output directory /dev/null/run"),
     (["compare-balancing", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
@@ -43,8 +44,10 @@ def test_bad_input_is_one_sentence(args, message):
 def test_train_then_eval_round_trip(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32",
-                     "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32")
+                     "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32",
+                     "--weight-decay", "1e-6")
     assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["weight_decay"] == 1e-6
     first = json.loads((out / "metrics.json").read_text())
     (out / "metrics.json").unlink()
     result = run_cli("eval", str(out), "--device", "cpu")

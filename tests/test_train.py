@@ -95,7 +95,7 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ({"lr": 0.0}, "--lr must be above 0, got 0.0"),
-    ({"weight_decay": -1e-4}, "weight_decay must be 0 or more"),
+    ({"weight_decay": -1e-4}, "--weight-decay must be 0 or more"),
     ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
     ({"train_subset": 1}, "--train-subset must be 2 or more images"),
     ({"knn_temperature": 0}, "knn_temperature must be above 0"),

@@ -283,6 +283,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
+    parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
@@ -293,7 +294,8 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
+    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "train_subset",
+                                                    "data_dir")
                      if getattr(args, k) is not None}
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,

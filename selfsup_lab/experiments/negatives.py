@@ -232,6 +232,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
     parser.add_argument("--device", help="auto, cpu, cuda")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 192 images, B = 32 and 64")
@@ -242,7 +243,7 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "train_subset", "data_dir")
+    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "train_subset", "data_dir")
                if getattr(args, k) is not None}
     settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
                     seeds=tuple(args.seeds))
