@@ -47,8 +47,12 @@ seeds, 2026-11-23: 0.504 ± 0.052 against 0.463 ± 0.042 for α = 0.2 and 0.450 
 0.883), nor with τ = 0.1 (0.544), a single K = 10 head (0.541) or a 4× smaller learning rate (0.480); without
 the output BN the K = 10 head uses 5 of its 10 clusters (benchmarks/results_balancing.md, "CoKe ablation").
 Prototypes that move slowly (C_prev moved 10% of the way to this epoch's centres instead of replaced) and
-sharper soft targets (at τ/2) — two throw-away tests — were no better either. What degrades the features at
-this budget is not known.
+sharper soft targets (at τ/2) — two throw-away tests — were no better either. Only a softer temperature moves
+kNN (α = 0.2, three seeds, 2026-11-23: τ = 0.2 → 0.602, τ = 0.5 → 0.762), without reaching the untrained network
+and without better clusters (NMI 0.17–0.22): smaller gradients, we read, change the network less rather than
+better. The two views of an image pick the same centre for only 13–31% of a batch while each view's prediction
+is confident, so the network commits to clusters its augmentation decides. What degrades the features at this
+budget is not known.
 
 The augmentation, not the clustering, is what randomises the labels (measured on digits, seed 0, 2026-11-22,
 third session, with throw-away scripts, not the library): k-means (K = 10) of the *random* network's backbone
