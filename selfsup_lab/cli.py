@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-                   weight_decay=args.weight_decay, compile=args.compile,
+                   weight_decay=args.weight_decay, crop_scale=args.crop_scale, compile=args.compile,
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=not args.no_progress)
     options = {k: v for k, v in options.items() if v is not None}
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--optimizer", choices=["sgd", "lars"])
     t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
+    t.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
     t.add_argument("--weight-decay", type=float,
                    help="weight decay (default 5e-4, none on batch-norm weights and biases; CoKe's code: 1e-6)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")

@@ -46,6 +46,9 @@ class TrainConfig:
     lr: float | None = None  # None: 0.06·B/128 for SGD, 0.3·B/256 for LARS
     weight_decay: float = 5e-4  # not applied to BN parameters and biases
     momentum: float = 0.9
+    # Area range of the random resized crop (the shared recipe: 0.08–1; CoKe's CIFAR code, SeCu, uses 0.3–1).
+    # Small crops of small images often lose the object; every other part of the augmentation is fixed.
+    crop_scale: tuple[float, float] = (0.08, 1.0)
     warmup_epochs: int | None = None  # None: min(10, epochs // 10)
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
@@ -235,11 +238,12 @@ CONFIG_BOUNDS: Bounds = [
     (("lr", "knn_temperature"), lambda v: v > 0, "above 0"),
     (("weight_decay", "warmup_epochs", "eval_every", "occupancy_every"), lambda v: v >= 0, "0 or more"),
     (("momentum",), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("crop_scale",), lambda v: 0 < v <= 1, "two fractions of the image area in (0, 1]"),
     (("train_subset",), lambda v: v >= 2, "2 or more images"),
     (("knn_k",), lambda v: v >= 1, "1 or more"),
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
-          "train_subset": "--train-subset"}
+          "train_subset": "--train-subset", "crop_scale": "--crop-scale"}
 
 
 class Trainer:
@@ -259,6 +263,9 @@ class Trainer:
         if config.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (self-supervised losses compare images), got {config.batch_size}")
         check_bounds(config, CONFIG_BOUNDS, lambda name: _FLAGS.get(name, name))
+        if len(config.crop_scale) != 2 or config.crop_scale[0] > config.crop_scale[1]:
+            raise UserError(f"--crop-scale takes two numbers LOW HIGH with LOW <= HIGH (e.g. 0.3 1), "
+                            f"got {tuple(config.crop_scale)}")
         if config.batch_size % distributed.world_size():
             raise UserError(f"batch size {config.batch_size} must divide evenly over {distributed.world_size()} processes")
         self.use_amp = self.device.type == "cuda" if config.amp is None else bool(config.amp)
@@ -312,7 +319,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, config, self.base_lr)
 
         # Augmentation: the shared recipe at the dataset's resolution, normalised with its statistics.
-        preset = augment.cifar_preset(size=self.train_set.image_size, mean=self.mean, std=self.std)
+        preset = dataclasses.replace(augment.cifar_preset(size=self.train_set.image_size, mean=self.mean, std=self.std),
+                                     scale=tuple(config.crop_scale))
         self.augment = augment.Augmenter(preset)
         self.augment_small = augment.Augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
 

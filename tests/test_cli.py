@@ -45,9 +45,10 @@ def test_train_then_eval_round_trip(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32",
                      "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32",
-                     "--weight-decay", "1e-6")
+                     "--weight-decay", "1e-6", "--crop-scale", "0.3", "1")
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "config.json").read_text())["weight_decay"] == 1e-6
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["weight_decay"] == 1e-6 and saved["crop_scale"] == [0.3, 1.0]
     first = json.loads((out / "metrics.json").read_text())
     (out / "metrics.json").unlink()
     result = run_cli("eval", str(out), "--device", "cpu")

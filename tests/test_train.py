@@ -99,6 +99,8 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
     ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
     ({"train_subset": 1}, "--train-subset must be 2 or more images"),
     ({"knn_temperature": 0}, "knn_temperature must be above 0"),
+    ({"crop_scale": (0.0, 1.0)}, r"--crop-scale must be two fractions of the image area in \(0, 1\]"),
+    ({"crop_scale": (0.6, 0.3)}, "--crop-scale takes two numbers LOW HIGH with LOW <= HIGH"),
     ({"temperature": 0}, "option 'temperature' of simclr must be above 0, got 0"),
     ({"proj_dim": 0}, "option 'proj_dim' of simclr must be 1 or more"),
 ])
@@ -206,3 +208,16 @@ def test_unlabelled_images_are_trained_on_and_left_out_of_evaluation(tmp_path, m
     with pytest.raises(UserError, match="pseudo_labels=autoencoder or encoder"):
         selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "oracle"), sampler="guided",
                           **{"sampler.pseudo_labels": "oracle"}, **settings)
+
+
+def test_crop_scale_sets_the_random_resized_crop_and_is_recorded(tmp_path):
+    from selfsup_lab.train import Trainer
+
+    config = selfsup_lab.api.make_config("simclr", **{**QUICK, "out": str(tmp_path), "crop_scale": [0.5, 1.0]})
+    trainer = Trainer(config, callbacks=[])
+    assert trainer.augment.config.scale == (0.5, 1.0)
+    assert trainer.augment.config.ratio == (3 / 4, 4 / 3)  # the rest of the recipe is unchanged
+    default = Trainer(selfsup_lab.api.make_config("simclr", **{**QUICK, "out": str(tmp_path / "d")}), callbacks=[])
+    assert default.augment.config.scale == (0.08, 1.0)
+    run = selfsup_lab.train("simclr", **{**QUICK, "out": str(tmp_path / "r"), "crop_scale": (0.5, 1.0), "epochs": 1})
+    assert json.loads((run.out / "config.json").read_text())["crop_scale"] == [0.5, 1.0]

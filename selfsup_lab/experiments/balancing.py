@@ -283,6 +283,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
+    parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
     parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
@@ -294,8 +296,8 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "train_subset",
-                                                    "data_dir")
+    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "crop_scale",
+                                                    "train_subset", "data_dir")
                      if getattr(args, k) is not None}
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,

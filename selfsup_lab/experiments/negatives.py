@@ -232,6 +232,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
     parser.add_argument("--device", help="auto, cpu, cuda")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
     parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
@@ -243,7 +245,8 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "train_subset", "data_dir")
+    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "crop_scale", "train_subset",
+                                             "data_dir")
                if getattr(args, k) is not None}
     settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
                     seeds=tuple(args.seeds))
