@@ -441,8 +441,7 @@ class Trainer:
             sums: dict[str, float] = {}
             epoch_counts = torch.zeros(K, dtype=torch.long, device=self.device) if K else None
             window_counts = torch.zeros_like(epoch_counts) if K else None
-            counts_without_rule = torch.zeros_like(epoch_counts) if K else None
-            seen_without_rule = False
+            counts_without_rule = None  # stays None for methods that do not report assignments without their rule
             views_seen, t0 = 0, time.perf_counter()
             local = config.batch_size // distributed.world_size()
 
@@ -487,9 +486,8 @@ class Trainer:
                             {"epoch": epoch, "step": self.global_step, "counts": window_counts.tolist()})
                         window_counts.zero_()
                 if out.assignments_without_rule is not None and K:
-                    counts_without_rule += distributed.all_reduce_sum(
-                        assignment_counts(out.assignments_without_rule.detach(), K))
-                    seen_without_rule = True
+                    counts = distributed.all_reduce_sum(assignment_counts(out.assignments_without_rule.detach(), K))
+                    counts_without_rule = counts if counts_without_rule is None else counts_without_rule + counts
                 step_logs = {"loss": loss.item(), "lr": lr,
                              **{k: float(v) for k, v in json_ready(out.logs).items()}}
                 for k, v in step_logs.items():
@@ -514,7 +512,7 @@ class Trainer:
             if K:
                 record["occupancy"] = occupancy_stats(epoch_counts)
                 self.occupancy_log["epochs"].append(epoch_counts.tolist())
-            if seen_without_rule:
+            if counts_without_rule is not None:
                 record["occupancy_without_rule"] = occupancy_stats(counts_without_rule)
                 self.occupancy_log["epochs_without_rule"].append(counts_without_rule.tolist())
             if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < self.epochs:

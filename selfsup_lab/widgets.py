@@ -162,8 +162,9 @@ class LiveDashboard(Callback):
 
     Panels: loss per step (and its running mean) · the latest window's cluster sizes sorted largest first
     (clustering methods; SimCLR-like methods show how often the positive ranks first) · the normalised
-    occupancy entropy H/log K over training (1 = balanced, 0 = collapsed), and per epoch the same head's entropy
-    with the balancing rule switched off (dashed) · kNN top-1 whenever the trainer evaluates (`eval_every=N`). The header line has epoch, step, loss, throughput and time left.
+    occupancy entropy H/log K over training (1 = balanced, 0 = collapsed), and per epoch the same head's
+    entropy with the balancing rule switched off (dashed) · kNN top-1 whenever the trainer evaluates
+    (`eval_every=N`). The header line has epoch, step, loss, throughput and time left.
 
     Redraws are throttled: at most once per `refresh_seconds` (and every `refresh_steps` steps if given),
     never more than ~20% of the time, always at an epoch end and at the end — so plotting does not slow

@@ -27,9 +27,9 @@ Per run: the occupancy of the tracked head's hard assignments in the last epoch 
 effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`); the same head's
 occupancy *without* the balancing rule (the plain argmax of its scores in the same training steps,
 `StepOutput.assignments_without_rule`: a rule can keep the assignments balanced while the representation
-itself collapses); kNN top-1 and the
-clustering scores of `api.evaluate` (the method's own K = C head where it has one, else k-means with K = C on
-the backbone features: the `clustering from` column says which) and the wall-clock minutes. Written to OUT:
+itself collapses); kNN top-1 and the clustering scores of `api.evaluate` (the method's own K = C head where it
+has one, else k-means with K = C on the backbone features: the `clustering from` column says which) and the
+wall-clock minutes. Written to OUT:
 results.md (with a last row for the untrained network, the reference every run must beat), results.json,
 figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
 one row per batch size; the first seed's runs), figures/batch_size_sweep.png (with several batch sizes) and one
@@ -252,9 +252,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
-                "last epoch; 'without rule' = the same head's plain argmax (no Sinkhorn, duals or size estimate) in "
-                "the same training steps; kNN k=200 τ=0.1 cosine on backbone features (train split without augmentation as "
-                "bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
+                "last epoch; 'without rule' = the same head's plain argmax (no Sinkhorn, duals or size estimate) "
+                "in the same training steps; kNN k=200 τ=0.1 cosine on backbone features (train split without "
+                "augmentation as bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
     (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows + [untrained])}\n\n"
                                     f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")
     payload = {"protocol": protocol, "dataset": dataset, "epochs": epochs_for, "steps": steps,
@@ -285,7 +285,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
     parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
+    parser.add_argument("--weight-decay", type=float,
+                        help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")

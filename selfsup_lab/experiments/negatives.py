@@ -234,7 +234,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    parser.add_argument("--weight-decay", type=float, help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
+    parser.add_argument("--weight-decay", type=float,
+                        help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     parser.add_argument("--data-dir")
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 192 images, B = 32 and 64")
