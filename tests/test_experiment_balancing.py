@@ -136,3 +136,13 @@ def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monk
     monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
     again = compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
     assert again["rows"][0]["knn_top1"] == result["rows"][0]["knn_top1"]
+    # a run written before a setting existed (crop_scale here) used its default: still reused
+    config_path = tmp_path / "naive-b16" / "config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["crop_scale"]
+    config_path.write_text(json.dumps(saved))
+    compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
+    # ...but not with a different value of it
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True,
+                          crop_scale=(0.3, 1.0), **options)

@@ -90,7 +90,9 @@ def finished_run(config) -> bool:
     saved = json.loads((folder / "config.json").read_text())
     ignore = {"out", "progress", "figures", "device"}
     wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ignore)
+    # A setting missing from an older config.json did not exist then: that run used today's default.
+    defaults = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=str))
+    return all(saved.get(k, defaults.get(k)) == v for k, v in wanted.items() if k not in ignore)
 
 
 def train_or_reuse(config, reuse: bool = False, linear: bool = True):

@@ -31,7 +31,7 @@ itself collapses); kNN top-1 and the clustering scores of `api.evaluate` (the me
 has one, else k-means with K = C on the backbone features: the `clustering from` column says which) and the
 wall-clock minutes. Written to OUT:
 results.md (with a last row for the untrained network, the reference every run must beat), results.json,
-figures/comparison.png (entropy over epochs + sorted-occupancy heatmap per method,
+figures/comparison.png (entropy over epochs, with and without the rule, + sorted-occupancy heatmap per method,
 one row per batch size; the first seed's runs), figures/batch_size_sweep.png (with several batch sizes) and one
 run directory per (method, batch size), or per (method, batch size, seed) with several seeds. With several
 seeds a table cell that differs between seeds reads mean ± sample standard deviation.
@@ -106,17 +106,27 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def comparison_figure(occupancy: dict, methods: list[str], batch_sizes: list[int], title: str = ""):
-    """One row per batch size: the entropy of every method over epochs, then each method's sorted occupancy."""
+def comparison_figure(occupancy: dict, methods: list[str], batch_sizes: list[int], title: str = "",
+                      without_rule: dict | None = None):
+    """One row per batch size: the entropy of every method over epochs, then each method's sorted occupancy.
+
+    `occupancy` and `without_rule` map (method, batch size) to per-epoch count vectors (the trainer's
+    occupancy_log "epochs" and "epochs_without_rule"). With `without_rule`, a second entropy panel shows the
+    same heads with the balancing rule switched off, in the same colours.
+    """
     from .. import viz
 
     plt = viz._plt()
-    cols = 1 + len(methods)
+    panels = 2 if without_rule else 1
+    cols = panels + len(methods)
     fig, axes = plt.subplots(len(batch_sizes), cols, figsize=(3.3 * cols, 2.9 * len(batch_sizes)), squeeze=False)
     for row, batch_size in zip(axes, batch_sizes):
         series = {m: occupancy[(m, batch_size)] for m in methods if occupancy.get((m, batch_size))}
         viz.entropy_curve(series, ax=row[0], title=f"B = {batch_size}: H / log K per epoch")
-        for ax, method in zip(row[1:], methods):
+        if without_rule:
+            plain = {m: without_rule.get((m, batch_size)) or [] for m in series}  # keeps each method's colour
+            viz.entropy_curve(plain, ax=row[1], title=f"B = {batch_size}: the same, balancing rule off")
+        for ax, method in zip(row[panels:], methods):
             counts = occupancy.get((method, batch_size))
             if counts:
                 viz.occupancy_heatmap(counts, ax=ax, title=f"{method}, B = {batch_size} (K = {len(counts[0])})")
@@ -202,7 +212,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
         return f"{folder_name(label)}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")
 
-    runs, failed, occupancy = [], [], {}
+    runs, failed, occupancy, without_rule = [], [], {}, {}
     start = time.perf_counter()
     for seed in seeds:
         for batch_size in batch_sizes:
@@ -225,6 +235,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 minutes = run.metrics.get("wall_seconds", float("nan")) / 60
                 runs.append({**summarise(run, minutes), "method": label, "seed": seed})
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
+                without_rule[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs_without_rule", [])
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label in labels]
     untrained = aggregate_seeds([{**untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options}),
@@ -241,7 +252,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     (out / "figures").mkdir(exist_ok=True)
     title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
     first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
-    figures = [(comparison_figure(first_seed, labels, batch_sizes, title=title), "comparison.png")]
+    first_seed_plain = {(m, b): counts for (m, b, seed), counts in without_rule.items() if seed == seeds[0]}
+    figures = [(comparison_figure(first_seed, labels, batch_sizes, title=title, without_rule=first_seed_plain),
+                "comparison.png")]
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, labels, title=title), "batch_size_sweep.png"))
     for fig, filename in figures:
