@@ -194,7 +194,9 @@ def save_run_figures(run) -> list[Path]:
     if epochs:
         save(occupancy_bars(epochs[-1], title=f"final-epoch cluster sizes — {name}"), "occupancy_bars.png")
         save(occupancy_heatmap(epochs, title=f"occupancy over epochs — {name}"), "occupancy_heatmap.png")
-        save(entropy_curve(epochs, labels=run.trainer.config.method), "occupancy_entropy.png")
+        plain = run.trainer.occupancy_log.get("epochs_without_rule", [])
+        series = {"training assignments": epochs, "balancing rule off": plain} if plain else epochs
+        save(entropy_curve(series, labels=run.trainer.config.method), "occupancy_entropy.png")
     return written
 
 

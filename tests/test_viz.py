@@ -29,3 +29,23 @@ def test_occupancy_heatmap_has_one_colour_scale_for_every_run():
     # Rows are clusters sorted by size in every column: largest share on top.
     skewed_values = np.ma.getdata(skewed.get_array())[:, 0]
     assert list(skewed_values) == sorted(skewed_values, reverse=True)
+
+
+def test_run_figures_of_a_clustering_method_include_the_entropy_with_the_rule_off(tmp_path, monkeypatch):
+    import selfsup_lab
+
+    drawn = {}
+    original = viz.entropy_curve
+
+    def spy(count_rows, *args, **kwargs):
+        drawn["series"] = count_rows
+        return original(count_rows, *args, **kwargs)
+
+    monkeypatch.setattr(viz, "entropy_curve", spy)
+    run = selfsup_lab.train("swav", "synthetic:n=64,classes=4,size=16", epochs=2, batch_size=32, backbone="convnet",
+                            device="cpu", progress=False, out=str(tmp_path), proj_hidden=32, proj_dim=16)
+    for name in ("occupancy_bars.png", "occupancy_heatmap.png", "occupancy_entropy.png"):
+        assert (tmp_path / "figures" / name).exists(), name
+    assert set(drawn["series"]) == {"training assignments", "balancing rule off"}
+    assert drawn["series"]["balancing rule off"] == run.trainer.occupancy_log["epochs_without_rule"]
+    assert len(drawn["series"]["training assignments"]) == 2  # one count vector per epoch
