@@ -108,7 +108,7 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
     from pathlib import Path
 
     from .. import api, distributed
-    from ..train import CHECKPOINT, Trainer
+    from ..train import CHECKPOINT, Trainer, _atomic_write_text
 
     if reuse and finished_run(config):
         return api.load_run(config.out, device=config.device)
@@ -118,7 +118,8 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
     run.metrics = api.evaluate(run.trainer, linear=linear)
     run.metrics.update(wall_seconds=time.perf_counter() - t0, resumed=resume)
     if distributed.is_main_process():
-        (run.out / "metrics.json").write_text(json.dumps(run.metrics, indent=2))
+        # atomic: a metrics.json is what marks a run finished for the next --reuse
+        _atomic_write_text(run.out / "metrics.json", json.dumps(run.metrics, indent=2))
     return run
 
 
