@@ -404,8 +404,8 @@ class Trainer:
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
         self.history = checkpoint["history"]
-        self.occupancy_log = checkpoint.get("occupancy_log", {"epochs": [], "steps": []})
-        self.occupancy_log.setdefault("epochs_without_rule", [])  # checkpoints written before it existed
+        # On top of the fresh (empty) log, so a key that older checkpoints lack starts empty.
+        self.occupancy_log = {**self.occupancy_log, **checkpoint.get("occupancy_log", {})}
         samplers.load_state_dict(self.sampler, checkpoint.get("sampler"))
 
     # -- the loop ----------------------------------------------------------------------------------------------

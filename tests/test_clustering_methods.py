@@ -156,3 +156,16 @@ def test_history_and_metrics_carry_the_occupancy_without_the_rule(tmp_path):
     assert len(swav.trainer.occupancy_log["epochs_without_rule"]) == 2
     simclr = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "simclr"), **options)
     assert "occupancy_without_rule" not in simclr.history[-1] and "occupancy_without_rule" not in simclr.metrics
+
+
+def test_resuming_a_checkpoint_written_before_the_without_rule_log_existed(tmp_path):
+    from selfsup_lab.train import CHECKPOINT, atomic_torch_save, load_checkpoint
+
+    options = dict(QUICK, dataset="synthetic:n=64,classes=4,size=16", batch_size=32, proj_hidden=32)
+    selfsup_lab.train("swav", epochs=1, out=str(tmp_path), **options)
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT)
+    del checkpoint["occupancy_log"]["epochs_without_rule"]  # as an older version wrote it
+    atomic_torch_save(checkpoint, tmp_path / CHECKPOINT)
+    run = selfsup_lab.train("swav", epochs=2, out=str(tmp_path), resume=True, **options)
+    assert len(run.trainer.occupancy_log["epochs"]) == 2  # the old epoch's counts are kept
+    assert len(run.trainer.occupancy_log["epochs_without_rule"]) == 1  # only the epoch trained since
