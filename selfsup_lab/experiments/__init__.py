@@ -47,6 +47,33 @@ def table_cell(row: dict, key: str, fmt: str) -> str:
     return cell
 
 
+# Training settings every comparison passes unchanged to all its runs (TrainConfig fields; None = its default).
+TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "train_subset", "data_dir")
+
+
+def add_training_arguments(parser, explicit_auto: bool = False) -> None:
+    """The command-line flags of TRAINING_FLAGS, shared by compare-balancing and compare-negatives.
+
+    `explicit_auto`: --backbone and --device default to "auto" (written into the results' protocol line)
+    instead of being left out; the runs are the same either way.
+    """
+    auto = "auto" if explicit_auto else None
+    parser.add_argument("--backbone", default=auto, help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
+    parser.add_argument("--device", default=auto, help="auto, cpu, cuda")
+    parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
+    parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
+    parser.add_argument("--weight-decay", type=float,
+                        help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
+    parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    parser.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
+
+
+def training_options(args) -> dict:
+    """The TRAINING_FLAGS the user set (or that have a command default), as TrainConfig keyword arguments."""
+    return {k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None}
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method with options in one word: 'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {...})."""
     from ..errors import UserError

@@ -62,7 +62,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell, train_or_reuse,
+    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+    train_or_reuse, training_options,
 )
 
 
@@ -293,15 +294,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/compare-balancing")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
                         help="one run per seed; several give mean ± std in the table")
-    parser.add_argument("--backbone", default="auto")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
-    parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    parser.add_argument("--weight-decay", type=float,
-                        help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
-    parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
-    parser.add_argument("--data-dir")
+    add_training_arguments(parser, explicit_auto=True)
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--reuse", action="store_true",
@@ -310,9 +303,7 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    train_options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "crop_scale",
-                                                    "train_subset", "data_dir")
-                     if getattr(args, k) is not None}
+    train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
                                progress=not args.no_progress, steps=args.steps, reuse=args.reuse, **train_options)

@@ -49,7 +49,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell, train_or_reuse,
+    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
+    train_or_reuse, training_options,
 )
 
 
@@ -229,15 +230,7 @@ def add_arguments(parser) -> None:
                                                   "(instead of --epochs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="several seeds give error bars")
     parser.add_argument("--out", default="runs/compare-negatives")
-    parser.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18")
-    parser.add_argument("--device", help="auto, cpu, cuda")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    parser.add_argument("--weight-decay", type=float,
-                        help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
-    parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
-    parser.add_argument("--data-dir")
+    add_training_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 192 images, B = 32 and 64")
     parser.add_argument("--progress", action="store_true", help="a progress bar per run")
     parser.add_argument("--reuse", action="store_true",
@@ -246,9 +239,7 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
-    options = {k: getattr(args, k) for k in ("backbone", "device", "lr", "weight_decay", "crop_scale", "train_subset",
-                                             "data_dir")
-               if getattr(args, k) is not None}
+    options = training_options(args)
     settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
                     seeds=tuple(args.seeds))
     if args.quick:

@@ -75,8 +75,9 @@ How much the duals do is measured, not assumed: every step also reports the trac
 (`assignments_without_rule`; history's `occupancy_without_rule`). On digits (20 epochs, B = 256, three seeds,
 2026-11-23) it is within 0.05 of the dual-balanced occupancy in every epoch — the output batch norm, not the
 duals, keeps the batch spread here. On CIFAR-10 (convnet, 4 epochs, B = 256, three seeds, 2026-11-23) the duals
-do more: 0.05–0.10 of H/log K in the first two training epochs, 0.03 at the end. Without that batch norm the projections collapse to one direction and the
-duals pass whole batches from cluster to cluster (benchmarks/results_balancing.md, "Balanced by the rule"). And
+do more: 0.05–0.10 of H/log K in the first two training epochs, 0.03 at the end. Without that batch norm the
+projections collapse to one direction and the duals pass whole batches from cluster to cluster
+(benchmarks/results_balancing.md, "Balanced by the rule"). And
 the duals can unbalance: with milder crops (`--crop-scale 0.3 1`) one seed's largest dual grew to ≈ 0.3 and its
 last epoch put 61% of the images into one cluster, while the plain argmax of the same steps stayed at
 H/log K 0.99 ("Milder crops").
