@@ -14,11 +14,19 @@ and, to show where the time of (c)/(d) goes, two parts of the device pipeline me
   (f) the model alone on a fixed pair of pre-augmented views, at (c)'s settings (and (d)'s as (g))
   (h) as (f), but both views in one forward pass of 2B images instead of two passes of B — whether the
       backbone's batch size is what keeps (c) below the design notes' 43,000 views/s (batch norm then
-      normalises over both views together, as SimCLR's own code does)
+      normalises over both views together, as SimCLR's own code does; SimCLR's `one_pass` option)
+
+and, because the 2026-11-23 profiles showed every GPU pipeline waiting on the CPU to launch kernels:
+
+  (i) (c) end to end with both views in one pass (`--set one_pass=true` in training)
+  (j) (i) + torch.compile mode reduce-overhead: forward and backward replayed as CUDA graphs
+      (`selfsup-lab train --compile reduce-overhead`)
+  (k) the model alone at (j)'s settings
 
     PYTHONPATH=. python benchmarks/throughput.py                     # GPU: ResNet-18, batch 512
     PYTHONPATH=. python benchmarks/throughput.py --device cpu --backbone convnet --batch-size 256 --steps 5
     PYTHONPATH=. python benchmarks/throughput.py --profile 10      # + where each pipeline's time goes
+    PYTHONPATH=. python benchmarks/throughput.py --only cij        # some pipelines only ((a) always runs)
 
 Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory). With --profile N,
 each pipeline is also profiled for N more steps (torch.profiler) and its top operations are written to
@@ -39,7 +47,7 @@ import torch
 
 from selfsup_lab import augment, data, models
 from selfsup_lab.methods import MethodContext
-from selfsup_lab.methods.simclr import SimCLR, SimCLROptions, nt_xent_loss
+from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
 
 
 class TorchvisionPairs(torch.utils.data.Dataset):
@@ -68,27 +76,26 @@ class TorchvisionPairs(torch.utils.data.Dataset):
         return self.transform(img), self.transform(img)
 
 
-def build_model(backbone: str, device, channels_last: bool, compile_backbone: bool, batch_size: int, image_size: int):
+def build_model(backbone: str, device, channels_last: bool, compile_mode: str | None, batch_size: int,
+                image_size: int, one_pass: bool = False):
     torch.manual_seed(0)
     context = MethodContext(num_train=50_000, num_classes=10, batch_size=batch_size, epochs=1, steps_per_epoch=1,
                             image_size=image_size, device=device)
-    model = SimCLR(models.build_backbone(backbone), SimCLROptions(), context).to(device)
+    model = SimCLR(models.build_backbone(backbone), SimCLROptions(one_pass=one_pass), context).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile_backbone:
-        model.backbone.compile()
+    if compile_mode:
+        model.backbone.compile(mode=compile_mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     return model, optimizer
 
 
-def train_step(model, optimizer, views, amp: bool, device, one_pass: bool = False):
+def train_step(model, optimizer, views, amp: bool, device, cuda_graphs: bool = False):
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
+    if cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with ctx:
-        if one_pass:  # (h): one backbone call on the 2B views, then the same loss
-            z1, z2 = model.projector(model.backbone(torch.cat(views))).chunk(2)
-            loss = nt_xent_loss(z1, z2, model.options.temperature)[0]
-        else:
-            loss = model.training_step(views, None).loss
+        loss = model.training_step(views, None).loss  # (h)-(k): SimCLR's one_pass option
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -136,7 +143,7 @@ def run_dataloader(args, dataset, device):
     loader = torch.utils.data.DataLoader(
         TorchvisionPairs(dataset.images, mean, std, dataset.image_size), batch_size=args.batch_size, shuffle=True,
         num_workers=workers, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model, optimizer = build_model(args.backbone, device, False, False, args.batch_size, dataset.image_size)
+    model, optimizer = build_model(args.backbone, device, False, None, args.batch_size, dataset.image_size)
     iterator = iter(loader)
 
     def step():
@@ -158,11 +165,13 @@ def device_augmenter(dataset, device):
             torch.Generator(device=device).manual_seed(0))
 
 
-def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool):
+def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_mode: str | None,
+               one_pass: bool = False):
     images = dataset.images.to(device)
     augmenter, generator = device_augmenter(dataset, device)
-    model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
-                                   dataset.image_size)
+    model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
+                                   dataset.image_size, one_pass)
+    cuda_graphs = compile_mode == "reduce-overhead"
 
     def step():
         idx = torch.randint(len(images), (args.batch_size,), device=device, generator=generator)
@@ -170,9 +179,9 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_ba
         views = [augmenter(batch, generator) for _ in range(2)]
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        train_step(model, optimizer, views, amp, device)
+        train_step(model, optimizer, views, amp, device, cuda_graphs)
 
-    return step, args.warmup + (10 if compile_backbone else 0), {}  # compilation happens in the first steps
+    return step, args.warmup + (10 if compile_mode else 0), {}  # compilation happens in the first steps
 
 
 def run_augment_only(args, dataset, device):
@@ -189,7 +198,7 @@ def run_augment_only(args, dataset, device):
     return step, args.warmup, {}
 
 
-def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_backbone: bool,
+def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_mode: str | None,
                    one_pass: bool = False):
     """(f)/(g)/(h): the training step on one fixed pair of augmented views — the model's own ceiling."""
     images = dataset.images[: args.batch_size].to(device)
@@ -197,10 +206,11 @@ def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compil
     views = [augmenter(images, generator) for _ in range(2)]
     if channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    model, optimizer = build_model(args.backbone, device, channels_last, compile_backbone, args.batch_size,
-                                   dataset.image_size)
-    return (lambda: train_step(model, optimizer, views, amp, device, one_pass),
-            args.warmup + (10 if compile_backbone else 0), {})
+    model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
+                                   dataset.image_size, one_pass)
+    cuda_graphs = compile_mode == "reduce-overhead"
+    return (lambda: train_step(model, optimizer, views, amp, device, cuda_graphs),
+            args.warmup + (10 if compile_mode else 0), {})
 
 
 def write_profile(step_fn, device, steps: int, label: str, folder) -> Path:
@@ -235,6 +245,10 @@ def main(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing each pipeline, profile STEPS more steps and write its top operations")
     parser.add_argument("--profile-dir", default=str(Path(__file__).with_name("out")))
+    parser.add_argument("--only", default="", metavar="LETTERS",
+                        help="run only these pipelines, e.g. --only cdij ((a) always runs)")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile mode of (d) and (g) (default, max-autotune-no-cudagraphs, ...)")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -251,23 +265,35 @@ def main(argv=None):
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
+    cuda = device.type == "cuda"
+    mode = args.compile_mode
     pipelines = {
         "(a) torchvision transforms, DataLoader": lambda: run_dataloader(args, dataset, device),
-        "(b) device augmentation, fp32": lambda: run_device(args, dataset, device, False, False, False),
+        "(b) device augmentation, fp32": lambda: run_device(args, dataset, device, False, False, None),
     }
-    if device.type == "cuda":
-        pipelines["(c) + bf16 autocast + channels_last"] = lambda: run_device(args, dataset, device, True, True, False)
-        pipelines["(d) + torch.compile"] = lambda: run_device(args, dataset, device, True, True, True)
+    if cuda:
+        pipelines["(c) + bf16 autocast + channels_last"] = lambda: run_device(args, dataset, device, True, True, None)
+        pipelines["(d) + torch.compile"] = lambda: run_device(args, dataset, device, True, True, mode)
     elif args.cpu_compile:
-        pipelines["(d) fp32 + torch.compile"] = lambda: run_device(args, dataset, device, False, False, True)
-    cuda = device.type == "cuda"
+        pipelines["(d) fp32 + torch.compile"] = lambda: run_device(args, dataset, device, False, False, mode)
     pipelines["(e) augmentation alone"] = lambda: run_augment_only(args, dataset, device)
     pipelines["(f) model alone" + (", bf16 + channels_last" if cuda else ", fp32")] = \
-        lambda: run_model_only(args, dataset, device, cuda, cuda, False)
+        lambda: run_model_only(args, dataset, device, cuda, cuda, None)
     if cuda or args.cpu_compile:
-        pipelines["(g) model alone + torch.compile"] = lambda: run_model_only(args, dataset, device, cuda, cuda, True)
+        pipelines["(g) model alone + torch.compile"] = lambda: run_model_only(args, dataset, device, cuda, cuda, mode)
     pipelines["(h) model alone, both views in one pass"] = \
-        lambda: run_model_only(args, dataset, device, cuda, cuda, False, one_pass=True)
+        lambda: run_model_only(args, dataset, device, cuda, cuda, None, one_pass=True)
+    # (i)-(k): SimCLR's one_pass option end to end, and CUDA graphs (the step is launch-bound on an H100).
+    pipelines["(i) as (c), both views in one pass"] = \
+        lambda: run_device(args, dataset, device, cuda, cuda, None, one_pass=True)
+    if cuda:
+        pipelines["(j) (i) + torch.compile reduce-overhead (CUDA graphs)"] = \
+            lambda: run_device(args, dataset, device, True, True, "reduce-overhead", one_pass=True)
+        pipelines["(k) model alone, one pass + reduce-overhead"] = \
+            lambda: run_model_only(args, dataset, device, True, True, "reduce-overhead", one_pass=True)
+    if args.only:  # (a) always runs: every row is reported as a multiple of it
+        wanted = {"a", *args.only.replace(",", "")}
+        pipelines = {label: build for label, build in pipelines.items() if label[1] in wanted}
 
     rows = []
     for label, build in pipelines.items():

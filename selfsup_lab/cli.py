@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
     t.add_argument("--weight-decay", type=float,
                    help="weight decay (default 5e-4, none on batch-norm weights and biases; CoKe's code: 1e-6)")
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the backbone")
+    t.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
+                   help="torch.compile the backbone; MODE reduce-overhead also replays it as CUDA graphs (GPU)")
     t.add_argument("--eval-every", type=int, help="kNN every N epochs (default: at the end only)")
     t.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
     t.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")

@@ -23,7 +23,7 @@ def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
     text = results.read_text()
     assert text.startswith("# earlier results\n"), "the benchmark must append, not overwrite"
     rows = [line for line in text.splitlines() if line.startswith("| (")]
-    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)", "(e)", "(f)", "(h)"]
+    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(b)", "(e)", "(f)", "(h)", "(i)"]
     for row in rows:
         views_per_s, ratio, memory = (cell.strip() for cell in row.split("|")[2:5])
         assert float(views_per_s.replace(",", "")) > 0
@@ -37,25 +37,36 @@ def test_throughput_profile_writes_one_table_per_pipeline(tmp_path):
                      "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(tmp_path / "RESULTS.md"),
                      "--profile", "1", "--profile-dir", str(tmp_path / "out")])
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["profile-a.txt", "profile-b.txt", "profile-e.txt", "profile-f.txt", "profile-h.txt"]
+    assert written == ["profile-a.txt", "profile-b.txt", "profile-e.txt", "profile-f.txt", "profile-h.txt",
+                       "profile-i.txt"]
     augmentation = (tmp_path / "out" / "profile-e.txt").read_text()
     model = (tmp_path / "out" / "profile-f.txt").read_text()
     assert "grid_sampler" in augmentation and "convolution" not in augmentation  # the crop, and no model
     assert "convolution" in model
 
 
+def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path):
+    throughput = load_throughput()
+    results = tmp_path / "RESULTS.md"
+    throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
+                     "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "f,i"])
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| (")]
+    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(f)", "(i)"]
+
+
 def test_one_pass_step_computes_the_same_loss_as_two_passes():
-    """(h) changes only how the views go through the backbone: with batch norm frozen the loss is the same."""
+    """SimCLR's one_pass ((h)-(k)) changes only how the views go through the backbone: with batch norm frozen
+    the loss is the same; with batch statistics over 2B images instead of B it is not."""
     import torch
 
     throughput = load_throughput()
-    model, _ = throughput.build_model("convnet", torch.device("cpu"), False, False, 8, 32)
-    model.eval()  # running statistics: both ways of batching then compute identical features
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the steps leave the weights as they are
+    cpu = torch.device("cpu")
+    two, _ = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=False)
+    one, _ = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=True)
     views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    two_passes, one_pass = (throughput.train_step(model, optimizer, views, False, torch.device("cpu"), one_pass=flag)
-                            for flag in (False, True))
-    torch.testing.assert_close(one_pass, two_passes)
-    model.train()  # with batch statistics the two differ: the point of measuring (h) at all
-    assert not torch.allclose(throughput.train_step(model, optimizer, views, False, torch.device("cpu")),
-                              throughput.train_step(model, optimizer, views, False, torch.device("cpu"), one_pass=True))
+    for model in (two, one):
+        model.eval()  # running statistics: both ways of batching then compute identical features
+    torch.testing.assert_close(one.training_step(views, None).loss, two.training_step(views, None).loss)
+    for model in (two, one):
+        model.train()  # with batch statistics the two differ: the point of measuring (h) at all
+    assert not torch.allclose(one.training_step(views, None).loss, two.training_step(views, None).loss)

@@ -29,6 +29,8 @@ def test_methods_and_datasets_list(capsys):
     (["train", "--lr", "-1"], "--lr must be above 0, got -1.0"),
     (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),
     (["train", "--method", "coke", "--set", "ratio=1.5"], "option 'ratio' of coke must be in (0, 1], got 1.5"),
+    (["train", "--compile", "fastest"], "unknown compile mode 'fastest'; choose one of: default, reduce-overhead"),
+    (["train", "--device", "cpu", "--compile", "reduce-overhead"], "replays CUDA graphs and needs a GPU"),
     (["train", "--epochs", "1", "--out", "/dev/null/run"], "cannot create the output directory /dev/null/run"),
     (["compare-balancing", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
     (["compare-negatives", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),

@@ -221,3 +221,16 @@ def test_crop_scale_sets_the_random_resized_crop_and_is_recorded(tmp_path):
     assert default.augment.config.scale == (0.08, 1.0)
     run = selfsup_lab.train("simclr", **{**QUICK, "out": str(tmp_path / "r"), "crop_scale": (0.5, 1.0), "epochs": 1})
     assert json.loads((run.out / "config.json").read_text())["crop_scale"] == [0.5, 1.0]
+
+
+def test_compile_modes_are_named_and_checked():
+    from selfsup_lab.train import resolve_compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_compile_mode(False, cpu) is None and resolve_compile_mode(None, cpu) is None
+    assert resolve_compile_mode(True, cpu) == "default"  # plain --compile
+    assert resolve_compile_mode("reduce-overhead", cuda) == "reduce-overhead"  # no GPU needed to decide
+    with pytest.raises(UserError, match="needs a GPU"):
+        resolve_compile_mode("reduce-overhead", cpu)
+    with pytest.raises(UserError, match="unknown compile mode 'fast'"):
+        resolve_compile_mode("fast", cpu)

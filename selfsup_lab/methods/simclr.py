@@ -28,6 +28,10 @@ class SimCLROptions:
     temperature: float = 0.2  # τ; 0.5 in the paper's CIFAR setting, 0.2 usually better for kNN
     proj_hidden: int = 2048
     proj_dim: int = 128
+    # Encode both views in one backbone call of 2B images, as SimCLR's reference code does: batch norm then
+    # normalises over both views together (off: two calls of B, each view its own statistics). Same loss,
+    # fewer and larger kernels — faster on a GPU, where small batches leave it waiting for the CPU.
+    one_pass: bool = False
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +71,10 @@ class SimCLR(Method):
         self.projector = mlp(backbone.feature_dim, options.proj_hidden, options.proj_dim)
 
     def training_step(self, views, indices):
-        z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
+        if self.options.one_pass:
+            z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        else:
+            z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
         loss, rank = nt_xent_loss(z1, z2, self.options.temperature)
         logs = {"pos_top1": (rank == 0).float().mean(), "pos_top5": (rank < 5).float().mean()}
         return StepOutput(loss=loss, logs=logs)
