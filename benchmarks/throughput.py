@@ -48,6 +48,7 @@ import torch
 from selfsup_lab import augment, data, models
 from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
+from selfsup_lab.train import uses_cuda_graphs
 
 
 class TorchvisionPairs(torch.utils.data.Dataset):
@@ -171,7 +172,7 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_mo
     augmenter, generator = device_augmenter(dataset, device)
     model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
                                    dataset.image_size, one_pass)
-    cuda_graphs = compile_mode == "reduce-overhead"
+    cuda_graphs = uses_cuda_graphs(compile_mode, device)
 
     def step():
         idx = torch.randint(len(images), (args.batch_size,), device=device, generator=generator)
@@ -208,7 +209,7 @@ def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compil
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
     model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
                                    dataset.image_size, one_pass)
-    cuda_graphs = compile_mode == "reduce-overhead"
+    cuda_graphs = uses_cuda_graphs(compile_mode, device)
     return (lambda: train_step(model, optimizer, views, amp, device, cuda_graphs),
             args.warmup + (10 if compile_mode else 0), {})
 

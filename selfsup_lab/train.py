@@ -90,6 +90,12 @@ def resolve_compile_mode(value: bool | str, device: torch.device) -> str | None:
     return mode
 
 
+def uses_cuda_graphs(compile_mode: str | None, device: torch.device) -> bool:
+    """Whether the compiled backbone is replayed as CUDA graphs: each training step must then be marked
+    (`torch.compiler.cudagraph_mark_step_begin`), since a replay overwrites the last step's graph outputs."""
+    return device.type == "cuda" and compile_mode in ("reduce-overhead", "max-autotune")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -289,7 +295,7 @@ class Trainer:
         self.use_amp = self.device.type == "cuda" if config.amp is None else bool(config.amp)
         self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
         self.compile_mode = resolve_compile_mode(config.compile, self.device)
-        self.cuda_graphs = self.device.type == "cuda" and self.compile_mode in ("reduce-overhead", "max-autotune")
+        self.cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
 
         # Method class and options first: a typo there should fail before any data is loaded.
         method_cls = get_method_class(config.method)

@@ -224,7 +224,7 @@ def test_crop_scale_sets_the_random_resized_crop_and_is_recorded(tmp_path):
 
 
 def test_compile_modes_are_named_and_checked():
-    from selfsup_lab.train import resolve_compile_mode
+    from selfsup_lab.train import resolve_compile_mode, uses_cuda_graphs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_compile_mode(False, cpu) is None and resolve_compile_mode(None, cpu) is None
@@ -234,3 +234,6 @@ def test_compile_modes_are_named_and_checked():
         resolve_compile_mode("reduce-overhead", cpu)
     with pytest.raises(UserError, match="unknown compile mode 'fast'"):
         resolve_compile_mode("fast", cpu)
+    # only the graph-replaying modes on a GPU need each step marked
+    assert uses_cuda_graphs("reduce-overhead", cuda) and uses_cuda_graphs("max-autotune", cuda)
+    assert not uses_cuda_graphs("default", cuda) and not uses_cuda_graphs("max-autotune", cpu)

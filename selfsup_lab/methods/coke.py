@@ -60,10 +60,11 @@ On CIFAR-10 with ResNet-18 the temperature matters far more, and a softer one is
 0.538 at 0.5 and 0.500 at 1.0, against 0.336 for the untrained network; NMI of the K = 10 head 0.107, 0.151,
 0.274, 0.227 (untrained k-means 0.086). At τ = 0.5 CoKe learns features and clusters well above random ones —
 still below SwAV's kNN 0.599 at the same budget — and its labels settle: agreement with the previous epoch
-0.20 → 0.48 → 0.61 → 0.73 at epochs 2 / 5 / 10 / 20, against 0.10 → 0.12 → 0.12 → 0.23 at τ = 0.05. α = 0 was again no better (0.268). With the small ConvNet on the CPU (CIFAR-10, 4 epochs,
-B = 256, three seeds) τ = 0.5 gives kNN 0.458 ± 0.008 against 0.309 ± 0.003 at τ = 0.05 and 0.436 ± 0.003
-untrained. The default stays the paper's τ = 0.05: whether it wins over the paper's few hundred epochs is not
-measured; for short runs, `--set temperature=0.5`.
+0.20 → 0.48 → 0.61 → 0.73 at epochs 2 / 5 / 10 / 20, against 0.10 → 0.12 → 0.12 → 0.23 at τ = 0.05.
+α = 0 was again no better (0.268). With the small ConvNet on the CPU (CIFAR-10, 4 epochs, B = 256, three
+seeds) τ = 0.5 gives kNN 0.458 ± 0.008 against 0.309 ± 0.003 at τ = 0.05 and 0.436 ± 0.003 untrained.
+The default stays the paper's τ = 0.05: whether it wins over the paper's few hundred epochs is not measured;
+for short runs, `--set temperature=0.5`.
 
 The augmentation, not the clustering, is what randomises the labels (measured on digits, seed 0, 2026-11-22,
 third session, with throw-away scripts, not the library): k-means (K = 10) of the *random* network's backbone

@@ -28,9 +28,9 @@ class SimCLROptions:
     temperature: float = 0.2  # τ; 0.5 in the paper's CIFAR setting, 0.2 usually better for kNN
     proj_hidden: int = 2048
     proj_dim: int = 128
-    # Encode both views in one backbone call of 2B images, as SimCLR's reference code does: batch norm then
-    # normalises over both views together (off: two calls of B, each view its own statistics). Same loss,
-    # fewer and larger kernels — faster on a GPU, where small batches leave it waiting for the CPU.
+    # Encode both views in one backbone call of 2B images, as SimCLR's reference code does, so batch norm
+    # normalises over both views together (off: two calls of B, each view with its own statistics). The loss
+    # is computed as before; fewer, larger kernels make the step faster on a GPU that waits on the CPU.
     one_pass: bool = False
 
 
