@@ -48,7 +48,7 @@ import torch
 from selfsup_lab import augment, data, models
 from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
-from selfsup_lab.train import uses_cuda_graphs
+from selfsup_lab.train import resolve_compile_mode, uses_cuda_graphs
 
 
 class TorchvisionPairs(torch.utils.data.Dataset):
@@ -267,7 +267,7 @@ def main(argv=None):
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
     cuda = device.type == "cuda"
-    mode = args.compile_mode
+    mode = resolve_compile_mode(args.compile_mode, device)  # the trainer's check: a typo fails here, not in torch
     pipelines = {
         "(a) torchvision transforms, DataLoader": lambda: run_dataloader(args, dataset, device),
         "(b) device augmentation, fp32": lambda: run_device(args, dataset, device, False, False, None),
