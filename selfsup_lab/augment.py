@@ -363,6 +363,7 @@ class Augmenter:
         aug = Augmenter(cifar_preset())
         g = torch.Generator(device=images.device).manual_seed(0)
         v1, v2 = aug(images, g), aug(images, g)      # two views of the same batch
+        v1, v2 = aug.views(images, 2, g)             # the same, in one call (half the kernel launches)
     """
 
     def __init__(self, config: AugmentConfig):
@@ -391,6 +392,24 @@ class Augmenter:
         with torch.autocast(images.device.type, enabled=False):
             return self._augment(images, generator)
 
+    def views(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """`count` independent views of every image, from one batched call over count·B images.
+
+        Each view of each image gets its own crop, flip, factors and coin flips, exactly as `count` separate
+        calls would give; only the colour-op order, drawn once per call, is shared by the views of a batch.
+        Why bother: every op launches one kernel whatever the batch size, and a GPU training a ResNet-18
+        at batch 512 waits on the CPU launching them (benchmarks/RESULTS.md) -- one call of 2B launches half
+        the kernels of two calls of B.
+        """
+        if count < 1:
+            raise ValueError(f"count must be 1 or more views per image, got {count}.")
+        if count == 1:
+            return [self(images, generator)]
+        repeated = images.repeat(count, 1, 1, 1)
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+            repeated = repeated.contiguous(memory_format=torch.channels_last)  # repeat drops the format
+        return list(self(repeated, generator).chunk(count))
+
     def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         cfg, dev, g = self.config, images.device, generator
         B, _, H, W = images.shape
@@ -403,7 +422,8 @@ class Augmenter:
         x = x.mul_(1.0 / 255.0)  # now float32 in [0, 1]
 
         # 2) colour jitter: per-sample factors (neutral where not selected), ops in one random order per
-        #    batch. torchvision draws an order per image; per batch keeps it to 4 batched calls.
+        #    call (so `views` shares it between the views of a batch). torchvision draws an order per
+        #    image; one per call keeps it to 4 batched ops.
         if cfg.jitter_p > 0:
             on = _bernoulli(B, cfg.jitter_p, g, dev)
             ops = []

@@ -479,8 +479,9 @@ class Trainer:
                     group["lr"] = lr
 
                 images = self.train_images[batch]
-                views = [self.augment(images, aug_gen) for _ in range(self.method.num_views)]
-                views += [self.augment_small(images, aug_gen) for _ in range(self.method.num_small_views)]
+                views = self.augment.views(images, self.method.num_views, aug_gen)  # one call for all views
+                if self.method.num_small_views:
+                    views += self.augment_small.views(images, self.method.num_small_views, aug_gen)
                 if self.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 if self.cuda_graphs:

@@ -102,6 +102,52 @@ def test_channels_last_input_gives_same_values():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_views_in_one_call_are_independent_views_of_each_image():
+    x = _images(64)
+    flip_only = dataclasses.replace(IDENTITY, flip_p=0.5)
+    views = Augmenter(flip_only).views(x, 3, _gen(0))
+    assert len(views) == 3 and all(v.shape == (64, 3, 32, 32) for v in views)
+    plain = normalize(x, IDENTITY.mean, IDENTITY.std)
+    flipped = torch.flip(plain, dims=[-1])
+    # every view of every image is the image or its mirror, and the views flip independently of each other
+    is_flipped = []
+    for v in views:
+        same = (v - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
+        mirrored = (v - flipped).abs().amax(dim=(1, 2, 3)) < 1e-5
+        assert (same | mirrored).all()
+        is_flipped.append(mirrored & ~same)
+    assert 0 < (is_flipped[0] != is_flipped[1]).sum() < 64
+    # seeded: the same generator state gives the same views
+    aug = Augmenter(cifar_preset())
+    again = aug.views(x, 2, _gen(4)), aug.views(x, 2, _gen(4))
+    assert all(torch.equal(a, b) for a, b in zip(*again))
+    assert not torch.allclose(again[0][0], again[0][1])
+    with pytest.raises(ValueError, match="count"):
+        aug.views(x, 0, _gen(0))
+
+
+def test_views_keep_channels_last():
+    x = _images().contiguous(memory_format=torch.channels_last)
+    views = Augmenter(cifar_preset()).views(x, 2, _gen(0))
+    assert all(v.is_contiguous(memory_format=torch.channels_last) for v in views)
+
+
+def _aten_calls(fn) -> int:
+    """How many aten operators `fn` dispatches (on a GPU, each is at least one kernel launch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
+def test_views_in_one_call_launch_about_half_the_ops_of_separate_calls():
+    x, aug = _images(), Augmenter(cifar_preset())
+    separate = _aten_calls(lambda: [aug(x, _gen(0)) for _ in range(2)])
+    together = _aten_calls(lambda: aug.views(x, 2, _gen(0)))
+    assert together < 0.6 * separate, (together, separate)
+
+
 def test_generator_on_wrong_device_is_rejected():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

@@ -54,6 +54,21 @@ def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path):
     assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(f)", "(i)"]
 
 
+def test_rows_replayed_as_cuda_graphs_are_marked_and_explained(tmp_path, monkeypatch):
+    """Their peak memory is measured over warm-up too (the graphs take it while recorded): the table says so.
+    On a CPU no row uses graphs, so the check pretends they do."""
+    throughput = load_throughput()
+    monkeypatch.setattr(throughput, "uses_cuda_graphs", lambda mode, device: True)
+    results = tmp_path / "RESULTS.md"
+    throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
+                     "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "f"])
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert rows[0].split("|")[4].strip().replace(".", "").isdigit()  # (a) is not replayed: no mark
+    assert rows[1].split("|")[4].strip().endswith(" ¹")
+    assert "¹ peak over warm-up and timed steps" in text
+
+
 def test_one_pass_step_computes_the_same_loss_as_two_passes():
     """SimCLR's one_pass ((h)-(k)) changes only how the views go through the backbone: with batch norm frozen
     the loss is the same; with batch statistics over 2B images instead of B it is not."""
