@@ -23,10 +23,16 @@ and, because the 2026-11-23 profiles showed every GPU pipeline waiting on the CP
       (`selfsup-lab train --compile reduce-overhead`)
   (k) the model alone at (j)'s settings
 
+and, because (k) is then the ceiling of (j) and the projector, loss and optimiser still launch kernel by kernel:
+
+  (l) (j) with the whole forward -- backbone, projector, NT-Xent loss -- compiled as one graph (and its backward)
+  (m) (l) + the SGD step compiled too (a tensor learning rate, so a schedule would not recompile it)
+  (n) the model alone at (m)'s settings
+
     PYTHONPATH=. python benchmarks/throughput.py                     # GPU: ResNet-18, batch 512
     PYTHONPATH=. python benchmarks/throughput.py --device cpu --backbone convnet --batch-size 256 --steps 5
     PYTHONPATH=. python benchmarks/throughput.py --profile 10      # + where each pipeline's time goes
-    PYTHONPATH=. python benchmarks/throughput.py --only cij        # some pipelines only ((a) always runs)
+    PYTHONPATH=. python benchmarks/throughput.py --only cijlm      # some pipelines only ((a) always runs)
 
 Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory). With --profile N,
 each pipeline is also profiled for N more steps (torch.profiler) and its top operations are written to
@@ -78,28 +84,48 @@ class TorchvisionPairs(torch.utils.data.Dataset):
 
 
 def build_model(backbone: str, device, channels_last: bool, compile_mode: str | None, batch_size: int,
-                image_size: int, one_pass: bool = False):
+                image_size: int, one_pass: bool = False, scope: str = "backbone", backend: str = "inductor"):
+    """The SimCLR model and SGD, and the two callables a step runs: views -> loss, and the optimiser step.
+
+    `scope` says what torch.compile covers when `compile_mode` is set: "backbone" (what the trainer's
+    --compile does), "forward" (backbone, projector and NT-Xent loss traced as one graph, and its backward),
+    or "step" (that, and the SGD step). Under reduce-overhead each compiled part is replayed as CUDA graphs.
+    `backend` is for tests: "eager" traces the same graphs without generating code.
+    """
     torch.manual_seed(0)
     context = MethodContext(num_train=50_000, num_classes=10, batch_size=batch_size, epochs=1, steps_per_epoch=1,
                             image_size=image_size, device=device)
     model = SimCLR(models.build_backbone(backbone), SimCLROptions(one_pass=one_pass), context).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile_mode:
-        model.backbone.compile(mode=compile_mode)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    return model, optimizer
+    compiled_step = compile_mode is not None and scope == "step"
+    # a compiled SGD step bakes a float learning rate into its graph; a tensor can follow a schedule
+    lr = torch.tensor(0.1, device=device) if compiled_step else 0.1
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+    def loss_of(views):
+        return model.training_step(views, None).loss  # (h)-(n): SimCLR's one_pass option
+
+    options = {"backend": backend, **({"mode": compile_mode} if backend == "inductor" else {})}
+    loss_fn, optimizer_step = loss_of, optimizer.step
+    if compile_mode and scope == "backbone":
+        model.backbone.compile(**options)
+    elif compile_mode:
+        loss_fn = torch.compile(loss_of, fullgraph=True, **options)  # a graph break would split the graphs: fail
+        if compiled_step:
+            optimizer_step = torch.compile(optimizer.step, **options)
+    return model, optimizer, loss_fn, optimizer_step
 
 
-def train_step(model, optimizer, views, amp: bool, device, cuda_graphs: bool = False):
+def train_step(loss_fn, optimizer, optimizer_step, views, amp: bool, cuda_graphs: bool = False):
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
     if cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
     with ctx:
-        loss = model.training_step(views, None).loss  # (h)-(k): SimCLR's one_pass option
+        loss = loss_fn(views)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    optimizer_step()
     return loss.detach()  # not read in the timed loop (reading it would synchronise)
 
 
@@ -149,7 +175,8 @@ def run_dataloader(args, dataset, device):
     loader = torch.utils.data.DataLoader(
         TorchvisionPairs(dataset.images, mean, std, dataset.image_size), batch_size=args.batch_size, shuffle=True,
         num_workers=workers, drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    model, optimizer = build_model(args.backbone, device, False, None, args.batch_size, dataset.image_size)
+    _, optimizer, loss_fn, optimizer_step = build_model(args.backbone, device, False, None, args.batch_size,
+                                                        dataset.image_size)
     iterator = iter(loader)
 
     def step():
@@ -159,7 +186,8 @@ def run_dataloader(args, dataset, device):
         except StopIteration:
             iterator = iter(loader)
             v1, v2 = next(iterator)
-        train_step(model, optimizer, [v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)], False, device)
+        views = [v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)]
+        train_step(loss_fn, optimizer, optimizer_step, views, False)
 
     return step, args.warmup, {"workers": workers}
 
@@ -172,11 +200,11 @@ def device_augmenter(dataset, device):
 
 
 def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_mode: str | None,
-               one_pass: bool = False):
+               one_pass: bool = False, scope: str = "backbone"):
     images = dataset.images.to(device)
     augmenter, generator = device_augmenter(dataset, device)
-    model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
-                                   dataset.image_size, one_pass)
+    _, optimizer, loss_fn, optimizer_step = build_model(args.backbone, device, channels_last, compile_mode,
+                                                        args.batch_size, dataset.image_size, one_pass, scope)
     cuda_graphs = uses_cuda_graphs(compile_mode, device)
 
     def step():
@@ -185,7 +213,7 @@ def run_device(args, dataset, device, amp: bool, channels_last: bool, compile_mo
         views = augmenter.views(batch, 2, generator)  # both views in one call, as the trainer does
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        train_step(model, optimizer, views, amp, device, cuda_graphs)
+        train_step(loss_fn, optimizer, optimizer_step, views, amp, cuda_graphs)
 
     # compilation happens in the first steps
     return step, args.warmup + (10 if compile_mode else 0), {"graphs": cuda_graphs}
@@ -204,17 +232,17 @@ def run_augment_only(args, dataset, device):
 
 
 def run_model_only(args, dataset, device, amp: bool, channels_last: bool, compile_mode: str | None,
-                   one_pass: bool = False):
-    """(f)/(g)/(h): the training step on one fixed pair of augmented views — the model's own ceiling."""
+                   one_pass: bool = False, scope: str = "backbone"):
+    """(f)/(g)/(h)/(k)/(n): the training step on one fixed pair of augmented views — the model's own ceiling."""
     images = dataset.images[: args.batch_size].to(device)
     augmenter, generator = device_augmenter(dataset, device)
     views = augmenter.views(images, 2, generator)
     if channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    model, optimizer = build_model(args.backbone, device, channels_last, compile_mode, args.batch_size,
-                                   dataset.image_size, one_pass)
+    _, optimizer, loss_fn, optimizer_step = build_model(args.backbone, device, channels_last, compile_mode,
+                                                        args.batch_size, dataset.image_size, one_pass, scope)
     cuda_graphs = uses_cuda_graphs(compile_mode, device)
-    return (lambda: train_step(model, optimizer, views, amp, device, cuda_graphs),
+    return (lambda: train_step(loss_fn, optimizer, optimizer_step, views, amp, cuda_graphs),
             args.warmup + (10 if compile_mode else 0), {"graphs": cuda_graphs})
 
 
@@ -296,6 +324,13 @@ def main(argv=None):
             lambda: run_device(args, dataset, device, True, True, "reduce-overhead", one_pass=True)
         pipelines["(k) model alone, one pass + reduce-overhead"] = \
             lambda: run_model_only(args, dataset, device, True, True, "reduce-overhead", one_pass=True)
+        # (l)-(n): what (k) leaves outside the graphs, the projector, the loss and the SGD step, inside them too
+        pipelines["(l) (j) with projector and loss in the graphs"] = \
+            lambda: run_device(args, dataset, device, True, True, "reduce-overhead", one_pass=True, scope="forward")
+        pipelines["(m) (l) + the SGD step compiled too"] = \
+            lambda: run_device(args, dataset, device, True, True, "reduce-overhead", one_pass=True, scope="step")
+        pipelines["(n) model alone at (m)'s settings"] = \
+            lambda: run_model_only(args, dataset, device, True, True, "reduce-overhead", one_pass=True, scope="step")
     if args.only:  # (a) always runs: every row is reported as a multiple of it
         wanted = {"a", *args.only.replace(",", "")}
         pipelines = {label: build for label, build in pipelines.items() if label[1] in wanted}

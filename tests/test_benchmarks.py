@@ -76,8 +76,8 @@ def test_one_pass_step_computes_the_same_loss_as_two_passes():
 
     throughput = load_throughput()
     cpu = torch.device("cpu")
-    two, _ = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=False)
-    one, _ = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=True)
+    two = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=False)[0]
+    one = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=True)[0]
     views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     for model in (two, one):
         model.eval()  # running statistics: both ways of batching then compute identical features
@@ -85,3 +85,27 @@ def test_one_pass_step_computes_the_same_loss_as_two_passes():
     for model in (two, one):
         model.train()  # with batch statistics the two differ: the point of measuring (h) at all
     assert not torch.allclose(one.training_step(views, None).loss, two.training_step(views, None).loss)
+
+
+def test_whole_step_scopes_trace_without_graph_breaks_and_take_the_eager_step():
+    """(l)-(n) compile SimCLR's forward and loss as one graph (fullgraph: a break would split the CUDA graphs)
+    and, for "step", the SGD step with a tensor learning rate. Traced here with the eager backend (the same
+    graphs, no code generation): one step must change the parameters exactly as the uncompiled step does."""
+    import torch
+
+    throughput = load_throughput()
+    cpu = torch.device("cpu")
+    views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    reference, optimizer, loss_fn, optimizer_step = throughput.build_model("convnet", cpu, False, None, 8, 32,
+                                                                         one_pass=True)
+    reference_loss = throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False)
+    for scope in ("forward", "step"):
+        model, optimizer, loss_fn, optimizer_step = throughput.build_model(
+            "convnet", cpu, False, "reduce-overhead", 8, 32, one_pass=True, scope=scope, backend="eager")
+        assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor) == (scope == "step")
+        torch.testing.assert_close(throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False),
+                                   reference_loss)
+        for p, q in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q)
+        assert not torch.equal(next(model.parameters()), next(throughput.build_model(
+            "convnet", cpu, False, None, 8, 32)[0].parameters())), "the step must have moved the weights"
