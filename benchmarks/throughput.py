@@ -36,7 +36,8 @@ and, because (k) is then the ceiling of (j) and the projector, loss and optimise
 
 Results are appended to benchmarks/RESULTS.md (date, device, settings, views/s, peak memory). With --profile N,
 each pipeline is also profiled for N more steps (torch.profiler) and its top operations are written to
-benchmarks/out/profile-<pipeline>.txt (not committed).
+benchmarks/out/profile-<pipeline>.txt (not committed). A pipeline that fails is recorded as failed and the
+others still run; Ctrl-C or SIGTERM (`timeout`) writes the rows finished so far and exits with status 130.
 Data: the CIFAR-10 JPEG copy via --dataset imagefolder:PATH, or `digits` upscaled (same shapes and work
 per image as CIFAR: throughput does not depend on the pixel values).
 """
@@ -46,6 +47,7 @@ import argparse
 import datetime
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 
@@ -335,15 +337,38 @@ def main(argv=None):
         wanted = {"a", *args.only.replace(",", "")}
         pipelines = {label: build for label, build in pipelines.items() if label[1] in wanted}
 
-    rows = []
-    for label, build in pipelines.items():
-        step, warmup, info = build()  # each pipeline: a step function, its warm-up steps, extra info
-        result = {**measure(step, device, warmup, args.steps, 2 * args.batch_size, info.get("graphs", False)), **info}
-        rows.append((label, result))
-        extra = f", {result['workers']} workers" if "workers" in result else ""
-        print(f"{label:45s} {result['views_per_s']:>10,.0f} views/s   peak {result['peak_gib']:.2f} GiB{extra}", flush=True)
-        if args.profile:
-            print(f"  profile of {args.profile} more steps: {write_profile(step, device, args.profile, label, args.profile_dir)}")
+    # A GPU session is short and time-limited: a pipeline that fails (say, a compile error on another torch) is
+    # recorded as failed and the others still run; a run stopped by Ctrl-C or `timeout` (SIGTERM) still writes
+    # the rows it finished.
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rows, interrupted = [], False
+    try:
+        for label, build in pipelines.items():
+            try:
+                step, warmup, info = build()  # each pipeline: a step function, its warm-up steps, extra info
+                result = {**measure(step, device, warmup, args.steps, 2 * args.batch_size, info.get("graphs", False)),
+                          **info}
+            except Exception as error:
+                if not rows:
+                    raise  # (a), the baseline every row is compared with
+                reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:160]
+                print(f"{label:45s} failed: {reason}", flush=True)
+                rows.append((label, {"failed": reason}))
+                continue
+            rows.append((label, result))
+            extra = f", {result['workers']} workers" if "workers" in result else ""
+            print(f"{label:45s} {result['views_per_s']:>10,.0f} views/s   peak {result['peak_gib']:.2f} GiB{extra}",
+                  flush=True)
+            if args.profile:
+                print(f"  profile of {args.profile} more steps: "
+                      f"{write_profile(step, device, args.profile, label, args.profile_dir)}")
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted after {len(rows)} of {len(pipelines)} pipelines", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if not rows:
+        raise SystemExit(130)
 
     base = rows[0][1]["views_per_s"]
     memory_label = ("peak GPU memory (GiB)" if device.type == "cuda"
@@ -356,14 +381,21 @@ def main(argv=None):
              f"torch {torch.__version__}.\n",
              f"| pipeline | views/s | × (a) | {memory_label} |", "|---|---:|---:|---:|"]
     for label, r in rows:
+        if "failed" in r:
+            lines.append(f"| {label} | failed: {r['failed'].replace('|', '/')} | – | – |")
+            continue
         peak = "–" if r["peak_gib"] != r["peak_gib"] else f"{r['peak_gib']:.2f}" + (" ¹" if r.get("graphs") else "")
         lines.append(f"| {label}{' (' + str(r['workers']) + ' workers)' if 'workers' in r else ''} | "
                      f"{r['views_per_s']:,.0f} | {r['views_per_s'] / base:.2f} | {peak} |")
     if any(r.get("graphs") for _, r in rows):
         lines.append("\n¹ peak over warm-up and timed steps: the CUDA graphs' memory is taken while they are recorded.")
+    if interrupted:
+        lines.append(f"\nInterrupted after {len(rows)} of {len(pipelines)} pipelines: the rest did not run.")
     with open(args.results, "a") as f:
         f.write("\n".join(lines) + "\n")
     print(f"appended to {args.results}")
+    if interrupted:
+        raise SystemExit(130)  # the rows are kept, but a script must not take the run for complete
 
 
 if __name__ == "__main__":

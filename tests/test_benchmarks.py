@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,3 +111,39 @@ def test_whole_step_scopes_trace_without_graph_breaks_and_take_the_eager_step():
             torch.testing.assert_close(p, q)
         assert not torch.equal(next(model.parameters()), next(throughput.build_model(
             "convnet", cpu, False, None, 8, 32)[0].parameters())), "the step must have moved the weights"
+
+
+def _rows(results):
+    return [line for line in results.read_text().splitlines() if line.startswith("| (")]
+
+
+def test_a_failing_pipeline_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    throughput = load_throughput()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compilation failed\nlong traceback text")
+
+    monkeypatch.setattr(throughput, "run_augment_only", broken)  # (e)
+    results = tmp_path / "RESULTS.md"
+    throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
+                     "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "ef"])
+    rows = _rows(results)
+    assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(e)", "(f)"]
+    assert "failed: RuntimeError: compilation failed |" in rows[1]
+    assert float(rows[2].split("|")[2].replace(",", "")) > 0
+
+
+def test_an_interrupted_run_still_writes_the_rows_it_finished(tmp_path, monkeypatch):
+    throughput = load_throughput()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises, and SIGTERM (`timeout`) while the benchmark runs
+
+    monkeypatch.setattr(throughput, "run_augment_only", stopped)
+    results = tmp_path / "RESULTS.md"
+    with pytest.raises(SystemExit) as stop:  # a non-zero exit: the rows are kept, the run is not complete
+        throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
+                         "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "ef"])
+    assert stop.value.code == 130
+    assert [r.split("|")[1].strip()[:3] for r in _rows(results)] == ["(a)"]
+    assert "Interrupted after 1 of 3 pipelines" in results.read_text()
