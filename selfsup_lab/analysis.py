@@ -73,11 +73,16 @@ def expected_same_class_negative_rate(labels=None, num_classes: int | None = Non
     (labelled,) = _labelled_groups(labels)
     counts = torch.bincount(labelled).double()
     total = float(counts.sum())
+    if total < 2:
+        raise ValueError(f"the same-class negative rate needs at least 2 labelled images, got {int(total)}")
     return float((counts * (counts - 1)).sum() / (total * (total - 1)))
 
 
 def min_same_class_negative_rate(batch_size: int, num_classes: int) -> float:
     """The floor for any batch of B images over C classes: spread as evenly as possible (B/C per class)."""
+    if batch_size < 2 or num_classes < 1:
+        raise ValueError(f"a batch has negatives from 2 images up, over 1 class or more; got batch_size {batch_size}, "
+                         f"num_classes {num_classes}")
     q, r = divmod(batch_size, num_classes)
     pairs = r * (q + 1) * q + (num_classes - r) * q * (q - 1)
     return pairs / (batch_size * (batch_size - 1))
@@ -187,7 +192,7 @@ def cosine_distributions(features, labels, max_points: int = 2000, seed: int = 0
         keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         x, y = x[keep], y[keep]
     i, j = torch.triu_indices(x.shape[0], x.shape[0], offset=1)
-    cos = (x[i] * x[j]).sum(dim=1)
+    cos = (x @ x.t())[i, j]  # one n×n matrix; x[i] * x[j] would hold two (n²/2)×d copies of the features
     same = y[i] == y[j]
     intra, inter = cos[same].numpy(), cos[~same].numpy()
     # AUC by ranks (Mann–Whitney U): exact, O(n log n).

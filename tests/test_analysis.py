@@ -66,6 +66,13 @@ def test_same_class_negative_rate_and_its_references():
     assert analysis.same_class_negative_rate(y, batches) == pytest.approx(analysis.expected_same_class_negative_rate(y), abs=0.005)
 
 
+def test_same_class_negative_references_reject_degenerate_input():
+    with pytest.raises(ValueError, match="at least 2 labelled images"):
+        analysis.expected_same_class_negative_rate(torch.tensor([0]))
+    with pytest.raises(ValueError, match="batch_size 1"):
+        analysis.min_same_class_negative_rate(1, 10)
+
+
 def test_binomial_pmf():
     pmf = analysis.binomial_pmf(511, 0.1)
     assert pmf.sum() == pytest.approx(1.0) and int(np.argmax(pmf)) == 51
