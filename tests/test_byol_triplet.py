@@ -156,3 +156,24 @@ def test_two_ranks_match_one_rank():
     moved = lambda prefix: max((single["state"][k] - initial[k]).abs().max().item()
                                for k in initial if k.startswith(prefix) and initial[k].is_floating_point())
     assert moved("byol.target_backbone") > 1e-6 and moved("triplet.predictor") > 1e-4
+
+
+def test_losses_are_computed_in_float32_under_bf16_autocast():
+    """Under the trainer's bf16 autocast (CUDA; CPU autocast behaves the same for matmuls), the cosines that
+    NT-Xent turns into logits and the triplet ranks must not be rounded to bf16: two negatives 0.004 apart
+    would tie and swap ranks."""
+    from selfsup_lab.methods.simclr import nt_xent_loss
+    from selfsup_lab.methods.triplet import truncated_triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    plain_simclr = nt_xent_loss(a, b, 0.2)
+    plain_triplet = truncated_triplet_loss(a, b, 3, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_simclr = nt_xent_loss(a, b, 0.2)
+        mixed_triplet = truncated_triplet_loss(a, b, 3, 9)
+    assert mixed_simclr[0].dtype == torch.float32 and mixed_triplet[0].dtype == torch.float32
+    torch.testing.assert_close(mixed_simclr[0], plain_simclr[0])
+    assert torch.equal(mixed_simclr[1], plain_simclr[1])  # the positive's rank
+    for mixed, plain in zip(mixed_triplet, plain_triplet):
+        torch.testing.assert_close(mixed, plain)

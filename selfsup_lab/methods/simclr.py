@@ -52,7 +52,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tupl
     self_index = torch.cat([rows, rows + global_batch])  # where each anchor sits among the candidates
     positive_index = torch.cat([rows + global_batch, rows])  # its partner view
 
-    logits = anchors @ candidates.t() / temperature
+    with torch.autocast(z1.device.type, enabled=False):  # float32 logits even under bf16 autocast
+        logits = anchors @ candidates.t() / temperature
     logits[torch.arange(2 * local), self_index] = float("-inf")  # j ≠ i
     loss = F.cross_entropy(logits, positive_index)
 

@@ -104,7 +104,8 @@ def truncated_triplet_loss(p: torch.Tensor, t: torch.Tensor, r_lo: int, r_hi: in
     local = p.shape[0]
     offset = distributed.global_offset(local)
     targets = distributed.gather_no_grad(t.detach())  # (B, d): the target is stop-gradient anyway
-    sims = p @ targets.t()  # (b, B) cosines
+    with torch.autocast(p.device.type, enabled=False):  # float32 cosines under bf16 autocast: they are ranked
+        sims = p @ targets.t()  # (b, B) cosines
     rows = torch.arange(local, device=p.device)
     positive = sims[rows, rows + offset]
     # Exclude the anchor's own target, then keep the r_hi most similar negatives in order.
