@@ -77,14 +77,18 @@ def guided_batches(pseudo_labels: torch.Tensor, batch_size: int, generator: torc
     """
     labels = torch.as_tensor(pseudo_labels).long().cpu()
     n = labels.numel()
-    # Shuffle, then sort stably by class: members of each class become contiguous, in random order.
     perm = torch.randperm(n, generator=generator)
+    if drop_last:
+        # The n mod B images left out this epoch: a uniformly random few. (Left to the rounds below, they would
+        # always be the largest pseudo-classes' last images.)
+        perm = perm[: n - n % batch_size]
+    # Sort the shuffled indices stably by class: members of each class become contiguous, in random order.
     order = perm[torch.sort(labels[perm], stable=True).indices]
     _, counts = torch.unique_consecutive(labels[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     taken = torch.zeros_like(counts)
 
-    num_batches = n // batch_size if drop_last else -(-n // batch_size)
+    num_batches = -(-perm.numel() // batch_size)
     batches = []
     for _ in range(num_batches):
         parts, need = [], batch_size

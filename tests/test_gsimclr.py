@@ -37,6 +37,24 @@ def test_batches_hold_distinct_pseudo_classes_while_possible():
     # first and the last batches are made of the big ones only.
 
 
+def test_images_left_out_by_drop_last_are_a_random_few_not_the_largest_classes():
+    # 1,003 images in 16 unequal pseudo-classes, batches of 16: 11 images sit out each epoch. Left to the
+    # largest-first rounds they would always be the biggest class's; drawn uniformly, every class loses some.
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([208] + [53] * 15)
+    labels = torch.repeat_interleave(torch.arange(16), sizes)[torch.randperm(1003, generator=g)]
+    dropped = torch.zeros(16)
+    for epoch in range(30):
+        batches = guided_batches(labels, 16, torch.Generator().manual_seed(epoch))
+        used = torch.zeros(1003, dtype=torch.bool)
+        used[torch.cat(batches)] = True
+        assert int((~used).sum()) == 1003 % 16
+        dropped += torch.bincount(labels[~used], minlength=16)
+    share = dropped / (30 * sizes)  # per class: the fraction of its images left out per epoch
+    assert (share > 0).all()  # before the fix: 0.053 for the big class, 0 for all the others
+    assert share.max() < 3 * (11 / 1003)
+
+
 def test_fewer_clusters_than_batch_spread_evenly():
     labels = torch.arange(4).repeat(16)  # 4 pseudo-classes, batches of 8: two of each
     for b in guided_batches(labels, 8, torch.Generator().manual_seed(0)):
