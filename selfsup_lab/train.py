@@ -388,9 +388,11 @@ class Trainer:
         was_training = self.method.training
         self.method.eval()
         outs = []
-        for start in range(0, len(images_uint8), batch_size):
+        # Nearly equal chunks rather than a remainder: an `fn` that runs batch norm in train mode (ExCB's and
+        # DeepCluster's epoch-0 projections) fails on a last chunk of one image.
+        for chunk in torch.tensor_split(images_uint8, max(1, -(-len(images_uint8) // batch_size))):
             with self.autocast():
-                outs.append(fn(self.prepare(images_uint8[start : start + batch_size])).float())
+                outs.append(fn(self.prepare(chunk)).float())
         self.method.train(was_training)
         return torch.cat(outs)
 

@@ -65,3 +65,24 @@ def test_short_training_fills_the_bank_and_keeps_clusters_in_use(tmp_path):
     for record in run.history:
         assert record["occupancy"]["empty"] == 0 and record["occupancy"]["entropy_ratio"] > 0.8
     assert run.metrics["clustering_from"].startswith("spherical k-means")
+
+
+def test_epoch_zero_bank_uses_batch_statistics_and_survives_a_last_chunk_of_one_image(tmp_path):
+    """The bank pass runs batch norm in train mode (an untrained network in eval mode projects nearly every
+    image to one direction). 1,025 images make the trainer's 1,024-image chunks end in a chunk of one image,
+    on which a train-mode batch norm fails; the chunks must be split evenly instead."""
+    run = selfsup_lab.train("deepcluster", dataset="synthetic:n=1025,classes=4,size=16", epochs=1, batch_size=256,
+                            backbone="convnet", device="cpu", progress=False, figures=False, out=str(tmp_path),
+                            num_prototypes=(4,), proj_hidden=64, proj_dim=32)
+    assert (run.method.bank.norm(dim=1) > 0.99).all()
+    # what the bank pass is for: the untrained network's projections are spread, not one direction
+    method = DeepCluster(build_backbone("convnet"), DeepClusterOptions(num_prototypes=(4,), proj_hidden=64,
+                                                                       proj_dim=32), MethodContext(**CONTEXT))
+    images = torch.rand(64, 3, 16, 16)
+    method.eval()
+    with torch.no_grad():
+        spread = method.bank_features(images)
+        assert method.training  # it switched to batch statistics
+        method.eval()
+        collapsed = F.normalize(method.projector(method.backbone(images)), dim=1)
+    assert (spread @ spread.t()).mean() < (collapsed @ collapsed.t()).mean()
