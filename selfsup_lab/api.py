@@ -30,6 +30,9 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     train_set = trainer.labelled_train_set  # the unlabelled training images (STL-10) have nothing to score
     train_x = trainer.features(train_set.images)
     test_x = trainer.features(trainer.test_set.images)
+    if not (torch.isfinite(train_x).all() and torch.isfinite(test_x).all()):
+        raise UserError(f"the features of the run in {trainer.out} are NaN or infinite, so there is nothing to evaluate: "
+                        f"its training diverged; train again with a lower learning rate (--lr)")
     train_y, test_y = train_set.labels.to(train_x.device), trainer.test_set.labels.to(test_x.device)
     metrics = {
         "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn_k, temperature=config.knn_temperature),

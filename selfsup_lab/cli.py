@@ -38,25 +38,37 @@ def _summary(run) -> str:
 
 def cmd_train(args) -> int:
     from . import api, distributed
-    from .train import CHECKPOINT, load_checkpoint
+    from .train import CHECKPOINT, TrainConfig, load_checkpoint, run_directory
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
                    weight_decay=args.weight_decay, crop_scale=args.crop_scale, compile=args.compile,
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=not args.no_progress)
-    options = {k: v for k, v in options.items() if v is not None}
-    method, dataset, method_options = args.method, args.dataset, _parse_set(args.set)
+    options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
+    method, dataset, method_options = args.method or "simclr", args.dataset or "digits", _parse_set(args.set)
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out pointing at the run directory to continue")
         from pathlib import Path
 
-        saved = load_checkpoint(Path(args.out) / CHECKPOINT)["config"]
-        method, dataset = saved.pop("method"), saved.pop("dataset")
+        # The run's own settings, with what was given on top: the trainer refuses a change that would make
+        # the continued run a different one (train.RESUMABLE_CHANGES lists what may change).
+        saved = dict(load_checkpoint(Path(args.out) / CHECKPOINT)["config"])
+        saved_method, saved_dataset = saved.pop("method"), saved.pop("dataset")
+        method, dataset = args.method or saved_method, args.dataset or saved_dataset
         method_options = {**saved.pop("method_options", {}), **method_options}
-        options = {**saved, **{k: v for k, v in options.items() if k in ("epochs", "device", "progress", "out")}}
-    run = api.train(method, dataset, resume=args.resume, method_options=method_options, **options)
+        options = {**saved, **options}
+    try:
+        run = api.train(method, dataset, resume=args.resume, method_options=method_options, **options)
+    except KeyboardInterrupt:
+        out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
+        if (out / CHECKPOINT).exists():
+            print(f"interrupted; the checkpoint of the last completed epoch is kept — continue with --resume --out "
+                  f"{out}", file=sys.stderr)
+        else:
+            print("interrupted before the first epoch ended; no checkpoint was written", file=sys.stderr)
+        return 130
     if distributed.is_main_process():
         if run.status != "finished":
             print(f"{run.status}; the last checkpoint is in {run.out} — continue with --resume --out {run.out}")
@@ -101,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a method (default: SimCLR on the bundled digits, offline)")
-    t.add_argument("--method", default="simclr", help="see `selfsup-lab methods`")
-    t.add_argument("--dataset", default="digits", help="see `selfsup-lab datasets`; imagefolder:PATH for a folder/archive")
+    t.add_argument("--method", help="see `selfsup-lab methods` (default simclr)")
+    t.add_argument("--dataset", help="see `selfsup-lab datasets` (default digits); imagefolder:PATH for a folder/archive")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18, resnet34")
@@ -120,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, help="kNN every N epochs (default: at the end only)")
     t.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
     t.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings; a larger "
+                        "--epochs extends it (the cosine schedule is recomputed over the new total)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method options, e.g. --set temperature=0.5")
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--no-progress", action="store_true")
@@ -169,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the checkpoint of the last completed epoch is kept — continue with --resume --out DIR",
-              file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -832,7 +832,8 @@ def _holdout(part: dict, fraction: float = HOLDOUT_FRACTION, seed: int = 0) -> t
         members = members[torch.randperm(len(members), generator=g)]
         test_idx.append(members[: int(round(fraction * len(members)))])
     is_test = torch.zeros(len(labels), dtype=torch.bool)
-    is_test[torch.cat(test_idx)] = True
+    if test_idx:  # no classes at all (only unlabelled/): nothing to hold out, and the trainer says so
+        is_test[torch.cat(test_idx)] = True
 
     def take(mask: torch.Tensor) -> dict:
         return {"images": part["images"][mask], "labels": labels[mask], "classes": part["classes"]}

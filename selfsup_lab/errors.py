@@ -6,6 +6,7 @@ traceback.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 
@@ -30,10 +31,15 @@ def check_bounds(settings: object, bounds: Bounds, label: Callable[[str], str] =
 
     None means "use the default rule" and always passes; a tuple or list is checked entry by entry.
     `label(name)` is how the message names the setting (a command-line flag, "option 'x' of swav", ...).
+    Infinity and NaN pass no range (a temperature of inf would train on a constant loss).
     """
     for names, valid, wanted in bounds:
         for name in names:
             value = getattr(settings, name, None)
             for v in value if isinstance(value, (tuple, list)) else [value]:
-                if v is not None and not valid(v):
+                if v is not None and not (_finite(v) and valid(v)):
                     raise UserError(f"{label(name)} must be {wanted}, got {value!r}")
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)

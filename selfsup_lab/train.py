@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -203,8 +204,9 @@ class HistoryWriter(Callback):
 
     def on_epoch_end(self, trainer, record):
         if trainer.out is not None and distributed.is_main_process():
-            with open(trainer.out / "history.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            # rewritten whole, atomically: an append cut short would leave a half line that no reader can parse
+            _atomic_write_text(trainer.out / "history.jsonl",
+                               "".join(json.dumps(r) + "\n" for r in trainer.history))
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
@@ -219,17 +221,27 @@ def make_output_dir(path: Path) -> Path:
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` to a temporary file, then rename: a crash or a full disk mid-write leaves the previous file
+    intact and no temporary behind; a place that cannot be written is one sentence, not a traceback."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports file errors as RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise UserError(f"cannot write {path} ({reason}); free some disk space or choose a writable place "
+                        f"with --out") from None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -267,7 +279,38 @@ CONFIG_BOUNDS: Bounds = [
     (("knn_k",), lambda v: v >= 1, "1 or more"),
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
-          "train_subset": "--train-subset", "crop_scale": "--crop-scale"}
+          "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
+          "batch_size": "--batch-size", "seed": "--seed"}
+
+
+# What a resumed run may change: where and how it runs, what it shows and evaluates, how far it goes (a larger
+# --epochs extends the cosine schedule over the new total, so the learning rate rises again: a warm restart),
+# and the learning rate (to continue a diverged run more gently). Everything else must match the run's own.
+RESUMABLE_CHANGES = {"epochs", "device", "out", "progress", "figures", "data_dir", "eval_every", "compile", "lr",
+                     "amp", "channels_last", "knn_k", "knn_temperature", "occupancy_every"}
+
+
+def run_directory(config: TrainConfig) -> Path:
+    """Where a run writes: --out, or runs/<method>-<dataset>."""
+    return Path(config.out) if config.out else Path("runs") / f"{config.method}-{config.dataset.split(':')[0]}"
+
+
+def _first_non_finite(module: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding a NaN or infinity, or None."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"{'parameter' if isinstance(tensor, torch.nn.Parameter) else 'buffer'} {name}"
+    return None
+
+
+def _comparable(value):
+    """Lists and tuples compare alike (a checkpoint may hold either), nested dicts entry by entry."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value
 
 
 class Trainer:
@@ -281,12 +324,19 @@ class Trainer:
         self.resume = resume
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
+        for name in ("epochs", "batch_size", "seed", "warmup_epochs", "eval_every", "train_subset"):
+            value = getattr(config, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise UserError(f"{_FLAGS.get(name, name)} must be a whole number, got {value!r}")
         self.epochs = config.resolved_epochs()
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if config.batch_size < 2:
             raise UserError(f"--batch-size must be at least 2 (self-supervised losses compare images), got {config.batch_size}")
         check_bounds(config, CONFIG_BOUNDS, lambda name: _FLAGS.get(name, name))
+        if config.warmup_epochs is not None and config.warmup_epochs > self.epochs:
+            raise UserError(f"warmup_epochs ({config.warmup_epochs}) must not exceed the epochs ({self.epochs}): the "
+                            "learning rate would never reach its base value")
         if len(config.crop_scale) != 2 or config.crop_scale[0] > config.crop_scale[1]:
             raise UserError(f"--crop-scale takes two numbers LOW HIGH with LOW <= HIGH (e.g. 0.3 1), "
                             f"got {tuple(config.crop_scale)}")
@@ -303,6 +353,9 @@ class Trainer:
 
         # Data: kept as uint8 tensors; the training images live on the device.
         self.train_set, self.test_set = data.load_splits(config.dataset, data_dir=config.data_dir)
+        if not (self.test_set.labels >= 0).any():  # found now, not after the whole training run
+            raise UserError(f"{config.dataset} has no labelled test images to evaluate on; give it a test/ split, or "
+                            f"class folders with at least 3 images each (a fifth of every class is held out)")
         if config.train_subset is not None and config.train_subset < len(self.train_set):
             keep = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed))
             self.train_set = self.train_set.subset(keep[: config.train_subset])
@@ -351,7 +404,7 @@ class Trainer:
         self.augment_small = augment.Augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
 
         # Run state.
-        self.out = Path(config.out) if config.out else Path("runs") / f"{config.method}-{config.dataset.split(':')[0]}"
+        self.out = run_directory(config)
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict] = []
@@ -422,12 +475,48 @@ class Trainer:
         if distributed.is_main_process():
             atomic_torch_save(self.checkpoint_state(), self.out / CHECKPOINT)
 
+    def _diverged(self, what: str) -> None:
+        """Stop the run: `what` went wrong; the last checkpoint (if any) stays as it is."""
+        self.status = "diverged"
+        kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}" if self.epoch else \
+            "no checkpoint was written yet"
+        raise TrainingDiverged(f"{what}; {kept} — lower the learning rate (--lr; with --resume to continue from "
+                               f"the checkpoint) or check the method's options")
+
+    def _check_resume_matches(self, checkpoint: dict) -> None:
+        """A resumed run continues with the settings it was started with: refuse any other change, so that
+        "--resume" never quietly trains something else (only `RESUMABLE_CHANGES` may differ)."""
+        from .methods import parse_options
+
+        saved, now = checkpoint["config"], dataclasses.asdict(self.config)
+        changed = []
+        for name, value in now.items():
+            if name in RESUMABLE_CHANGES or name == "method_options" or name not in saved:
+                continue
+            if _comparable(saved[name]) != _comparable(value):
+                changed.append(f"{_FLAGS.get(name, name)} is {value!r} here and {saved[name]!r} in the run")
+        if saved["method"] == self.config.method:
+            saved_options = dataclasses.asdict(parse_options(type(self.method.options), saved.get("method_options"),
+                                                             saved["method"]))
+            for name, value in dataclasses.asdict(self.method.options).items():
+                if _comparable(saved_options[name]) != _comparable(value):
+                    changed.append(f"option '{name}' is {value!r} here and {saved_options[name]!r} in the run")
+        if not changed and checkpoint.get("backbone", self.backbone_name) != self.backbone_name:
+            changed.append(f"the backbone would be {self.backbone_name} here and is {checkpoint['backbone']} in the run "
+                           f"(--backbone auto follows the device: pass --backbone {checkpoint['backbone']})")
+        if changed:
+            raise UserError(f"--resume continues the run in {self.out} with its own settings, but "
+                            f"{'; '.join(changed)}; drop the changed settings, or start a new run with another --out")
+
     def _load(self, checkpoint: dict) -> None:
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"checkpoint in {self.out} does not match this method/backbone ({str(err).splitlines()[0]}); "
+            # torch's first line only names the model; the first missing key or size mismatch says what differs
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__)[:200]
+            raise UserError(f"checkpoint in {self.out} does not match this method/backbone ({detail}); "
                             "resume with the run's original settings or start a new --out") from None
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
@@ -442,7 +531,9 @@ class Trainer:
 
         config = self.config
         if self.resume:
-            self._load(load_checkpoint(self.out / CHECKPOINT))
+            checkpoint = load_checkpoint(self.out / CHECKPOINT)
+            self._check_resume_matches(checkpoint)
+            self._load(checkpoint)
         else:
             if distributed.is_main_process():
                 make_output_dir(self.out)
@@ -492,12 +583,7 @@ class Trainer:
                     out = self.method.training_step(views, batch)
                 loss = out.loss.float()
                 if not torch.isfinite(distributed.all_reduce_sum(loss.detach())):
-                    self.status = "diverged"
-                    kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}" if self.epoch else \
-                        "no checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"the {config.method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"{kept} — lower the learning rate (--lr) or check the method's options")
+                    self._diverged(f"the {config.method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -551,6 +637,9 @@ class Trainer:
                 record["knn_top1"] = knn_accuracy(self.features(bank.images), bank.labels,
                                                   self.features(self.test_set.images), self.test_set.labels,
                                                   k=config.knn_k, temperature=config.knn_temperature)
+            broken = _first_non_finite(self.method)  # a finite loss can hide inf running variances or weights
+            if broken:
+                self._diverged(f"the {config.method} {broken} became NaN or infinite during epoch {epoch + 1}")
             self.epoch = epoch + 1
             self.history.append(record)
             self.save_checkpoint()

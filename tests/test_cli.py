@@ -32,6 +32,8 @@ def test_methods_and_datasets_list(capsys):
     (["train", "--compile", "fastest"], "unknown compile mode 'fastest'; choose one of: default, reduce-overhead"),
     (["train", "--device", "cpu", "--compile", "reduce-overhead"], "replays CUDA graphs and needs a GPU"),
     (["train", "--epochs", "1", "--out", "/dev/null/run"], "cannot create the output directory /dev/null/run"),
+    # a directory that exists but takes no files (as a read-only course folder would for a student)
+    (["train", "--epochs", "1", "--out", "/proc/self"], "cannot write /proc/self/config.json"),
     (["compare-balancing", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
     (["compare-negatives", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
 ])
@@ -60,3 +62,19 @@ def test_train_then_eval_round_trip(tmp_path):
     (out / "checkpoint.pt").write_bytes(b"\x00garbage")
     result = run_cli("eval", str(out))
     assert result.returncode == 2 and "unreadable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypatch, capsys):
+    from selfsup_lab import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "train", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out)]) == 130
+    assert "interrupted before the first epoch ended; no checkpoint was written" in capsys.readouterr().err
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--out", str(out)]) == 130
+    assert f"continue with --resume --out {out}" in capsys.readouterr().err

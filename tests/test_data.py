@@ -415,3 +415,17 @@ def test_random_batches_too_large():
     with pytest.raises(UserError, match=expected):
         RandomBatches(360, 512)
     assert len(RandomBatches(360, 360)) == 1
+
+
+def test_a_dataset_without_labelled_test_images_is_refused_before_training(tmp_path):
+    """Found when the run starts, not after it: two images per class leave a 20% hold-out of none, and a
+    folder of unlabelled images only has no classes at all."""
+    import selfsup_lab
+
+    few = make_folder(tmp_path / "few", per_class=2)
+    only_unlabelled = tmp_path / "unl"
+    add_unlabelled(only_unlabelled, 6)
+    for folder in (few, only_unlabelled):
+        with pytest.raises(UserError, match="has no labelled test images to evaluate on"):
+            selfsup_lab.train("simclr", f"imagefolder:{folder}", epochs=1, batch_size=2, device="cpu",
+                              data_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), progress=False)

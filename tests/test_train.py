@@ -76,6 +76,23 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
     assert not (tmp_path / "nan" / "metrics.json").exists()
 
 
+def test_non_finite_weights_behind_a_finite_loss_are_not_checkpointed(tmp_path):
+    """A batch norm's running variance can overflow while the training loss (batch statistics) stays finite;
+    the epoch must then stop like a NaN loss instead of saving weights that evaluate to garbage."""
+    class PoisonRunningVariance(Callback):
+        def on_step_end(self, trainer, logs):
+            if trainer.epoch == 1:  # during epoch 2
+                bn = next(m for m in trainer.method.modules() if isinstance(m, torch.nn.BatchNorm2d))
+                bn.running_var.fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged, match=r"buffer backbone\..*running_var became NaN or infinite during epoch 2"
+                                               r".*checkpoint of epoch 1 is kept"):
+        selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "inf"), callbacks=[PoisonRunningVariance()], **QUICK)
+    saved = torch.load(tmp_path / "inf" / CHECKPOINT, weights_only=False)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["method"].values() if v.is_floating_point())
+
+
 def test_stop_request_keeps_checkpoint_and_skips_metrics(tmp_path):
     class StopAfterFirstEpoch(Callback):
         def on_epoch_end(self, trainer, record):
@@ -103,6 +120,11 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
     ({"crop_scale": (0.6, 0.3)}, "--crop-scale takes two numbers LOW HIGH with LOW <= HIGH"),
     ({"temperature": 0}, "option 'temperature' of simclr must be above 0, got 0"),
     ({"proj_dim": 0}, "option 'proj_dim' of simclr must be 1 or more"),
+    ({"temperature": float("inf")}, "option 'temperature' of simclr must be above 0, got inf"),
+    ({"lr": float("inf")}, "--lr must be above 0, got inf"),
+    ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5"),
+    ({"batch_size": "64"}, "--batch-size must be a whole number, got '64'"),
+    ({"epochs": 3, "warmup_epochs": 5}, r"warmup_epochs \(5\) must not exceed the epochs \(3\)"),
 ])
 def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message):
     with pytest.raises(UserError, match=message):
@@ -119,6 +141,21 @@ def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message
 def test_method_options_out_of_range_are_refused(tmp_path, method, option, value, message):
     with pytest.raises(UserError, match=f"option '{option}' of {method} must be {message}"):
         selfsup_lab.train(method, **{**QUICK, "out": str(tmp_path), option: value})
+
+
+def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
+    out = str(tmp_path / "r")
+    selfsup_lab.train("simclr", epochs=1, out=out, **QUICK)
+    for changed, message in [({"batch_size": 16}, "--batch-size is 16 here and 32 in the run"),
+                             ({"temperature": 0.9}, "option 'temperature' is 0.9 here and 0.2 in the run"),
+                             ({"seed": 3}, "--seed is 3 here and 0 in the run")]:
+        with pytest.raises(UserError, match=f"--resume continues the run in .* with its own settings, but {message}"):
+            selfsup_lab.train("simclr", epochs=2, out=out, resume=True, **{**QUICK, **changed})
+    with pytest.raises(UserError, match="method is 'byol' here and 'simclr' in the run"):
+        selfsup_lab.train("byol", epochs=2, out=out, resume=True, **QUICK)
+    # what may change: how far it goes, the learning rate, what it shows
+    run = selfsup_lab.train("simclr", epochs=2, out=out, resume=True, lr=0.01, eval_every=1, **QUICK)
+    assert run.status == "finished" and run.trainer.epoch == 2 and run.trainer.base_lr == 0.01
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
@@ -237,3 +274,14 @@ def test_compile_modes_are_named_and_checked():
     # only the graph-replaying modes on a GPU need each step marked
     assert uses_cuda_graphs("reduce-overhead", cuda) and uses_cuda_graphs("max-autotune", cuda)
     assert not uses_cuda_graphs("default", cuda) and not uses_cuda_graphs("max-autotune", cpu)
+
+
+def test_evaluating_a_run_whose_features_are_not_finite_is_one_sentence(tmp_path):
+    out = tmp_path / "run"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
+    first_weight = next(k for k in checkpoint["method"] if k.startswith("backbone.") and k.endswith("weight"))
+    checkpoint["method"][first_weight].fill_(float("inf"))  # as from an older run that diverged unnoticed
+    torch.save(checkpoint, out / CHECKPOINT)
+    with pytest.raises(UserError, match="features of the run in .* are NaN or infinite.*diverged"):
+        selfsup_lab.load_run(out, device="cpu").evaluate()
