@@ -195,18 +195,19 @@ class ProgressBar(Callback):
 
 
 class HistoryWriter(Callback):
-    """Appends one JSON object per epoch to history.jsonl (rewritten whole on resume, so no duplicates)."""
+    """history.jsonl: one JSON object per epoch. Rewritten whole and atomically at the start (a resumed run's
+    history, no duplicates) and after every epoch (an append cut short would leave a half line no reader parses)."""
 
     def on_train_start(self, trainer):
-        if trainer.out is not None and distributed.is_main_process():
-            _atomic_write_text(trainer.out / "history.jsonl",
-                               "".join(json.dumps(r) + "\n" for r in trainer.history))
+        self._write(trainer)
 
     def on_epoch_end(self, trainer, record):
+        self._write(trainer)
+
+    @staticmethod
+    def _write(trainer):
         if trainer.out is not None and distributed.is_main_process():
-            # rewritten whole, atomically: an append cut short would leave a half line that no reader can parse
-            _atomic_write_text(trainer.out / "history.jsonl",
-                               "".join(json.dumps(r) + "\n" for r in trainer.history))
+            _atomic_write_text(trainer.out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
