@@ -60,20 +60,12 @@ from selfsup_lab.train import resolve_compile_mode, uses_cuda_graphs
 
 
 class TorchvisionPairs(torch.utils.data.Dataset):
-    """Per-image PIL transforms, two views per image — the usual SimCLR recipe in torchvision."""
+    """Per-image PIL transforms, two views per image — the usual SimCLR recipe in torchvision (the same
+    CIFAR preset as (b), written as torchvision transforms by `augment.torchvision_transform`)."""
 
     def __init__(self, images_uint8: torch.Tensor, mean, std, size: int):
-        import torchvision.transforms as T
-
         self.images = images_uint8.permute(0, 2, 3, 1).contiguous().numpy()  # N,H,W,C for PIL
-        self.transform = T.Compose([
-            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+        self.transform = augment.torchvision_transform(augment.cifar_preset(size, mean, std))
 
     def __len__(self):
         return len(self.images)

@@ -43,6 +43,9 @@ __all__ = [
     "CIFAR10_STD",
     "AugmentConfig",
     "Augmenter",
+    "TorchvisionAugmenter",
+    "AUGMENTERS",
+    "torchvision_transform",
     "cifar_preset",
     "small_crop_preset",
     "normalize",
@@ -461,6 +464,89 @@ class Augmenter:
         if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# The reference: the same recipe as torchvision's per-image transforms
+# --------------------------------------------------------------------------------------------------------
+
+
+def torchvision_transform(config: AugmentConfig):
+    """`config` as the torchvision transforms most papers' code runs on each PIL image, in our order:
+    RandomResizedCrop, flip, ColorJitter (RandomApply), RandomGrayscale, GaussianBlur, RandomSolarize,
+    ToTensor, Normalize."""
+    import torchvision.transforms as T
+
+    steps = [T.RandomResizedCrop(config.size, scale=config.scale, ratio=config.ratio),
+             T.RandomHorizontalFlip(config.flip_p)]
+    if config.jitter_p > 0:
+        jitter = T.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue)
+        steps.append(T.RandomApply([jitter], p=config.jitter_p))
+    if config.gray_p > 0:
+        steps.append(T.RandomGrayscale(p=config.gray_p))
+    if config.blur_p > 0:
+        kernel = 2 * math.ceil(3 * config.blur_sigma[1]) + 1  # the kernel Augmenter's blur uses
+        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=config.blur_sigma)], p=config.blur_p))
+    if config.solarize_p > 0:
+        steps.append(T.RandomSolarize(threshold=128, p=config.solarize_p))  # 0.5 of the uint8 range
+    steps += [T.ToTensor(), T.Normalize(config.mean, config.std)]
+    return T.Compose(steps)
+
+
+class TorchvisionAugmenter:
+    """`Augmenter`'s interface, computed image by image with torchvision's PIL transforms on the CPU.
+
+    The reference pipeline, slow by design: it answers "does the batched device pipeline train as well as
+    the transforms most papers' code runs?" (`selfsup-lab train --augmentation torchvision`). Differences
+    it keeps on purpose: torchvision rounds crop boxes to whole pixels and antialiases when it shrinks a
+    crop, and draws the colour-op order per image rather than per call.
+
+    torchvision draws its random numbers from torch's global generator. To stay reproducible from the
+    `generator` passed in (as `Augmenter` is, so `--resume` stays exact), each call draws one seed from it
+    and runs the transforms on a forked, seeded copy of the global CPU generator, leaving the caller's
+    global random state untouched.
+    """
+
+    def __init__(self, config: AugmentConfig):
+        self.config = config
+        self.transform = torchvision_transform(config)
+
+    def __repr__(self) -> str:
+        return f"TorchvisionAugmenter({self.config})"
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.views(images, 1, generator)[0]
+
+    def views(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        from PIL import Image
+
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"TorchvisionAugmenter expects a uint8 batch of shape (B, 3, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}."
+            )
+        if count < 1:
+            raise ValueError(f"count must be 1 or more views per image, got {count}.")
+        _check_generator(generator, images.device)
+        pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) for PIL
+
+        def draw() -> list[torch.Tensor]:
+            return [torch.stack([self.transform(Image.fromarray(p)) for p in pixels]) for _ in range(count)]
+
+        if generator is None:
+            out = draw()
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = draw()
+        channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return [v.to(images.device).contiguous(memory_format=memory_format) for v in out]
+
+
+# Which pipeline makes the training views (TrainConfig.augmentation / --augmentation).
+AUGMENTERS = {"device": Augmenter, "torchvision": TorchvisionAugmenter}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def cmd_train(args) -> int:
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-                   weight_decay=args.weight_decay, crop_scale=args.crop_scale, compile=args.compile,
+                   weight_decay=args.weight_decay, crop_scale=args.crop_scale, augmentation=args.augmentation,
+                   compile=args.compile,
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=not args.no_progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
     t.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
+    t.add_argument("--augmentation", choices=["device", "torchvision"],
+                   help="who makes the views: device (default; batched on the training device) or torchvision "
+                        "(image by image on the CPU: slow, the reference pipeline to compare with)")
     t.add_argument("--weight-decay", type=float,
                    help="weight decay (default 5e-4, none on batch-norm weights and biases; CoKe's code: 1e-6)")
     t.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",

@@ -50,6 +50,10 @@ class TrainConfig:
     # Area range of the random resized crop (the shared recipe: 0.08–1; CoKe's CIFAR code, SeCu, uses 0.3–1).
     # Small crops of small images often lose the object; every other part of the augmentation is fixed.
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Who makes the views: "device" (batched tensor ops on the training device, augment.Augmenter) or
+    # "torchvision" (the same recipe image by image with torchvision's PIL transforms on the CPU: slow, the
+    # reference to check the device pipeline against).
+    augmentation: str = "device"
     warmup_epochs: int | None = None  # None: min(10, epochs // 10)
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
@@ -281,6 +285,7 @@ CONFIG_BOUNDS: Bounds = [
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
           "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
+          "augmentation": "--augmentation",
           "batch_size": "--batch-size", "seed": "--seed"}
 
 
@@ -341,6 +346,9 @@ class Trainer:
         if len(config.crop_scale) != 2 or config.crop_scale[0] > config.crop_scale[1]:
             raise UserError(f"--crop-scale takes two numbers LOW HIGH with LOW <= HIGH (e.g. 0.3 1), "
                             f"got {tuple(config.crop_scale)}")
+        if config.augmentation not in augment.AUGMENTERS:
+            raise UserError(f"unknown augmentation {config.augmentation!r}; choose device (batched, on the training "
+                            f"device) or torchvision (image by image on the CPU, the reference)")
         if config.batch_size % distributed.world_size():
             raise UserError(f"batch size {config.batch_size} must divide evenly over {distributed.world_size()} processes")
         self.use_amp = self.device.type == "cuda" if config.amp is None else bool(config.amp)
@@ -401,8 +409,9 @@ class Trainer:
         # Augmentation: the shared recipe at the dataset's resolution, normalised with its statistics.
         preset = dataclasses.replace(augment.cifar_preset(size=self.train_set.image_size, mean=self.mean, std=self.std),
                                      scale=tuple(config.crop_scale))
-        self.augment = augment.Augmenter(preset)
-        self.augment_small = augment.Augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
+        augmenter = augment.AUGMENTERS[config.augmentation]
+        self.augment = augmenter(preset)
+        self.augment_small = augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
 
         # Run state.
         self.out = run_directory(config)

@@ -16,6 +16,7 @@ from selfsup_lab.augment import (
     CIFAR10_STD,
     AugmentConfig,
     Augmenter,
+    TorchvisionAugmenter,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -280,3 +281,39 @@ def test_autocast_does_not_change_the_result():
         out = aug(x, _gen(5))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref)
+
+
+# ---------------------------------------------------------------- the torchvision reference pipeline
+
+
+def test_torchvision_reference_is_seeded_by_the_generator_and_leaves_global_randomness_alone():
+    images, aug = _images(16), TorchvisionAugmenter(cifar_preset())
+    global_state = torch.get_rng_state()
+    v1, v2 = aug.views(images, 2, _gen(0))
+    assert torch.equal(torch.get_rng_state(), global_state)  # ran on a forked copy of the global generator
+    assert v1.shape == (16, 3, 32, 32) and v1.dtype == torch.float32
+    assert not torch.equal(v1, v2)  # two views differ ...
+    w1, w2 = aug.views(images, 2, _gen(0))
+    assert torch.equal(v1, w1) and torch.equal(v2, w2)  # ... and the same generator state repeats them
+    g = _gen(0)
+    assert not torch.equal(aug(images, g), aug(images, g))  # each call advances the generator
+
+
+def test_torchvision_reference_with_everything_off_is_plain_normalisation_in_the_callers_format():
+    images = _images(4)
+    out = TorchvisionAugmenter(IDENTITY)(images.contiguous(memory_format=torch.channels_last), _gen(1))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, normalize(images, IDENTITY.mean, IDENTITY.std), atol=1e-5, rtol=0)
+    flipped = TorchvisionAugmenter(dataclasses.replace(IDENTITY, flip_p=1.0))(images, _gen(1))
+    torch.testing.assert_close(flipped, normalize(images, IDENTITY.mean, IDENTITY.std).flip(-1), atol=1e-5, rtol=0)
+    gray = TorchvisionAugmenter(dataclasses.replace(IDENTITY, gray_p=1.0))(images, _gen(1))
+    assert torch.allclose(gray[:, 0] * IDENTITY.std[0] + IDENTITY.mean[0],
+                          gray[:, 1] * IDENTITY.std[1] + IDENTITY.mean[1], atol=1e-5)
+
+
+def test_torchvision_reference_rejects_what_augmenter_rejects():
+    aug = TorchvisionAugmenter(cifar_preset())
+    with pytest.raises(ValueError, match="uint8 batch"):
+        aug(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="count must be 1 or more"):
+        aug.views(_images(2), 0)

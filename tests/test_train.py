@@ -260,6 +260,19 @@ def test_crop_scale_sets_the_random_resized_crop_and_is_recorded(tmp_path):
     assert json.loads((run.out / "config.json").read_text())["crop_scale"] == [0.5, 1.0]
 
 
+def test_torchvision_augmentation_trains_is_recorded_and_cannot_change_on_resume(tmp_path):
+    from selfsup_lab.augment import TorchvisionAugmenter
+
+    run = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "r"), augmentation="torchvision", **QUICK)
+    assert isinstance(run.trainer.augment, TorchvisionAugmenter) and run.trainer.augment.config.scale == (0.08, 1.0)
+    assert json.loads((run.out / "config.json").read_text())["augmentation"] == "torchvision"
+    assert np.isfinite(run.history[-1]["loss"])
+    with pytest.raises(UserError, match="--augmentation is 'device' here and 'torchvision' in the run"):
+        selfsup_lab.train("simclr", epochs=2, out=str(tmp_path / "r"), resume=True, augmentation="device", **QUICK)
+    with pytest.raises(UserError, match="unknown augmentation 'kornia'; choose device .* or torchvision"):
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "bad"), augmentation="kornia", **QUICK)
+
+
 def test_compile_modes_are_named_and_checked():
     from selfsup_lab.train import resolve_compile_mode, uses_cuda_graphs
 
