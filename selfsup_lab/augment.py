@@ -493,33 +493,64 @@ def torchvision_transform(config: AugmentConfig):
     return T.Compose(steps)
 
 
+# Images per seed in the reference pipeline: fixed, so the views do not depend on how many workers make them.
+REFERENCE_CHUNK = 64
+
+
+def _reference_views(transform, pixels, count: int, seed: int) -> list[torch.Tensor]:
+    """`count` views of each image in `pixels` ((n, H, W, 3) uint8 array), drawn on a forked copy of torch's
+    global generator seeded with `seed` (torchvision's transforms draw from the global one)."""
+    from PIL import Image
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [torch.stack([transform(Image.fromarray(p)) for p in pixels]) for _ in range(count)]
+
+
+_WORKER_TRANSFORM = None  # in a worker process: the transform it was started with
+
+
+def _start_worker(config: AugmentConfig) -> None:
+    import signal
+
+    global _WORKER_TRANSFORM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle, not every worker's
+    torch.set_num_threads(1)  # one image at a time: the parallelism is across workers
+    _WORKER_TRANSFORM = torchvision_transform(config)
+
+
+def _worker_views(pixels, count: int, seed: int) -> list[torch.Tensor]:
+    return _reference_views(_WORKER_TRANSFORM, pixels, count, seed)
+
+
 class TorchvisionAugmenter:
     """`Augmenter`'s interface, computed image by image with torchvision's PIL transforms on the CPU.
 
-    The reference pipeline, slow by design: it answers "does the batched device pipeline train as well as
-    the transforms most papers' code runs?" (`selfsup-lab train --augmentation torchvision`). Differences
-    it keeps on purpose: torchvision rounds crop boxes to whole pixels and antialiases when it shrinks a
-    crop, and draws the colour-op order per image rather than per call.
+    The reference pipeline: it answers "does the batched device pipeline train as well as the transforms
+    most papers' code runs?" (`selfsup-lab train --augmentation torchvision`). Differences it keeps on
+    purpose: torchvision rounds crop boxes to whole pixels and antialiases when it shrinks a crop, and draws
+    the colour-op order per image rather than per call.
 
-    torchvision draws its random numbers from torch's global generator. To stay reproducible from the
-    `generator` passed in (as `Augmenter` is, so `--resume` stays exact), each call draws one seed from it
-    and runs the transforms on a forked, seeded copy of the global CPU generator, leaving the caller's
-    global random state untouched.
+    Reproducible like `Augmenter`: torchvision draws from torch's global generator, so each call draws one
+    seed per chunk of REFERENCE_CHUNK images from the `generator` passed in and transforms the chunk on a
+    forked, seeded copy of the global generator (the caller's global random state is left alone, and
+    `--resume` stays exact). `workers` > 0 spreads the chunks over that many processes, as a DataLoader's
+    workers would; the views are the same for any number of workers.
     """
 
-    def __init__(self, config: AugmentConfig):
+    def __init__(self, config: AugmentConfig, workers: int = 0):
         self.config = config
         self.transform = torchvision_transform(config)
+        self.workers = workers
+        self._pool = None  # started on first use
 
     def __repr__(self) -> str:
-        return f"TorchvisionAugmenter({self.config})"
+        return f"TorchvisionAugmenter({self.config}, workers={self.workers})"
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.views(images, 1, generator)[0]
 
     def views(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        from PIL import Image
-
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"TorchvisionAugmenter expects a uint8 batch of shape (B, 3, H, W), got {images.dtype} "
@@ -529,20 +560,33 @@ class TorchvisionAugmenter:
             raise ValueError(f"count must be 1 or more views per image, got {count}.")
         _check_generator(generator, images.device)
         pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) for PIL
-
-        def draw() -> list[torch.Tensor]:
-            return [torch.stack([self.transform(Image.fromarray(p)) for p in pixels]) for _ in range(count)]
-
-        if generator is None:
-            out = draw()
+        chunks = [pixels[i:i + REFERENCE_CHUNK] for i in range(0, len(pixels), REFERENCE_CHUNK)]
+        seeds = torch.randint(0, 2**62, (len(chunks),), generator=generator,
+                              device=generator.device if generator is not None else "cpu").tolist()
+        if self.workers > 0:
+            parts = list(self._worker_pool().map(_worker_views, chunks, [count] * len(chunks), seeds))
         else:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                out = draw()
+            parts = [_reference_views(self.transform, chunk, count, seed) for chunk, seed in zip(chunks, seeds)]
         channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return [v.to(images.device).contiguous(memory_format=memory_format) for v in out]
+        return [torch.cat([part[v] for part in parts]).to(images.device).contiguous(memory_format=memory_format)
+                for v in range(count)]
+
+    def _worker_pool(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: forking a process that may hold CUDA state or threads is unsafe
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(self.config,))
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (a later call starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 # Which pipeline makes the training views (TrainConfig.augmentation / --augmentation).

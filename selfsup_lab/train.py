@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -409,9 +410,12 @@ class Trainer:
         # Augmentation: the shared recipe at the dataset's resolution, normalised with its statistics.
         preset = dataclasses.replace(augment.cifar_preset(size=self.train_set.image_size, mean=self.mean, std=self.std),
                                      scale=tuple(config.crop_scale))
-        augmenter = augment.AUGMENTERS[config.augmentation]
-        self.augment = augmenter(preset)
-        self.augment_small = augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
+        make_augmenter = augment.AUGMENTERS[config.augmentation]
+        if config.augmentation == "torchvision":  # image by image on the CPU, in worker processes as a DataLoader's
+            workers = min(16, (os.cpu_count() or 1) // distributed.world_size())
+            make_augmenter = functools.partial(make_augmenter, workers=workers if workers > 1 else 0)
+        self.augment = make_augmenter(preset)
+        self.augment_small = make_augmenter(augment.small_crop_preset(self.method.small_view_size, preset))
 
         # Run state.
         self.out = run_directory(config)

@@ -317,3 +317,15 @@ def test_torchvision_reference_rejects_what_augmenter_rejects():
         aug(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="count must be 1 or more"):
         aug.views(_images(2), 0)
+
+
+def test_torchvision_reference_views_do_not_depend_on_the_number_of_workers():
+    images = _images(150)  # three chunks of REFERENCE_CHUNK, the last one short
+    in_process = TorchvisionAugmenter(cifar_preset()).views(images, 2, _gen(3))
+    pooled = TorchvisionAugmenter(cifar_preset(), workers=2)
+    try:
+        in_workers = pooled.views(images, 2, _gen(3))
+    finally:
+        pooled.close()
+    for a, b in zip(in_process, in_workers):
+        assert torch.equal(a, b)
