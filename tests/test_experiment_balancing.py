@@ -62,6 +62,10 @@ def test_command_line_is_wired():
                                       "--methods", "coke", "swav"])
     assert args.batch_sizes == [32, 128] and args.quick and args.methods == ["coke", "swav"]
     assert args.func.__module__ == "selfsup_lab.experiments.balancing"
+    from selfsup_lab.experiments import training_options
+
+    args = build_parser().parse_args(["compare-negatives", "--augmentation", "torchvision", "--crop-scale", "0.3", "1"])
+    assert training_options(args) == {"augmentation": "torchvision", "crop_scale": [0.3, 1.0]}
 
 
 def test_steps_budget_gives_every_batch_size_the_same_number_of_steps(tmp_path):

@@ -48,7 +48,7 @@ def table_cell(row: dict, key: str, fmt: str) -> str:
 
 
 # Training settings every comparison passes unchanged to all its runs (TrainConfig fields; None = its default).
-TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "train_subset", "data_dir")
+TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "augmentation", "train_subset", "data_dir")
 
 
 def add_training_arguments(parser, explicit_auto: bool = False) -> None:
@@ -63,6 +63,8 @@ def add_training_arguments(parser, explicit_auto: bool = False) -> None:
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
     parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
+    parser.add_argument("--augmentation", choices=["device", "torchvision"],
+                        help="who makes the views: device (default) or torchvision (per image on the CPU, the reference)")
     parser.add_argument("--weight-decay", type=float,
                         help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
