@@ -575,10 +575,14 @@ class TorchvisionAugmenter:
     def _worker_pool(self):
         if self._pool is None:
             import multiprocessing
+            import sys
             from concurrent.futures import ProcessPoolExecutor
 
-            # spawn, not fork: forking a process that may hold CUDA state or threads is unsafe
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+            # fork on Linux, as DataLoader workers are started: a spawned worker re-imports the caller's main
+            # script, which fails for `python - <<EOF` and re-runs the training in a script without an
+            # `if __name__ == "__main__":` guard. The workers use PIL and small CPU tensor ops, never CUDA.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
                                              initializer=_start_worker, initargs=(self.config,))
         return self._pool
 

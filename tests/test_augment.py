@@ -329,3 +329,22 @@ def test_torchvision_reference_views_do_not_depend_on_the_number_of_workers():
         pooled.close()
     for a, b in zip(in_process, in_workers):
         assert torch.equal(a, b)
+
+
+def test_torchvision_reference_workers_run_from_a_script_without_a_main_guard(tmp_path):
+    # A student's script rarely has `if __name__ == "__main__":`; spawned workers would re-run it.
+    import subprocess
+    import sys
+
+    script = tmp_path / "views.py"
+    script.write_text(
+        "import torch\n"
+        "from selfsup_lab.augment import TorchvisionAugmenter, cifar_preset\n"
+        "images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)\n"
+        "augmenter = TorchvisionAugmenter(cifar_preset(), workers=2)\n"
+        "views = augmenter.views(images, 2, torch.Generator().manual_seed(0))\n"
+        "print('views', *views[0].shape)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["views", "100", "3", "32", "32"]
