@@ -171,6 +171,13 @@ def _batch_order(n: int, generator: torch.Generator | None) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def _check_batch(images: torch.Tensor, generator: torch.Generator | None, who: str) -> None:
+    """What both augmenters take: a uint8 (B, 3, H, W) batch and, if any, a generator on its device."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{who} expects a uint8 batch of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
+    _check_generator(generator, images.device)
+
+
 def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
     if generator is None:
         return
@@ -385,11 +392,7 @@ class Augmenter:
         return self._stats[device]
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"Augmenter expects a uint8 batch of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}."
-            )
-        _check_generator(generator, images.device)
+        _check_batch(images, generator, "Augmenter")
         # Augmentation is float32 by design: under a caller's autocast, affine_grid's matmul and the blur
         # convolution would silently drop to bf16 and blur the crop coordinates.
         with torch.autocast(images.device.type, enabled=False):
@@ -551,14 +554,9 @@ class TorchvisionAugmenter:
         return self.views(images, 1, generator)[0]
 
     def views(self, images: torch.Tensor, count: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"TorchvisionAugmenter expects a uint8 batch of shape (B, 3, H, W), got {images.dtype} "
-                f"{tuple(images.shape)}."
-            )
         if count < 1:
             raise ValueError(f"count must be 1 or more views per image, got {count}.")
-        _check_generator(generator, images.device)
+        _check_batch(images, generator, "TorchvisionAugmenter")
         pixels = images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3) for PIL
         chunks = [pixels[i:i + REFERENCE_CHUNK] for i in range(0, len(pixels), REFERENCE_CHUNK)]
         seeds = torch.randint(0, 2**62, (len(chunks),), generator=generator,
