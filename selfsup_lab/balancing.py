@@ -165,7 +165,8 @@ def coke_assign(features: Tensor, centers: Tensor, duals: Tensor) -> Tensor:
     centers (K, d) are unit rows; features (B, d) are at most unit length (CoKe's two-view f_i, the mean of the
     two views' unit projections, has norm cos(θ_i/2) for views θ_i apart, and is not renormalised, as in the
     official code), so f_i·c_k is a cosine scaled by that norm; duals (K,) ≥ 0. Without ρ this is plain
-    nearest-centre k-means; ρ_k > 0 makes an under-filled cluster k more attractive by ρ_k in those units. Computed in float32 (under bf16 two cosines 0.004 apart can tie). Returns (B,) int64.
+    nearest-centre k-means; ρ_k > 0 makes an under-filled cluster k more attractive by ρ_k in those units.
+    Computed in float32 (under bf16 two cosines 0.004 apart can tie). Returns (B,) int64.
     """
     with torch.autocast(features.device.type, enabled=False):
         return (features.float() @ centers.float().t() + duals.float()).argmax(dim=1)
