@@ -416,6 +416,9 @@ class Augmenter:
             repeated = repeated.contiguous(memory_format=torch.channels_last)  # repeat drops the format
         return list(self(repeated, generator).chunk(count))
 
+    def close(self) -> None:
+        """Nothing to release (`TorchvisionAugmenter.close` stops its workers; the trainer calls either)."""
+
     def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         cfg, dev, g = self.config, images.device, generator
         B, _, H, W = images.shape

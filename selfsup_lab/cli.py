@@ -6,7 +6,6 @@ as one sentence on stderr with a non-zero exit code — no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .errors import UserError
@@ -110,6 +109,8 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments import AUGMENTATIONS, EXPERIMENTS
+
     parser = argparse.ArgumentParser(prog="selfsup-lab", description="Clustering-based self-supervised learning lab.")
     sub = parser.add_subparsers(dest="command")
 
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
     t.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    t.add_argument("--augmentation", choices=["device", "torchvision"],
+    t.add_argument("--augmentation", choices=AUGMENTATIONS,
                    help="who makes the views: device (default; batched on the training device) or torchvision "
                         "(image by image on the CPU: slow, the reference pipeline to compare with)")
     t.add_argument("--weight-decay", type=float,
@@ -158,8 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Experiments that train several methods under one budget and draw the comparison.
     import importlib
-
-    from .experiments import EXPERIMENTS
 
     for name, module_name in EXPERIMENTS.items():
         full_name = f"selfsup_lab.experiments.{module_name}"

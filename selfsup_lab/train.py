@@ -541,9 +541,6 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> "Trainer":
-        from .metrics import assignment_counts, knn_accuracy, occupancy_stats
-
-        config = self.config
         if self.resume:
             checkpoint = load_checkpoint(self.out / CHECKPOINT)
             self._check_resume_matches(checkpoint)
@@ -560,6 +557,22 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         self.status = "running"
+        try:
+            self._loop()
+        finally:  # finished, stopped, diverged or interrupted: torchvision's worker processes are not left idle
+            self.augment.close()
+            self.augment_small.close()
+        if self.epoch >= self.epochs:
+            self.status = "finished"
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self
+
+    def _loop(self) -> None:
+        """Epochs until the budget is spent or a stop is requested; a checkpoint after each one."""
+        from .metrics import assignment_counts, knn_accuracy, occupancy_stats
+
+        config = self.config
         window = config.occupancy_every or max(1, self.steps_per_epoch // 4)
         K = self.method.num_clusters
 
@@ -661,12 +674,6 @@ class Trainer:
                 cb.on_epoch_end(self, record)
             if self._stop_requested:
                 self.status = f"stopped after epoch {self.epoch}"
-
-        if self.epoch >= self.epochs:
-            self.status = "finished"
-        for cb in self.callbacks:
-            cb.on_train_end(self)
-        return self
 
     def write_config(self) -> None:
         info = {**dataclasses.asdict(self.config), "resolved": {

@@ -1,7 +1,6 @@
 """Tests for selfsup_lab.augment: shapes, reproducibility, and agreement with torchvision's own ops."""
 
 import dataclasses
-import math
 
 import matplotlib
 

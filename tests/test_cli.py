@@ -1,5 +1,6 @@
 """The command line: listings work, mistakes give one sentence and a non-zero exit code, no traceback."""
 import json
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,17 @@ def test_methods_and_datasets_list(capsys):
     assert "simclr" in out and "--set temperature=" in out
     assert main(["datasets"]) == 0
     assert "digits" in capsys.readouterr().out
+
+
+def test_augmentation_choices_offered_are_the_augmenters_that_exist(capsys):
+    from selfsup_lab.augment import AUGMENTERS
+    from selfsup_lab.experiments import AUGMENTATIONS
+
+    assert set(AUGMENTATIONS) == set(AUGMENTERS)  # the list --help shows without importing torch
+    for command in ("train", "compare-balancing", "compare-negatives"):
+        with pytest.raises(SystemExit):
+            main([command, "--augmentation", "kornia"])
+        assert re.search(r"choose from '?device'?, '?torchvision'?", capsys.readouterr().err)  # quotes: Python 3.11
 
 
 @pytest.mark.parametrize("args, message", [

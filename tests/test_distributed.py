@@ -1,5 +1,4 @@
 """Two CPU processes with B/2 images each must take exactly the step one process takes with B images."""
-import functools
 
 import torch
 

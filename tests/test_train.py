@@ -273,6 +273,35 @@ def test_torchvision_augmentation_trains_is_recorded_and_cannot_change_on_resume
         selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "bad"), augmentation="kornia", **QUICK)
 
 
+def test_torchvision_workers_run_during_training_and_stop_when_it_ends_or_is_interrupted(tmp_path, monkeypatch):
+    import importlib
+    import multiprocessing
+
+    trainer_module = importlib.import_module("selfsup_lab.train")  # the module; selfsup_lab.train is the function
+    monkeypatch.setattr(trainer_module.os, "cpu_count", lambda: 4)  # worker processes even on a one-core machine
+
+    class RecordWorkers(Callback):
+        def __init__(self, interrupt=False):
+            self.interrupt, self.workers = interrupt, []
+
+        def on_step_end(self, trainer, logs):
+            self.workers.append(len(multiprocessing.active_children()))
+            if self.interrupt:
+                raise KeyboardInterrupt
+
+    before = len(multiprocessing.active_children())
+    finished = RecordWorkers()
+    selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "r"), augmentation="torchvision",
+                      callbacks=[finished], **QUICK)
+    assert min(finished.workers) >= before + 2  # the views came from worker processes...
+    assert len(multiprocessing.active_children()) == before  # ...which ended with the training
+    interrupted = RecordWorkers(interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "cut"), augmentation="torchvision",
+                          callbacks=[interrupted], **QUICK)
+    assert interrupted.workers[0] >= before + 2 and len(multiprocessing.active_children()) == before
+
+
 def test_compile_modes_are_named_and_checked():
     from selfsup_lab.train import resolve_compile_mode, uses_cuda_graphs
 

@@ -50,6 +50,10 @@ def table_cell(row: dict, key: str, fmt: str) -> str:
 # Training settings every comparison passes unchanged to all its runs (TrainConfig fields; None = its default).
 TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "augmentation", "train_subset", "data_dir")
 
+# The choices of --augmentation: augment.AUGMENTERS' keys (a test keeps them equal), named here so that the
+# command line's --help does not have to import torch.
+AUGMENTATIONS = ("device", "torchvision")
+
 
 def add_training_arguments(parser, explicit_auto: bool = False) -> None:
     """The command-line flags of TRAINING_FLAGS, shared by compare-balancing and compare-negatives.
@@ -63,7 +67,7 @@ def add_training_arguments(parser, explicit_auto: bool = False) -> None:
     parser.add_argument("--lr", type=float, help="base learning rate for every run (default 0.06·B/128)")
     parser.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
-    parser.add_argument("--augmentation", choices=["device", "torchvision"],
+    parser.add_argument("--augmentation", choices=AUGMENTATIONS,
                         help="who makes the views: device (default) or torchvision (per image on the CPU, the reference)")
     parser.add_argument("--weight-decay", type=float,
                         help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")

@@ -65,6 +65,7 @@ def _augmented_features(trainer, images_uint8: torch.Tensor, seed: int, batch_si
         views = trainer.augment(images_uint8[start : start + batch_size].to(trainer.device), generator)
         with trainer.autocast():
             outs.append(trainer.method.embed(views).float().cpu())
+    trainer.augment.close()  # --augmentation torchvision: its workers are not needed after this
     trainer.method.train(was_training)
     return torch.cat(outs)
 
