@@ -117,12 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a method (default: SimCLR on the bundled digits, offline)")
     t.add_argument("--method", help="see `selfsup-lab methods` (default simclr)")
     t.add_argument("--dataset", help="see `selfsup-lab datasets` (default digits); imagefolder:PATH for a folder/archive")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--epochs", type=int, help="default 40 on digits and synthetic data, 100 otherwise; the first "
+                   "min(10, epochs/10) warm up the learning rate, then it follows a cosine")
+    t.add_argument("--batch-size", type=int, help="default 256 (METHODS.md's CIFAR recipe: 512, as the README's GPU "
+                   "command); the default learning rate scales with it")
     t.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18, resnet34")
     t.add_argument("--device", default=None, help="auto, cpu, cuda")
     t.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=int, help="default 0 (seeds the weights, the batches and the augmentation)")
     t.add_argument("--optimizer", choices=["sgd", "lars"])
     t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
     t.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),

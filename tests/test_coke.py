@@ -133,6 +133,20 @@ def test_labels_are_stored_by_image_index_and_epoch_zero_has_learning_rate_zero(
     assert method.assign(torch.randn(3, 3, 16, 16)).shape == (3,)
 
 
+def test_only_a_head_with_as_many_clusters_as_classes_answers_assign():
+    torch.manual_seed(0)
+    images = torch.randn(5, 3, 16, 16)
+    method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(2, 4), proj_hidden=32, proj_dim=16),
+                  MethodContext(**CONTEXT))  # four classes: the K = 4 head answers
+    method.eval()
+    with torch.no_grad():
+        z = F.normalize(method.projector(method.backbone(images)), dim=1)
+    assert torch.equal(method.assign(images), (z @ method.centers_prev_1.t()).argmax(dim=1))
+    without = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(2, 3), proj_hidden=32, proj_dim=16),
+                   MethodContext(**CONTEXT))
+    assert without.assign(images) is None  # no K = C head: evaluation runs k-means with K = C
+
+
 def test_assignments_without_rule_ignore_the_duals():
     torch.manual_seed(0)
     method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(4,), proj_hidden=32, proj_dim=16),

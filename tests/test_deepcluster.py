@@ -64,7 +64,20 @@ def test_short_training_fills_the_bank_and_keeps_clusters_in_use(tmp_path):
     assert (run.method.bank.norm(dim=1) > 0.99).all()  # every image has a feature (epoch 0 filled it)
     for record in run.history:
         assert record["occupancy"]["empty"] == 0 and record["occupancy"]["entropy_ratio"] > 0.8
-    assert run.metrics["clustering_from"].startswith("spherical k-means")
+    assert run.metrics["clustering_from"] == "the method's own K = C head"  # the K = 4 head, 4 classes
+
+
+def test_only_a_head_with_as_many_clusters_as_classes_answers_assign():
+    torch.manual_seed(0)
+    method = build_deepcluster()  # heads K = 3 and K = 4, four classes
+    method.eval()
+    images = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        nearest = method.prototypes[1](method.projector(method.backbone(images))).argmax(dim=1)
+    assert torch.equal(method.assign(images), nearest)
+    context = MethodContext(**{**CONTEXT, "num_train": 1437, "num_classes": 10})  # digits: heads capped at 71
+    over_clustered = DeepCluster(build_backbone("convnet"), DeepClusterOptions(proj_hidden=32, proj_dim=16), context)
+    assert over_clustered.ks == [71, 71, 71] and over_clustered.assign(images) is None  # evaluation runs k-means
 
 
 def test_epoch_zero_bank_uses_batch_statistics_and_survives_a_last_chunk_of_one_image(tmp_path):

@@ -9,14 +9,16 @@ features f_i (mean of the two views' normalised projections ẑ):
     assign        y_i = argmax_k ( f_i·c_k^cur + ρ_k )                          (balancing.coke_assign)
     dual step     ρ_k ← max(0, ρ_k + η (γ − n_k/B)),   γ = ratio/K               (balancing.coke_dual_step)
     centre step   c_k ← normalise(c_k N_k^old/N_k^new + Σ_{y_i=k} f_i / N_k^new)  (balancing.coke_center_step)
-    loss          L = CE( q_1, softmax(ẑ_1 C_prevᵀ/τ) ) + the same for view 2, with the target
+    loss          L = ½ [ CE( q_1, softmax(ẑ_1 C_prevᵀ/τ) ) + the same for view 2 ], with the target
                   q_1 = α onehot(ỹ_i) + (1 − α) softmax(ẑ_2 C_prevᵀ/τ)   (sg),    ỹ_i = i's label of last epoch
 
 The duals ρ are the Lagrange multipliers of k-means with a *minimum* cluster size: an under-filled cluster
 gets a bonus until it is chosen often enough, an over-filled one loses its bonus but is never penalised —
 big clusters stay allowed. Labels are stored per image (by dataset index), so the target of an image is
 where it was clustered one epoch ago. Epoch 0 runs at learning rate 0: it only clusters the random network's
-features, to bootstrap centres and labels.
+features, to bootstrap centres and labels. It still counts in the schedule: a warm-up of W epochs
+(min(10, epochs/10) by default) includes it, so the first update, at epoch 1, already takes about 1/W of the
+base learning rate (all of it when W is 0), and CoKe gets one epoch of updates fewer than the other methods.
 
 Step size: the constraint gap γ − n_k/B is of order 1/K, while ρ lives in cosine units, so a head with K
 clusters uses η_K = dual_lr·K/10 (η/K constant): every head's bonus moves at the same speed, in cosine per
@@ -115,7 +117,8 @@ class CoKeOptions:
     ratio: float = 0.9  # minimum cluster size γ = ratio/K (ImageNet: 0.4)
     dual_lr: float = 0.1  # η of a K = 10 head; a head of K clusters uses η·K/10 (see the module docstring)
     temperature: float = 0.05  # τ of the logits ẑ·C_prev/τ
-    alpha: float = 0.2  # weight of last epoch's hard label in the target; 1 = the single-view CE-to-label loss
+    alpha: float = 0.2  # weight of last epoch's hard label in the target; 1 = CE to that label alone (still both
+    # views' mean clustered and τ = 0.05; METHODS.md's single-view variant also clusters one view, at τ = 0.1)
     bootstrap_epoch: bool = True  # epoch 0 at learning rate 0, clustering only
     seed_from_batch: bool = True  # centres start at first-batch features (False: random directions, as the paper)
     proj_hidden: int = 2048
@@ -144,10 +147,12 @@ class CoKe(Method):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))  # centres seeded from data yet?
         # Last assignment of every training image, per head; −1 = never clustered yet.
         self.register_buffer("labels", torch.full((len(self.ks), context.num_train), -1, dtype=torch.long))
-        # Occupancy and evaluation use the K = C head when there is one (else the first / the closest to C).
+        # Occupancy is tracked on the K = C head when there is one (else the first). That head also answers
+        # `assign` for evaluation; without one the base class's None makes evaluation run k-means (METHODS.md §5).
         self.tracked = self.ks.index(context.num_classes) if context.num_classes in self.ks else 0
         self.num_clusters = self.ks[self.tracked]
-        self.eval_head = min(range(len(self.ks)), key=lambda h: abs(self.ks[h] - context.num_classes))
+        if self.num_clusters == context.num_classes:
+            self.assign = self.assign_clusters
 
     def head(self, h: int) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"{name}_{h}") for name in ("centers_prev", "centers_cur", "duals", "counts")}
@@ -221,15 +226,15 @@ class CoKe(Method):
         return 0.0 if epoch == 0 and self.options.bootstrap_epoch else 1.0
 
     def extra_info(self):
-        return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters, "eval_k": self.ks[self.eval_head],
+        return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters,
                 "dual_lr_per_head": [self.options.dual_lr * k / 10 for k in self.ks]}
 
     @torch.no_grad()
-    def assign(self, images):
-        """argmax cosine to C_prev of the head with K = C (or the K closest to C)."""
+    def assign_clusters(self, images):
+        """argmax cosine to C_prev of the head with K = C."""
         z = self.projector(self.backbone(images))
         with torch.autocast(z.device.type, enabled=False):
-            return (F.normalize(z.float(), dim=1) @ getattr(self, f"centers_prev_{self.eval_head}").t()).argmax(dim=1)
+            return (F.normalize(z.float(), dim=1) @ getattr(self, f"centers_prev_{self.tracked}").t()).argmax(dim=1)
 
 
 def coke_swapped_loss(logits1, logits2, labels, alpha: float):

@@ -17,8 +17,9 @@ Several heads (solo-learn: 3 × 3000 on CIFAR, capped here to what the data can 
 independent clusterings of the same bank; their losses are averaged.
 
 DDP: each rank writes the *gathered* features into its bank, so all banks — and the seeded k-means on
-them — are identical. Evaluation (METHODS.md §5): the heads are over-clustered (K ≫ C), so `assign` is not
-overridden and clustering scores come from k-means with K = C on the backbone features.
+them — are identical. Evaluation (METHODS.md §5): the default heads are over-clustered (K ≫ C), so
+clustering scores come from k-means with K = C on the backbone features; a head with K = C
+(`--set num_prototypes=10,3000`) answers `assign` itself (nearest prototype).
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ class DeepCluster(Method):
         self.register_buffer("assignments", torch.zeros(len(self.ks), context.num_train, dtype=torch.long))
         self.tracked = self.ks.index(context.num_classes) if context.num_classes in self.ks else 0
         self.num_clusters = self.ks[self.tracked]
+        if self.num_clusters == context.num_classes:  # K = C: that head answers `assign`; otherwise
+            self.assign = self.assign_clusters  # the base class's None makes evaluation run k-means
 
     def bank_features(self, images: torch.Tensor) -> torch.Tensor:
         # Batch statistics, as the network sees them in training: an untrained batch norm's running statistics
@@ -99,6 +102,11 @@ class DeepCluster(Method):
             loss = loss / (2 * len(self.ks))
         return StepOutput(loss=loss, logs={"agree_kmeans": agree}, assignments=targets[self.tracked],
                           assignments_without_rule=own)
+
+    @torch.no_grad()
+    def assign_clusters(self, images):
+        """The nearest prototype of the K = C head (this epoch's k-means centroids)."""
+        return self.prototypes[self.tracked](self.projector(self.backbone(images))).argmax(dim=1)
 
     def extra_info(self):
         return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters}

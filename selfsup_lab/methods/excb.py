@@ -109,8 +109,9 @@ class ExCB(Method):
         def project(x):
             # Batch statistics, as the teacher sees them in training: an untrained BN's running statistics
             # are the identity, and in eval mode every image projects to nearly the same direction (mean
-            # cosine 0.999 on digits), so k-means would find no structure. (The teacher's running
-            # statistics are overwritten from the student at the first EMA step anyway.)
+            # cosine 0.999 on digits), so k-means would find no structure. (The running statistics this
+            # pass leaves are those of the un-augmented images; the teacher's own train-mode passes soon
+            # replace them — the EMA step copies parameters only.)
             t.train()
             return t["projector"](t["backbone"](x))
 
