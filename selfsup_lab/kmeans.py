@@ -150,13 +150,28 @@ def _assign_without_empty(
     assignments = _assign(x, centroids, chunk)
     for _ in range(_MAX_RESEED_ROUNDS):
         counts = torch.bincount(assignments, minlength=k)
-        empty = (counts == 0).nonzero().flatten().tolist()
+        # A twin of an earlier centroid (same direction, e.g. both seeded on copies of one point) counts as
+        # empty: the two only share points by float ties, which argmax breaks differently from machine to
+        # machine, and a pair of twins leaves some other cluster unsplit.
+        empty = ((counts == 0) | _twins(centroids)).nonzero().flatten().tolist()
         if not empty:
             break
         if not _reseed_empty(x, centroids, assignments, counts, empty, generator):
             break  # fewer than k distinct directions: nothing left to split
         assignments = _assign(x, centroids, chunk)
     return assignments
+
+
+def _twins(centroids: Tensor) -> Tensor:
+    """Whether each centroid points the same way (within _SAME_DIRECTION_TOL) as a centroid of lower index."""
+    k = centroids.shape[0]
+    twin = torch.zeros(k, dtype=torch.bool, device=centroids.device)
+    for start in range(0, k, 1024):  # (1024, k) cosines at a time
+        cos = centroids[start : start + 1024] @ centroids.T
+        earlier = torch.arange(k, device=centroids.device)[None, :] < torch.arange(start, min(k, start + 1024),
+                                                                                    device=centroids.device)[:, None]
+        twin[start : start + 1024] = ((cos >= 1 - _SAME_DIRECTION_TOL) & earlier).any(dim=1)
+    return twin
 
 
 def _reseed_empty(
