@@ -40,7 +40,7 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     if linear:
         metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
     own_clusters = trainer.features(trainer.test_set.images, fn=trainer.method.assign) \
-        if has_own_clusters(trainer.method) else None
+        if trainer.method.has_class_sized_head else None
     if own_clusters is not None:
         metrics.update(clustering_scores(test_y.cpu(), own_clusters.long().cpu()))
         metrics["clustering_from"] = "the method's own K = C head"
@@ -98,17 +98,6 @@ def _calibrate_batchnorm(trainer: Trainer, batch_size: int = 1024) -> None:
         norm.momentum = momentum
 
 
-def has_own_clusters(method) -> bool:
-    """Whether the method answers `assign` itself (a K = C head), rather than the base class's None.
-
-    Methods may bind `self.assign` per instance (only when their K equals the number of classes), so we
-    look at the bound function, not the class attribute.
-    """
-    from .methods.base import Method
-
-    return getattr(method.assign, "__func__", None) is not Method.assign
-
-
 class Run:
     """A trained (or training) run: its directory, history, metrics, and the model to embed/assign with."""
 
@@ -145,7 +134,7 @@ class Run:
 
     def assign(self, split: str = "test") -> torch.Tensor | None:
         """Hard cluster ids from the method's own K = C head (None for methods without clusters)."""
-        if not has_own_clusters(self.method):
+        if not self.method.has_class_sized_head:
             return None
         return self.trainer.features(self._split(split).images, fn=self.method.assign).long().cpu()
 

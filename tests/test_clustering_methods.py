@@ -169,3 +169,27 @@ def test_resuming_a_checkpoint_written_before_the_without_rule_log_existed(tmp_p
     run = selfsup_lab.train("swav", epochs=2, out=str(tmp_path), resume=True, **options)
     assert len(run.trainer.occupancy_log["epochs"]) == 2  # the old epoch's counts are kept
     assert len(run.trainer.occupancy_log["epochs_without_rule"]) == 1  # only the epoch trained since
+
+
+@pytest.mark.parametrize("name", list(selfsup_lab.methods.METHODS))
+def test_assign_answers_exactly_when_the_tracked_head_has_one_cluster_per_class(name):
+    """One rule for every method: a K = C head is scored directly; any other K (or none) leaves it to k-means."""
+    from selfsup_lab.methods import get_method_class, parse_options
+
+    cls = get_method_class(name)
+    fields = {f.name for f in __import__("dataclasses").fields(cls.Options)}
+    small = {k: v for k, v in dict(proj_hidden=32, proj_dim=16, pred_hidden=32, ae_width=8).items() if k in fields}
+    images = torch.randn(4, 3, 16, 16)
+    for k, expect_head in ((4, True), (6, False)):  # CONTEXT has 4 classes
+        sizes = {key: (k,) if key == "num_clusters" or name == "deepcluster" else k
+                 for key in ("num_prototypes", "num_clusters") if key in fields}
+        torch.manual_seed(0)
+        method = cls(build_backbone("convnet"), parse_options(cls.Options, {**small, **sizes}, name),
+                     MethodContext(**CONTEXT)).eval()
+        clustering = bool(sizes)
+        assert method.has_class_sized_head is (clustering and expect_head), (name, k)
+        ids = method.assign(images)
+        if method.has_class_sized_head:
+            assert ids.shape == (4,) and ids.dtype == torch.long and 0 <= int(ids.min()) and int(ids.max()) < 4
+        else:
+            assert ids is None

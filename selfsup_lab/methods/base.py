@@ -90,9 +90,23 @@ class Method(nn.Module):
         """Backbone features: what kNN and the linear probe evaluate."""
         return self.backbone(images)
 
+    def assign_clusters(self, images: torch.Tensor) -> torch.Tensor:
+        """Hard cluster ids from the tracked head (K = `num_clusters`); clustering methods override this."""
+        raise NotImplementedError(f"{self.name} has no cluster head")
+
+    @property
+    def has_class_sized_head(self) -> bool:
+        """Whether the tracked head has K = number of classes, so its argmax can be scored against the labels.
+
+        Any other K (no head, or K ≠ C) makes evaluation run spherical k-means with K = C on backbone
+        features instead (METHODS.md §5), so that every method's ACC/NMI/ARI is measured with C clusters.
+        """
+        return (self.num_clusters == self.context.num_classes
+                and type(self).assign_clusters is not Method.assign_clusters)
+
     def assign(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Hard cluster ids from the method's own K = C head, or None for methods without clusters."""
-        return None
+        """Hard cluster ids from the method's own K = C head, or None when it has none."""
+        return self.assign_clusters(images) if self.has_class_sized_head else None
 
 
 # --- options ------------------------------------------------------------------------------------------

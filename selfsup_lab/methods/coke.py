@@ -148,11 +148,9 @@ class CoKe(Method):
         # Last assignment of every training image, per head; −1 = never clustered yet.
         self.register_buffer("labels", torch.full((len(self.ks), context.num_train), -1, dtype=torch.long))
         # Occupancy is tracked on the K = C head when there is one (else the first). That head also answers
-        # `assign` for evaluation; without one the base class's None makes evaluation run k-means (METHODS.md §5).
+        # `assign` for evaluation (Method.has_class_sized_head); without one evaluation runs k-means (METHODS.md §5).
         self.tracked = self.ks.index(context.num_classes) if context.num_classes in self.ks else 0
         self.num_clusters = self.ks[self.tracked]
-        if self.num_clusters == context.num_classes:
-            self.assign = self.assign_clusters
 
     def head(self, h: int) -> dict[str, torch.Tensor]:
         return {name: getattr(self, f"{name}_{h}") for name in ("centers_prev", "centers_cur", "duals", "counts")}

@@ -56,10 +56,9 @@ class DeepCluster(Method):
             p.requires_grad_(False)  # set by k-means each epoch, never by the optimiser
         self.register_buffer("bank", torch.zeros(context.num_train, options.proj_dim))
         self.register_buffer("assignments", torch.zeros(len(self.ks), context.num_train, dtype=torch.long))
+        # Occupancy and `assign` use the K = C head when there is one (Method.has_class_sized_head), else the first.
         self.tracked = self.ks.index(context.num_classes) if context.num_classes in self.ks else 0
         self.num_clusters = self.ks[self.tracked]
-        if self.num_clusters == context.num_classes:  # K = C: that head answers `assign`; otherwise
-            self.assign = self.assign_clusters  # the base class's None makes evaluation run k-means
 
     def bank_features(self, images: torch.Tensor) -> torch.Tensor:
         # Batch statistics, as the network sees them in training: an untrained batch norm's running statistics

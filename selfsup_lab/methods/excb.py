@@ -78,8 +78,6 @@ class ExCB(Method):
         self.prototypes = PrototypeLayer(options.proj_dim, K)
         self.teacher = make_teacher(self._student())
         self.register_buffer("sizes", torch.full((K,), 1.0 / K))  # r: start uniform
-        if K == context.num_classes:  # K = C: our own head answers `assign`; otherwise the base
-            self.assign = self.assign_clusters  # class's None makes evaluation run k-means
 
     def _student(self) -> nn.ModuleDict:
         """The part of the student the teacher mirrors (same structure, so EMA can zip their parameters)."""

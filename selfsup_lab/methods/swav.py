@@ -66,8 +66,6 @@ class SwAV(Method):
         self.num_clusters = adaptive_num_clusters(options.num_prototypes, context.num_train, context.num_classes)
         self.projector = mlp(backbone.feature_dim, options.proj_hidden, options.proj_dim)
         self.prototypes = PrototypeLayer(options.proj_dim, self.num_clusters)
-        if self.num_clusters == context.num_classes:  # K = C: our own head answers `assign`; otherwise
-            self.assign = self.assign_clusters  # the base class's None makes evaluation run k-means
         # The queue: one per view, newest first; `queue_filled` counts valid rows. Buffers, so --resume keeps them.
         self.register_buffer("queue", torch.zeros(2, options.queue_length, options.proj_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
