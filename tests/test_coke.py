@@ -13,7 +13,7 @@ from selfsup_lab.models import build_backbone
 # --- the pure functions ---------------------------------------------------------------------------------
 
 def test_dual_step_raises_underfilled_lowers_overfilled_and_stays_nonnegative():
-    K, B, gamma, eta = 3, 10, 0.9 / 3, 0.5
+    B, gamma, eta = 10, 0.9 / 3, 0.5  # K = 3 clusters, minimum share γ = 0.3
     duals = torch.tensor([0.0, 0.0, 0.0])
     counts = torch.tensor([0, 2, 8])  # shares 0, 0.2, 0.8 against a minimum of 0.3
     new = coke_dual_step(duals, counts, B, gamma, eta)
