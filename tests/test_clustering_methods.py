@@ -193,3 +193,23 @@ def test_assign_answers_exactly_when_the_tracked_head_has_one_cluster_per_class(
             assert ids.shape == (4,) and ids.dtype == torch.long and 0 <= int(ids.min()) and int(ids.max()) < 4
         else:
             assert ids is None
+
+
+@pytest.mark.parametrize("name", ["naive", "swav", "deepcluster"])
+def test_assign_compares_cosines_in_float32_under_bf16_autocast(name):
+    """METHODS.md: cluster statistics in float32 even under bf16 autocast. Two prototypes whose cosines with an
+    embedding differ by 0.001 (below bf16's spacing of 0.004 near 0.5) must still be told apart in evaluation."""
+    from selfsup_lab.methods import get_method_class, parse_options
+
+    cls = get_method_class(name)
+    sizes = {"num_prototypes": (4,) if name == "deepcluster" else 4}
+    method = cls(build_backbone("convnet"), parse_options(cls.Options, {"proj_hidden": 32, "proj_dim": 16, **sizes}, name),
+                 MethodContext(**CONTEXT)).eval()
+    method.backbone, method.projector = torch.nn.Flatten(), torch.nn.Identity()  # the embedding is the input
+    e = torch.eye(16)
+    prototypes = torch.stack([0.5 * e[0] + (1 - 0.5 ** 2) ** 0.5 * e[1],
+                              0.501 * e[0] + (1 - 0.501 ** 2) ** 0.5 * e[2], e[3], e[4]])
+    layer = method.prototypes[method.tracked] if name == "deepcluster" else method.prototypes
+    layer.set_prototypes(prototypes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert method.assign(e[:1]).tolist() == [1]

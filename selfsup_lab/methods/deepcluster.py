@@ -104,8 +104,10 @@ class DeepCluster(Method):
 
     @torch.no_grad()
     def assign_clusters(self, images):
-        """The nearest prototype of the K = C head (this epoch's k-means centroids)."""
-        return self.prototypes[self.tracked](self.projector(self.backbone(images))).argmax(dim=1)
+        """The nearest prototype of the K = C head (this epoch's k-means centroids), compared in float32."""
+        z = self.projector(self.backbone(images))
+        with torch.autocast(z.device.type, enabled=False):
+            return self.prototypes[self.tracked](z.float()).argmax(dim=1)
 
     def extra_info(self):
         return {"num_clusters_used": self.ks, "tracked_k": self.num_clusters}

@@ -18,7 +18,9 @@ Details that matter in practice:
 * with B ≪ K the per-batch equipartition is a noisy constraint (a batch of 256 cannot fill 3000 clusters
   equally). The optional queue (`queue_length` > 0, from `queue_start_epoch`) keeps the last embeddings of
   the *global* batch (gathered over ranks, so every rank holds the same queue and checkpoints carry it) and
-  adds their scores as extra rows to the Sinkhorn problem; only the batch rows are used as targets.
+  adds their scores as extra rows to the Sinkhorn problem; only the batch rows are used as targets. It is
+  off by default (`queue_length = 0`); METHODS.md's small-batch recipe is
+  `--set queue_length=3840 queue_start_epoch=50`.
 * K = 3000 requested, capped by `adaptive_num_clusters` (digits: 71; CIFAR-10: 2,500).
 
 What you may see on small data: the loss sitting at log K with near-uniform targets (`target_max` ≈ 1/K).
