@@ -3,7 +3,7 @@
     run = selfsup_lab.train("simclr", "digits", epochs=20)
     run.history[-1]["loss"], run.metrics["knn_top1"]
     features, labels = run.embed("test")
-    clusters = run.assign("test")          # clustering methods only
+    clusters = run.assign("test")          # a clustering head with K = number of classes, else None
 
 Keyword options are the fields of `TrainConfig` (epochs, batch_size, backbone, ...); any other keyword is
 passed to the method as an option (the same as `--set key=value` on the command line), except `sampler`
@@ -133,7 +133,8 @@ class Run:
         return self.trainer.features(data.images).cpu(), data.labels
 
     def assign(self, split: str = "test") -> torch.Tensor | None:
-        """Hard cluster ids from the method's own K = C head (None for methods without clusters)."""
+        """Hard cluster ids from the method's own head when its K equals the number of classes, else None
+        (methods without clusters, or K ≠ C: metrics.json then scored spherical k-means with K = C)."""
         if not self.method.has_class_sized_head:
             return None
         return self.trainer.features(self._split(split).images, fn=self.method.assign).long().cpu()
@@ -193,7 +194,8 @@ def load_run(out: str | Path, device: str = "auto") -> Run:
     """Reopen a run directory from its checkpoint (for evaluation, embedding, plots)."""
     out = Path(out)
     if not out.is_dir():
-        raise UserError(f"run directory {out} does not exist; pass the --out directory of a training run")
+        what = "is a file, not a run directory" if out.exists() else "does not exist"
+        raise UserError(f"{out} {what}; pass the --out directory of a training run")
     checkpoint = load_checkpoint(out / CHECKPOINT)
     values = dict(checkpoint["config"])
     values.update(out=str(out), device=device, progress=False, compile=False)
@@ -202,5 +204,8 @@ def load_run(out: str | Path, device: str = "auto") -> Run:
     trainer._load(checkpoint)
     trainer.status = "finished" if trainer.epoch >= trainer.epochs else f"stopped after epoch {trainer.epoch}"
     metrics_path = out / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    except (OSError, ValueError):  # unreadable: as if absent (`Run.evaluate` writes a new one)
+        metrics = None
     return Run(trainer, metrics)

@@ -59,6 +59,11 @@ def cmd_train(args) -> int:
         method, dataset = args.method or saved_method, args.dataset or saved_dataset
         method_options = {**saved.pop("method_options", {}), **method_options}
         options = {**saved, **options}
+    else:
+        out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
+        if (out / CHECKPOINT).exists() and not args.overwrite:
+            raise UserError(f"{out} already holds a run (checkpoint.pt); continue it with --resume --out {out}, "
+                            f"train it again from scratch with --overwrite, or choose another --out")
     try:
         run = api.train(method, dataset, resume=args.resume, method_options=method_options, **options)
     except KeyboardInterrupt:
@@ -96,7 +101,9 @@ def cmd_methods(args) -> int:
         print(f"{name:12s} {description}")
         if args.verbose:
             for opt, typ, default in describe_options(get_method_class(name).Options):
-                print(f"    --set {opt}=<{typ}>  (default {default})")
+                shown = "None: set at run time from the data and batch size, see the method's file" \
+                    if default is None else default
+                print(f"    --set {opt}=<{typ}>  (default {shown})")
     return 0
 
 
@@ -142,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings; a larger "
                         "--epochs extends it (the cosine schedule is recomputed over the new total)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="method options, e.g. --set temperature=0.5")
+    t.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="method options, e.g. --set temperature=0.5 (several pairs, or several --set, add up)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start from scratch in an --out that already holds a run (its files are replaced)")
     t.add_argument("--no-figures", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

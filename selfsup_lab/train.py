@@ -344,9 +344,10 @@ class Trainer:
         if config.warmup_epochs is not None and config.warmup_epochs > self.epochs:
             raise UserError(f"warmup_epochs ({config.warmup_epochs}) must not exceed the epochs ({self.epochs}): the "
                             "learning rate would never reach its base value")
-        if len(config.crop_scale) != 2 or config.crop_scale[0] > config.crop_scale[1]:
+        if (not isinstance(config.crop_scale, (tuple, list)) or len(config.crop_scale) != 2
+                or config.crop_scale[0] > config.crop_scale[1]):
             raise UserError(f"--crop-scale takes two numbers LOW HIGH with LOW <= HIGH (e.g. 0.3 1), "
-                            f"got {tuple(config.crop_scale)}")
+                            f"got {config.crop_scale!r}")
         if config.augmentation not in augment.AUGMENTERS:
             raise UserError(f"unknown augmentation {config.augmentation!r}; choose device (batched, on the training "
                             f"device) or torchvision (image by image on the CPU, the reference)")
@@ -492,10 +493,12 @@ class Trainer:
     def _diverged(self, what: str) -> None:
         """Stop the run: `what` went wrong; the last checkpoint (if any) stays as it is."""
         self.status = "diverged"
-        kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}" if self.epoch else \
-            "no checkpoint was written yet"
-        raise TrainingDiverged(f"{what}; {kept} — lower the learning rate (--lr; with --resume to continue from "
-                               f"the checkpoint) or check the method's options")
+        if self.epoch:
+            kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}"
+            advice = "lower the learning rate (--lr; with --resume to continue from the checkpoint)"
+        else:
+            kept, advice = "no checkpoint was written yet", "lower the learning rate (--lr)"
+        raise TrainingDiverged(f"{what}; {kept} — {advice} or check the method's options")
 
     def _check_resume_matches(self, checkpoint: dict) -> None:
         """A resumed run continues with the settings it was started with: refuse any other change, so that
@@ -550,6 +553,8 @@ class Trainer:
                 make_output_dir(self.out)
                 for stale in ("metrics.json", "history.jsonl", CHECKPOINT):
                     (self.out / stale).unlink(missing_ok=True)
+                for stale in (self.out / "figures").glob("*.png"):  # a replaced run's pictures are not this run's
+                    stale.unlink()
             self.method.on_train_start(self)
         if distributed.is_main_process():
             self.write_config()

@@ -66,7 +66,7 @@ def test_train_then_eval_round_trip(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["weight_decay"] == 1e-6 and saved["crop_scale"] == [0.3, 1.0]
     first = json.loads((out / "metrics.json").read_text())
-    (out / "metrics.json").unlink()
+    (out / "metrics.json").write_text("{not json")  # eval recomputes it, so an unreadable one is no obstacle
     result = run_cli("eval", str(out), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     again = json.loads((out / "metrics.json").read_text())
@@ -88,5 +88,43 @@ def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypat
     assert "interrupted before the first epoch ended; no checkpoint was written" in capsys.readouterr().err
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"")
-    assert main(["train", "--out", str(out)]) == 130
+    assert main(["train", "--out", str(out), "--overwrite"]) == 130
     assert f"continue with --resume --out {out}" in capsys.readouterr().err
+
+
+def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "figures").mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"an earlier run")
+    (out / "figures" / "occupancy_bars.png").write_bytes(b"an earlier run's picture")
+    tiny = ["train", "--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32",
+            "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32"]
+    assert main(tiny) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and f"--resume --out {out}" in err and "--overwrite" in err
+    assert (out / "checkpoint.pt").read_bytes() == b"an earlier run"  # nothing lost
+    assert main(tiny + ["--overwrite"]) == 0
+    assert (out / "checkpoint.pt").read_bytes() != b"an earlier run"
+    assert not (out / "figures" / "occupancy_bars.png").exists()  # not presented as this run's figure
+
+
+def test_repeated_set_flags_add_up_and_each_is_checked(tmp_path, capsys):
+    tiny = ["--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+            "--no-figures", "--no-progress", "--out", str(tmp_path / "r")]
+    assert main(["train", "--set", "temperature=0", "--set", "proj_dim=64", *tiny]) == 2
+    assert "option 'temperature' of simclr must be above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module, function", [
+    ("compare-balancing", "selfsup_lab.experiments.balancing", "compare_balancing"),
+    ("compare-negatives", "selfsup_lab.experiments.negatives", "compare_negatives"),
+])
+def test_ctrl_c_in_a_comparison_says_how_to_continue(command, module, function, monkeypatch, capsys):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    assert main([command, "--quick"]) == 130
+    assert "re-run the same command with --reuse" in capsys.readouterr().err

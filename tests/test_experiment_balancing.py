@@ -84,6 +84,16 @@ def test_steps_budget_gives_every_batch_size_the_same_number_of_steps(tmp_path):
         epochs_for_steps(6, (128,), TINY["dataset"], {})
 
 
+def test_a_steps_budget_that_whole_epochs_cannot_meet_says_what_each_run_gets():
+    from selfsup_lab.experiments import epoch_budget
+
+    # 96 images: B = 16 → 6 steps per epoch, B = 32 → 3; 4 steps round to 1 epoch (6 steps) and 1 epoch (3 steps)
+    epochs, label = epoch_budget(None, 4, (16, 32), TINY["dataset"], {}, default_epochs=5)
+    assert epochs == {16: 1, 32: 1}
+    assert label == "about 4 steps per run (whole epochs: 6 at B = 16, 3 at B = 32)"
+    assert epoch_budget(None, 6, (16, 32), TINY["dataset"], {}, default_epochs=5)[1] == "6 steps per run"
+
+
 def test_several_seeds_give_one_row_per_method_with_mean_and_std(tmp_path):
     result = compare_balancing(methods=("naive",), batch_sizes=(16,), seeds=(0, 1), out=tmp_path, **TINY)
     assert [(r["method"], r["seed"]) for r in result["runs"]] == [("naive", 0), ("naive", 1)]

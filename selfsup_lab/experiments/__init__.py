@@ -159,6 +159,11 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
 def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:
     """Epochs that give each batch size about `steps` optimiser steps (the trainer drops the last partial
     batch, so an epoch of N images is N // B steps; at least one epoch)."""
+    return _steps_budget(steps, batch_sizes, dataset, train_options)[0]
+
+
+def _steps_budget(steps: int, batch_sizes, dataset: str, train_options: dict) -> tuple[dict[int, int], dict[int, int]]:
+    """(epochs, optimiser steps those epochs really give) per batch size, for `epochs_for_steps`."""
     from .. import data
     from ..errors import UserError
 
@@ -167,14 +172,15 @@ def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict)
     num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
     if train_options.get("train_subset"):
         num_train = min(num_train, int(train_options["train_subset"]))
-    epochs = {}
+    epochs, taken = {}, {}
     for batch_size in batch_sizes:
         per_epoch = num_train // batch_size
         if per_epoch < 1:
             raise UserError(f"batch size {batch_size} is larger than the {num_train}-image training set; "
                             "use smaller --batch-sizes")
         epochs[batch_size] = max(1, round(steps / per_epoch))
-    return epochs
+        taken[batch_size] = epochs[batch_size] * per_epoch
+    return epochs, taken
 
 
 def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: str, train_options: dict,
@@ -186,6 +192,11 @@ def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: st
     if steps is not None and epochs is not None:
         raise UserError("give either epochs or steps, not both: steps sets the epochs of each batch size")
     if steps is not None:
-        return epochs_for_steps(int(steps), batch_sizes, dataset, train_options), f"{steps} steps per run"
+        epochs_for, taken = _steps_budget(int(steps), batch_sizes, dataset, train_options)
+        if all(n == int(steps) for n in taken.values()):
+            return epochs_for, f"{steps} steps per run"
+        # Runs train whole epochs: say what each batch size really gets rather than the number asked for.
+        return epochs_for, (f"about {steps} steps per run (whole epochs: "
+                            + ", ".join(f"{n} at B = {b}" for b, n in taken.items()) + ")")
     epochs = default_epochs if epochs is None else int(epochs)
     return {b: epochs for b in batch_sizes}, f"{epochs} epochs"

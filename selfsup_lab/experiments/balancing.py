@@ -39,6 +39,7 @@ seeds a table cell that differs between seeds reads mean ± sample standard devi
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -303,6 +304,15 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except KeyboardInterrupt:  # every finished epoch of every run is checkpointed
+        print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same command "
+              "with --reuse to continue", file=sys.stderr)
+        return 130
+
+
+def _run_cli(args) -> int:
     train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,

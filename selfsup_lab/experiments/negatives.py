@@ -28,6 +28,7 @@ results.json, results.md, figures/*.png and one run directory per (method, batch
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,15 @@ def add_arguments(parser) -> None:
 
 
 def run_cli(args) -> int:
+    try:
+        return _run_cli(args)
+    except KeyboardInterrupt:  # every finished epoch of every run is checkpointed
+        print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same command "
+              "with --reuse to continue", file=sys.stderr)
+        return 130
+
+
+def _run_cli(args) -> int:
     options = training_options(args)
     settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
                     seeds=tuple(args.seeds))
