@@ -521,6 +521,10 @@ class Trainer:
         if not changed and checkpoint.get("backbone", self.backbone_name) != self.backbone_name:
             changed.append(f"the backbone would be {self.backbone_name} here and is {checkpoint['backbone']} in the run "
                            f"(--backbone auto follows the device: pass --backbone {checkpoint['backbone']})")
+        if checkpoint["epoch"] > self.epochs:  # nothing would train, and the schedule would be another run's
+            raise UserError(f"the run in {self.out} has already trained {checkpoint['epoch']} epochs, more than "
+                            f"--epochs {self.epochs}; pass a larger --epochs to extend it, or re-evaluate it with "
+                            f"`selfsup-lab eval {self.out}`")
         if changed:
             raise UserError(f"--resume continues the run in {self.out} with its own settings, but "
                             f"{'; '.join(changed)}; drop the changed settings, or start a new run with another --out")

@@ -156,6 +156,8 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
     # what may change: how far it goes, the learning rate, what it shows
     run = selfsup_lab.train("simclr", epochs=2, out=out, resume=True, lr=0.01, eval_every=1, **QUICK)
     assert run.status == "finished" and run.trainer.epoch == 2 and run.trainer.base_lr == 0.01
+    with pytest.raises(UserError, match="has already trained 2 epochs, more than --epochs 1"):
+        selfsup_lab.train("simclr", epochs=1, out=out, resume=True, **QUICK)  # would train nothing
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
