@@ -174,14 +174,17 @@ def make_config(method: str = "simclr", dataset: str = "digits", **options) -> T
 
 
 def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callback] | None = None,
-          resume: bool = False, **options) -> Run:
+          resume: bool = False, overwrite: bool = True, **options) -> Run:
     """Train `method` on `dataset`, evaluate, write figures; returns the `Run`.
+
+    A fresh start replaces a run already in `out` (re-running a notebook cell trains again); with
+    `overwrite=False`, as the command line uses, it refuses instead.
 
     A run stopped early (a callback's `request_stop()`, e.g. the dashboard's stop button) is returned
     without final metrics; its last checkpoint is kept and `resume=True` continues it.
     """
     config = make_config(method, dataset, **options)
-    trainer = Trainer(config, callbacks=callbacks, resume=resume).fit()
+    trainer = Trainer(config, callbacks=callbacks, resume=resume, overwrite=overwrite).fit()
     run = Run(trainer)
     if trainer.status == "finished":
         run.evaluate()

@@ -59,13 +59,9 @@ def cmd_train(args) -> int:
         method, dataset = args.method or saved_method, args.dataset or saved_dataset
         method_options = {**saved.pop("method_options", {}), **method_options}
         options = {**saved, **options}
-    else:
-        out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
-        if (out / CHECKPOINT).exists() and not args.overwrite:
-            raise UserError(f"{out} already holds a run (checkpoint.pt); continue it with --resume --out {out}, "
-                            f"train it again from scratch with --overwrite, or choose another --out")
     try:
-        run = api.train(method, dataset, resume=args.resume, method_options=method_options, **options)
+        run = api.train(method, dataset, resume=args.resume, overwrite=args.overwrite, method_options=method_options,
+                        **options)
     except KeyboardInterrupt:
         out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
         if (out / CHECKPOINT).exists():

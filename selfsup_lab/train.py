@@ -323,12 +323,14 @@ def _comparable(value):
 class Trainer:
     """Builds data, model, optimiser and augmentation from a `TrainConfig` and runs the loop."""
 
-    def __init__(self, config: TrainConfig, callbacks: list[Callback] | None = None, resume: bool = False):
+    def __init__(self, config: TrainConfig, callbacks: list[Callback] | None = None, resume: bool = False,
+                 overwrite: bool = True):
         from . import augment, data, models
         from .methods import MethodContext, get_method_class, parse_options
 
         self.config = config
         self.resume = resume
+        self.overwrite = overwrite  # False: a fresh start refuses an --out that already holds a run
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
         for name in ("epochs", "batch_size", "seed", "warmup_epochs", "eval_every", "train_subset"):
@@ -553,6 +555,9 @@ class Trainer:
             self._check_resume_matches(checkpoint)
             self._load(checkpoint)
         else:
+            if not self.overwrite and (self.out / CHECKPOINT).exists():
+                raise UserError(f"{self.out} already holds a run (checkpoint.pt); continue it with --resume --out "
+                                f"{self.out}, train it again from scratch with --overwrite, or choose another --out")
             if distributed.is_main_process():
                 make_output_dir(self.out)
                 for stale in ("metrics.json", "history.jsonl", CHECKPOINT):

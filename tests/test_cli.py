@@ -9,8 +9,10 @@ import pytest
 from selfsup_lab.cli import main
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "selfsup_lab.cli", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args, cwd=None):
+    """The command in a subprocess; `cwd` keeps default run directories (runs/...) out of the repository."""
+    return subprocess.run([sys.executable, "-m", "selfsup_lab.cli", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
 
 
 def test_methods_and_datasets_list(capsys):
@@ -49,8 +51,8 @@ def test_augmentation_choices_offered_are_the_augmenters_that_exist(capsys):
     (["compare-balancing", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
     (["compare-negatives", "--out", "/dev/null/cmp"], "cannot create the output directory /dev/null/cmp"),
 ])
-def test_bad_input_is_one_sentence(args, message):
-    result = run_cli(*args)
+def test_bad_input_is_one_sentence(args, message, tmp_path):
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
@@ -103,6 +105,8 @@ def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a run" in err and f"--resume --out {out}" in err and "--overwrite" in err
     assert (out / "checkpoint.pt").read_bytes() == b"an earlier run"  # nothing lost
+    assert main(tiny + ["--lr", "-1"]) == 2  # a wrong setting is named first: it is what to fix first
+    assert "--lr must be above 0" in capsys.readouterr().err
     assert main(tiny + ["--overwrite"]) == 0
     assert (out / "checkpoint.pt").read_bytes() != b"an earlier run"
     assert not (out / "figures" / "occupancy_bars.png").exists()  # not presented as this run's figure
