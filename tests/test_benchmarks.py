@@ -147,3 +147,20 @@ def test_an_interrupted_run_still_writes_the_rows_it_finished(tmp_path, monkeypa
     assert stop.value.code == 130
     assert [r.split("|")[1].strip()[:3] for r in _rows(results)] == ["(a)"]
     assert "Interrupted after 1 of 3 pipelines" in results.read_text()
+
+
+def test_kmeans_benchmark_times_both_variants_and_appends(tmp_path):
+    spec = importlib.util.spec_from_file_location("kmeans_bench", ROOT / "benchmarks" / "kmeans.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from selfsup_lab import kmeans
+
+    twins_before = kmeans._twins
+    results = tmp_path / "RESULTS_kmeans.md"
+    rows = bench.main(["--num", "300", "--dim", "8", "--k", "12", "--iters", "2", "--repeats", "1", "--device", "cpu",
+                       "--results", str(results)])
+    assert kmeans._twins is twins_before  # the timing wrapper is removed again
+    assert [r["twin_check"] for r in rows] == [True, False] and all(r["median_s"] > 0 for r in rows)
+    assert rows[0]["calls"] >= 3  # one per assignment: the initial one and one per iteration (+ re-seed rounds)
+    text = results.read_text()
+    assert text.startswith("# Spherical k-means timings") and "| on |" in text and "| off |" in text
