@@ -58,7 +58,7 @@ COLUMNS = [  # (key, header, format)
     ("max_share", "largest share", ".3f"), ("empty", "empty", "d"),
     ("entropy_ratio_without_rule", "H/log K without rule", ".3f"), ("empty_without_rule", "empty without rule", "d"),
     ("knn_top1", "kNN top-1", ".3f"),
-    ("nmi", "NMI", ".3f"), ("acc", "ACC", ".3f"), ("ari", "ARI", ".3f"), ("minutes", "min", ".2f"),
+    ("nmi", "NMI", ".3f"), ("acc", "ACC", ".3f"), ("ari", "ARI", ".3f"), ("minutes", "minutes", ".2f"),
 ]
 
 
