@@ -3,7 +3,9 @@
 Each module exposes HELP, add_arguments(parser), run_cli(args) -> exit code, and a Python function that
 notebooks call directly. `EXPERIMENTS` maps the `selfsup-lab` subcommand to the module.
 """
+import functools
 import re
+import sys
 
 EXPERIMENTS = {
     "compare-balancing": "balancing",  # collapse vs balance: naive / SwAV / DeepCluster / CoKe / ExCB
@@ -200,3 +202,17 @@ def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: st
                             + ", ".join(f"{n} at B = {b}" for b, n in taken.items()) + ")")
     epochs = default_epochs if epochs is None else int(epochs)
     return {b: epochs for b in batch_sizes}, f"{epochs} epochs"
+
+
+def says_how_to_continue(run_cli):
+    """Wrap an experiment's `run_cli`: Ctrl-C keeps what was trained (every finished epoch of every run is
+    checkpointed) and says how to continue, as `selfsup-lab train` does."""
+    @functools.wraps(run_cli)
+    def wrapper(args) -> int:
+        try:
+            return run_cli(args)
+        except KeyboardInterrupt:
+            print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same "
+                  "command with --reuse to continue", file=sys.stderr)
+            return 130
+    return wrapper

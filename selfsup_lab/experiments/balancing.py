@@ -39,7 +39,6 @@ seeds a table cell that differs between seeds reads mean ± sample standard devi
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -63,8 +62,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
-    train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods,
+    says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -303,16 +302,8 @@ def add_arguments(parser) -> None:
                              "ones, instead of training them again (a long comparison in pieces)")
 
 
+@says_how_to_continue
 def run_cli(args) -> int:
-    try:
-        return _run_cli(args)
-    except KeyboardInterrupt:  # every finished epoch of every run is checkpointed
-        print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same command "
-              "with --reuse to continue", file=sys.stderr)
-        return 130
-
-
-def _run_cli(args) -> int:
     train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,

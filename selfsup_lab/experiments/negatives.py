@@ -28,7 +28,6 @@ results.json, results.md, figures/*.png and one run directory per (method, batch
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +49,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods, table_cell,
-    train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods,
+    says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -240,16 +239,8 @@ def add_arguments(parser) -> None:
                              "interrupted ones, instead of training them again")
 
 
+@says_how_to_continue
 def run_cli(args) -> int:
-    try:
-        return _run_cli(args)
-    except KeyboardInterrupt:  # every finished epoch of every run is checkpointed
-        print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same command "
-              "with --reuse to continue", file=sys.stderr)
-        return 130
-
-
-def _run_cli(args) -> int:
     options = training_options(args)
     settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
                     seeds=tuple(args.seeds))
