@@ -39,7 +39,7 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
     }
     if linear:
         metrics["linear_top1"] = linear_probe(train_x, train_y, test_x, test_y)
-    own_clusters = trainer.features(trainer.test_set.images, fn=trainer.method.assign) \
+    own_clusters = trainer.features(trainer.test_set.images, fn=trainer.method.assign_clusters) \
         if trainer.method.has_class_sized_head else None
     if own_clusters is not None:
         metrics.update(clustering_scores(test_y.cpu(), own_clusters.long().cpu()))
@@ -137,7 +137,7 @@ class Run:
         (methods without clusters, or K ≠ C: metrics.json then scored spherical k-means with K = C)."""
         if not self.method.has_class_sized_head:
             return None
-        return self.trainer.features(self._split(split).images, fn=self.method.assign).long().cpu()
+        return self.trainer.features(self._split(split).images, fn=self.method.assign_clusters).long().cpu()
 
     def evaluate(self, save: bool = True) -> dict:
         self.metrics = evaluate(self.trainer)
