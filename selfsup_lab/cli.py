@@ -41,8 +41,8 @@ def cmd_train(args) -> int:
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
-                   weight_decay=args.weight_decay, crop_scale=args.crop_scale, augmentation=args.augmentation,
-                   compile=args.compile,
+                   weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, crop_scale=args.crop_scale,
+                   augmentation=args.augmentation, compile=args.compile,
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=not args.no_progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", help="see `selfsup-lab methods` (default simclr)")
     t.add_argument("--dataset", help="see `selfsup-lab datasets` (default digits); imagefolder:PATH for a folder/archive")
     t.add_argument("--epochs", type=int, help="default 40 on digits and synthetic data, 100 otherwise; the first "
-                   "min(10, epochs/10) warm up the learning rate, then it follows a cosine")
+                   "min(10, epochs/10) warm up the learning rate (--warmup-epochs), then it follows a cosine")
     t.add_argument("--batch-size", type=int, help="default 256 (METHODS.md's CIFAR recipe: 512, as the README's GPU "
                    "command); the default learning rate scales with it")
     t.add_argument("--backbone", help="auto (convnet on CPU, resnet18 on GPU), convnet, resnet18, resnet34")
@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="default 0 (seeds the weights, the batches and the augmentation)")
     t.add_argument("--optimizer", choices=["sgd", "lars"])
     t.add_argument("--lr", type=float, help="base learning rate (default 0.06·B/128 for SGD)")
+    t.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up before the cosine "
+                   "(default min(10, epochs/10); 0: start the cosine at the base rate)")
     t.add_argument("--crop-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="area range of the random resized crop (default 0.08 1; CoKe's CIFAR code: 0.3 1)")
     t.add_argument("--augmentation", choices=AUGMENTATIONS,

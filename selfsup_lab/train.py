@@ -286,7 +286,7 @@ CONFIG_BOUNDS: Bounds = [
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
           "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
-          "augmentation": "--augmentation",
+          "augmentation": "--augmentation", "warmup_epochs": "--warmup-epochs",
           "batch_size": "--batch-size", "seed": "--seed"}
 
 
@@ -344,8 +344,8 @@ class Trainer:
             raise UserError(f"--batch-size must be at least 2 (self-supervised losses compare images), got {config.batch_size}")
         check_bounds(config, CONFIG_BOUNDS, lambda name: _FLAGS.get(name, name))
         if config.warmup_epochs is not None and config.warmup_epochs > self.epochs:
-            raise UserError(f"warmup_epochs ({config.warmup_epochs}) must not exceed the epochs ({self.epochs}): the "
-                            "learning rate would never reach its base value")
+            raise UserError(f"{_FLAGS['warmup_epochs']} ({config.warmup_epochs}) must not exceed the epochs "
+                            f"({self.epochs}): the learning rate would never reach its base value")
         if (not isinstance(config.crop_scale, (tuple, list)) or len(config.crop_scale) != 2
                 or config.crop_scale[0] > config.crop_scale[1]):
             raise UserError(f"--crop-scale takes two numbers LOW HIGH with LOW <= HIGH (e.g. 0.3 1), "

@@ -42,6 +42,7 @@ def test_augmentation_choices_offered_are_the_augmenters_that_exist(capsys):
     (["eval", "/no/such/run"], "does not exist"),
     (["train", "--lr", "-1"], "--lr must be above 0, got -1.0"),
     (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),
+    (["train", "--epochs", "3", "--warmup-epochs", "5"], "--warmup-epochs (5) must not exceed the epochs (3)"),
     (["train", "--method", "coke", "--set", "ratio=1.5"], "option 'ratio' of coke must be in (0, 1], got 1.5"),
     (["train", "--compile", "fastest"], "unknown compile mode 'fastest'; choose one of: default, reduce-overhead"),
     (["train", "--device", "cpu", "--compile", "reduce-overhead"], "replays CUDA graphs and needs a GPU"),
@@ -63,10 +64,10 @@ def test_train_then_eval_round_trip(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--dataset", "synthetic:n=64,classes=2,size=16", "--epochs", "1", "--batch-size", "32",
                      "--device", "cpu", "--out", str(out), "--no-figures", "--no-progress", "--set", "proj_hidden=32",
-                     "--weight-decay", "1e-6", "--crop-scale", "0.3", "1")
+                     "--weight-decay", "1e-6", "--crop-scale", "0.3", "1", "--warmup-epochs", "0")
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
-    assert saved["weight_decay"] == 1e-6 and saved["crop_scale"] == [0.3, 1.0]
+    assert saved["weight_decay"] == 1e-6 and saved["crop_scale"] == [0.3, 1.0] and saved["warmup_epochs"] == 0
     first = json.loads((out / "metrics.json").read_text())
     (out / "metrics.json").write_text("{not json")  # eval recomputes it, so an unreadable one is no obstacle
     result = run_cli("eval", str(out), "--device", "cpu")

@@ -124,7 +124,7 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
     ({"lr": float("inf")}, "--lr must be above 0, got inf"),
     ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5"),
     ({"batch_size": "64"}, "--batch-size must be a whole number, got '64'"),
-    ({"epochs": 3, "warmup_epochs": 5}, r"warmup_epochs \(5\) must not exceed the epochs \(3\)"),
+    ({"epochs": 3, "warmup_epochs": 5}, r"--warmup-epochs \(5\) must not exceed the epochs \(3\)"),
 ])
 def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message):
     with pytest.raises(UserError, match=message):
@@ -171,6 +171,8 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] < 0.01
+    no_warmup = [learning_rate(s, 100, 0, 1.0) for s in range(100)]  # --warmup-epochs 0
+    assert no_warmup[0] == 1.0 and all(a >= b for a, b in zip(no_warmup, no_warmup[1:]))
 
 
 def test_lars_scales_update_by_trust_ratio():
