@@ -9,11 +9,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_throughput():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_throughput():
+    return load_benchmark("throughput")
 
 
 def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
@@ -150,9 +155,7 @@ def test_an_interrupted_run_still_writes_the_rows_it_finished(tmp_path, monkeypa
 
 
 def test_kmeans_benchmark_times_both_variants_and_appends(tmp_path):
-    spec = importlib.util.spec_from_file_location("kmeans_bench", ROOT / "benchmarks" / "kmeans.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("kmeans")
     from selfsup_lab import kmeans
 
     twins_before = kmeans._twins
@@ -164,3 +167,28 @@ def test_kmeans_benchmark_times_both_variants_and_appends(tmp_path):
     assert rows[0]["calls"] >= 3  # one per assignment: the initial one and one per iteration (+ re-seed rounds)
     text = results.read_text()
     assert text.startswith("# Spherical k-means timings") and "| on |" in text and "| off |" in text
+
+
+def test_lightly_crosscheck_agrees_and_catches_a_broken_loss(tmp_path, monkeypatch):
+    """Only where lightly is installed (it is not a dependency): the lab's losses and kNN agree with lightly's,
+    and a loss that forgets to mask each anchor's own similarity is caught."""
+    pytest.importorskip("lightly")
+    pytest.importorskip("pytorch_lightning")
+    crosscheck = load_benchmark("crosscheck_lightly")
+    results = tmp_path / "RESULTS_crosscheck.md"
+    rows = crosscheck.main(["--small", "--results", str(results)])
+    assert len(rows) == 7 and all(crosscheck.passed(row) for row in rows)
+    assert "| NT-Xent, τ = 0.2 |" in results.read_text()
+
+    def unmasked_nt_xent(z1, z2, temperature):  # j = i left among the candidates: a classic slip
+        import torch
+        import torch.nn.functional as F
+
+        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        logits = z @ z.T / temperature
+        partner = torch.cat([torch.arange(len(z1)) + len(z1), torch.arange(len(z1))])
+        return F.cross_entropy(logits, partner), None
+
+    monkeypatch.setattr(crosscheck, "nt_xent_loss", unmasked_nt_xent)
+    with pytest.raises(SystemExit, match="disagree with lightly"):
+        crosscheck.main(["--small", "--results", str(results)])
