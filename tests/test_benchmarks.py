@@ -192,3 +192,12 @@ def test_lightly_crosscheck_agrees_and_catches_a_broken_loss(tmp_path, monkeypat
     monkeypatch.setattr(crosscheck, "nt_xent_loss", unmasked_nt_xent)
     with pytest.raises(SystemExit, match="disagree with lightly"):
         crosscheck.main(["--small", "--results", str(results)])
+
+
+def test_eval_precision_compares_float32_and_bf16_features_of_one_model():
+    bench = load_benchmark("eval_precision")
+    result = bench.main(["--dataset", "synthetic:n=400,classes=3,size=16", "--device", "cpu"])
+    assert result["bank"] == 400 and result["queries"] > 0  # the training images are the bank
+    assert 0.99 < result["cosine_min"] <= result["cosine_mean"] <= 1.0 + 1e-6  # bf16 rounds, it does not rewrite
+    assert result["cosine_min"] < 1.0  # ...but it does round: the two passes really differ in precision
+    assert 0 <= result["differing"] <= result["queries"]
