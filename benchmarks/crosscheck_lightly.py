@@ -11,7 +11,8 @@ other people), and the largest difference is reported.
 What is compared (float32, CPU, seeded random inputs):
   - NT-Xent (METHODS.md §1): `simclr.nt_xent_loss` vs `lightly.loss.NTXentLoss`, loss and gradients;
   - SwAV's swapped prediction (§4.2): `balancing.sinkhorn` + `naive.swapped_cross_entropy` vs
-    `lightly.loss.SwaVLoss`, the Sinkhorn targets, the loss and its gradient, at K = 10 and K = 3000;
+    `lightly.loss.SwaVLoss`, the Sinkhorn targets, the loss and its gradient, at K = 10 and K = 3000, and
+    with a queue of earlier embeddings;
   - BYOL's loss (§3): `byol.normalized_mse` = 2 + 2 · `lightly.loss.NegativeCosineSimilarity`;
   - weighted kNN (§5): `metrics.knn_predict` vs `lightly.utils.benchmarking.knn_predict`, k = 200, τ = 0.1;
   - the ResNet-18 CIFAR stem: parameter count against `lightly.models.ResNetGenerator("resnet-18")`.
@@ -74,20 +75,24 @@ def check_nt_xent(lightly, generator, batch: int, dim: int, temperature: float) 
                 gradient_difference=_max_gradient_difference(ours, theirs, (z1, z2)))
 
 
-def check_swav(lightly, generator, batch: int, dim: int, clusters: int) -> dict:
+def check_swav(lightly, generator, batch: int, dim: int, clusters: int, queue: int = 0) -> dict:
+    """Both views' Sinkhorn targets, optionally over the batch plus `queue` rows of earlier embeddings."""
     z1, z2 = _pair(generator, batch, dim)
     prototypes = F.normalize(torch.randn(clusters, dim, generator=generator), dim=1)
     s1, s2 = (F.normalize(z, dim=1) @ prototypes.T for z in (z1, z2))
+    queued = [F.normalize(torch.randn(queue, dim, generator=generator), dim=1) @ prototypes.T for _ in range(2)]
     epsilon, iterations, temperature = 0.05, 3, 0.1
-    q1, q2 = (sinkhorn(s.detach(), epsilon, iterations) for s in (s1, s2))
+    q1, q2 = (sinkhorn(s.detach(), epsilon, iterations, queue_scores=qs if queue else None)
+              for s, qs in zip((s1, s2), queued))
     ours = 0.5 * (swapped_cross_entropy(q1, s2, temperature) + swapped_cross_entropy(q2, s1, temperature))
 
     swav = lightly["SwaVLoss"](temperature=temperature, sinkhorn_iterations=iterations, sinkhorn_epsilon=epsilon)
-    theirs = swav([s1, s2], [])
-    from lightly.loss.swav_loss import sinkhorn as lightly_sinkhorn  # the targets themselves, one view
+    theirs = swav([s1, s2], [], queue_outputs=queued if queue else None)
+    from lightly.loss.swav_loss import sinkhorn as lightly_sinkhorn  # the targets themselves, view 1
 
-    their_q1 = lightly_sinkhorn(s1.detach(), iterations=iterations, epsilon=epsilon)
-    return dict(check=f"SwAV swapped prediction, K = {clusters}", sizes=f"B = {batch}, d = {dim}, ε 0.05, τ 0.1",
+    their_q1 = lightly_sinkhorn(torch.cat([s1.detach(), queued[0]]), iterations=iterations, epsilon=epsilon)[:batch]
+    return dict(check=f"SwAV swapped prediction, K = {clusters}" + (f", queue of {queue}" if queue else ""),
+                sizes=f"B = {batch}, d = {dim}, ε 0.05, τ 0.1",
                 value=ours.item(), difference=abs(ours.item() - theirs.item()),
                 gradient_difference=_max_gradient_difference(ours, theirs, (z1, z2)),
                 target_difference=float((q1 - their_q1).abs().max()))
@@ -139,6 +144,7 @@ def run_checks(seed: int = 0, small: bool = False) -> tuple[str, list[dict]]:
     batch, dim = (16, 8) if small else (512, 128)
     rows = [check_nt_xent(lightly, generator, batch, dim, 0.2), check_nt_xent(lightly, generator, batch, dim, 0.5),
             check_swav(lightly, generator, batch, dim, 10), check_swav(lightly, generator, batch, dim, 3000),
+            check_swav(lightly, generator, batch, dim, 3000, queue=64 if small else 3840),
             check_byol(lightly, generator, batch, dim),
             check_knn(lightly, generator, 500 if small else 50_000, 50 if small else 10_000, 512 if not small else 8,
                       10),

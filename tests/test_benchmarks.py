@@ -177,7 +177,7 @@ def test_lightly_crosscheck_agrees_and_catches_a_broken_loss(tmp_path, monkeypat
     crosscheck = load_benchmark("crosscheck_lightly")
     results = tmp_path / "RESULTS_crosscheck.md"
     rows = crosscheck.main(["--small", "--results", str(results)])
-    assert len(rows) == 7 and all(crosscheck.passed(row) for row in rows)
+    assert len(rows) == 8 and all(crosscheck.passed(row) for row in rows)
     assert "| NT-Xent, τ = 0.2 |" in results.read_text()
 
     def unmasked_nt_xent(z1, z2, temperature):  # j = i left among the candidates: a classic slip
