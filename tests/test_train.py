@@ -175,6 +175,22 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert no_warmup[0] == 1.0 and all(a >= b for a, b in zip(no_warmup, no_warmup[1:]))
 
 
+@pytest.mark.parametrize("warmup", [1, 10])
+def test_schedule_matches_torchs_own_warmup_and_cosine_schedulers(warmup):
+    """The hand-written schedule (a pure function, so a resumed run recomputes it from the step alone) is
+    exactly torch's LinearLR warm-up followed by CosineAnnealingLR to 0."""
+    total, base = 100, 0.24
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    schedulers = [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0,
+                                                    total_iters=max(1, warmup - 1)),
+                  torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup, eta_min=0.0)]
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=[warmup])
+    for step in range(total):
+        assert learning_rate(step, total, warmup, base) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12)
+        optimizer.step()
+        scheduler.step()
+
+
 def test_lars_scales_update_by_trust_ratio():
     w = torch.nn.Parameter(torch.full((4, 4), 2.0))
     w.grad = torch.full((4, 4), 100.0)
