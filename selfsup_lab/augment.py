@@ -3,8 +3,8 @@
 Why not torchvision transforms in DataLoader workers?
     Self-supervised methods see every image two (or more) times per step, each time through a random crop,
     flip, colour jitter and grayscale. With per-image CPU transforms that work dominates: on one H100 a
-    ResNet-18 trains at ~43k views/s in bf16, while 16 DataLoader workers running torchvision transforms
-    deliver ~13k views/s. The GPU waits for the CPU.
+    ResNet-18 alone trains at ~45k views/s in bf16, while training fed by 16 DataLoader workers running
+    torchvision transforms reaches ~15k views/s (benchmarks/RESULTS.md). The GPU waits for the CPU.
 
 What we do instead:
     The whole dataset lives on the device as a uint8 tensor (50k CIFAR images are 150 MB). For each step we
@@ -15,7 +15,8 @@ What we do instead:
         --blur--> --solarize--> --normalise--> float32 (B,3,size,size)
 
     There is no Python loop over images and no worker process; the same code runs on a laptop CPU and on a
-    GPU, where even this plain version reaches ~300k views/s -- faster than the model it feeds.
+    GPU, where even this plain version makes ~200k views/s on an H100 -- four times what the model it feeds
+    can take (benchmarks/RESULTS.md, row (e)).
 
 Conventions:
     * Randomness comes only from the `generator` passed in (a torch.Generator on the images' device), so a

@@ -45,8 +45,8 @@ from pathlib import Path
 HELP = "collapse vs balance: naive / SwAV / DeepCluster / CoKe / ExCB under one budget, occupancy figure + table"
 
 DEFAULT_METHODS = ("naive", "swav", "deepcluster", "coke", "excb")
-# digits, B = 256: 1.9–6.6 min per method, 17 min for all five, measured on a 2-core CPU that other jobs kept
-# ~5× oversubscribed (load ≈ 10; benchmarks/results_balancing.md). Idle, that extrapolates to ~3–4 min in all.
+# digits, B = 256, on an idle 2-core CPU: 12–24 s per method, 1.3 min for all five (2026-11-23). The first
+# measurement, on a CPU that other jobs kept ~5× oversubscribed, took 17 min (benchmarks/results_balancing.md).
 DEFAULT_EPOCHS = 5
 # CI scale: a 128-image subset, 2 epochs of B = 32, narrow heads — seconds of compute per method.
 QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"proj_hidden": 64, "pred_hidden": 64})
