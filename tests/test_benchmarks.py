@@ -1,10 +1,12 @@
-"""The throughput benchmark's logic runs on a CPU (its numbers only mean something on the real device)."""
+"""The benchmark scripts' logic runs on a CPU (their timings only mean something on the device they measure)."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,12 +19,8 @@ def load_benchmark(name: str):
     return module
 
 
-def load_throughput():
-    return load_benchmark("throughput")
-
-
 def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     results = tmp_path / "RESULTS.md"
     results.write_text("# earlier results\n")
     throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
@@ -39,7 +37,7 @@ def test_throughput_appends_a_table_with_every_cpu_pipeline(tmp_path):
 
 
 def test_throughput_profile_writes_one_table_per_pipeline(tmp_path):
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
                      "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(tmp_path / "RESULTS.md"),
                      "--profile", "1", "--profile-dir", str(tmp_path / "out")])
@@ -53,7 +51,7 @@ def test_throughput_profile_writes_one_table_per_pipeline(tmp_path):
 
 
 def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path):
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     results = tmp_path / "RESULTS.md"
     throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
                      "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "f,i"])
@@ -64,7 +62,7 @@ def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path):
 def test_rows_replayed_as_cuda_graphs_are_marked_and_explained(tmp_path, monkeypatch):
     """Their peak memory is measured over warm-up too (the graphs take it while recorded): the table says so.
     On a CPU no row uses graphs, so the check pretends they do."""
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     monkeypatch.setattr(throughput, "uses_cuda_graphs", lambda mode, device: True)
     results = tmp_path / "RESULTS.md"
     throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
@@ -81,7 +79,7 @@ def test_one_pass_step_computes_the_same_loss_as_two_passes():
     the loss is the same; with batch statistics over 2B images instead of B it is not."""
     import torch
 
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     cpu = torch.device("cpu")
     two = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=False)[0]
     one = throughput.build_model("convnet", cpu, False, None, 8, 32, one_pass=True)[0]
@@ -100,7 +98,7 @@ def test_whole_step_scopes_trace_without_graph_breaks_and_take_the_eager_step():
     graphs, no code generation): one step must change the parameters exactly as the uncompiled step does."""
     import torch
 
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
     cpu = torch.device("cpu")
     views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     reference, optimizer, loss_fn, optimizer_step = throughput.build_model("convnet", cpu, False, None, 8, 32,
@@ -123,7 +121,7 @@ def _rows(results):
 
 
 def test_a_failing_pipeline_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
 
     def broken(*args, **kwargs):
         raise RuntimeError("compilation failed\nlong traceback text")
@@ -139,7 +137,7 @@ def test_a_failing_pipeline_is_recorded_and_the_others_still_run(tmp_path, monke
 
 
 def test_an_interrupted_run_still_writes_the_rows_it_finished(tmp_path, monkeypatch):
-    throughput = load_throughput()
+    throughput = load_benchmark("throughput")
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # what Ctrl-C raises, and SIGTERM (`timeout`) while the benchmark runs
@@ -181,9 +179,6 @@ def test_lightly_crosscheck_agrees_and_catches_a_broken_loss(tmp_path, monkeypat
     assert "| NT-Xent, τ = 0.2 |" in results.read_text()
 
     def unmasked_nt_xent(z1, z2, temperature):  # j = i left among the candidates: a classic slip
-        import torch
-        import torch.nn.functional as F
-
         z = F.normalize(torch.cat([z1, z2]), dim=1)
         logits = z @ z.T / temperature
         partner = torch.cat([torch.arange(len(z1)) + len(z1), torch.arange(len(z1))])
