@@ -81,7 +81,8 @@ def knn_predict(
 
         score(c) = Σ_{i ≤ k, y_i = c}  exp(s_i / τ),        prediction = argmax_c score(c)
 
-    A small τ makes the closest neighbours dominate; τ → ∞ is a plain majority vote.
+    A small τ makes the closest neighbours dominate; τ = math.inf is a plain majority vote (scikit-learn's
+    KNeighborsClassifier with metric="cosine", the protocol of some published kNN numbers).
 
     Args:
         train_features: (N, d) memory bank (train split, no augmentation). Its device is where the work runs.

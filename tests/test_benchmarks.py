@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,16 @@ def test_eval_precision_compares_float32_and_bf16_features_of_one_model():
     assert 0.99 < result["cosine_min"] <= result["cosine_mean"] <= 1.0 + 1e-6  # bf16 rounds, it does not rewrite
     assert result["cosine_min"] < 1.0  # ...but it does round: the two passes really differ in precision
     assert 0 <= result["differing"] <= result["queries"]
+
+
+def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):
+    import selfsup_lab
+
+    out = tmp_path / "run"
+    selfsup_lab.train("simclr", "synthetic:n=256,classes=4,size=16", epochs=1, batch_size=64, device="cpu",
+                      out=str(out), figures=False, progress=False, method_options={"proj_hidden": 32})
+    bench = load_benchmark("knn_protocols")
+    rows = dict(bench.main([str(out), "--device", "cpu"]))
+    assert len(rows) == len(bench.PROTOCOLS) and all(0.0 <= accuracy <= 1.0 for accuracy in rows.values())
+    saved = json.loads((out / "metrics.json").read_text())["knn_top1"]
+    assert rows[bench.PROTOCOLS[0][0]] == pytest.approx(saved)  # the first row is the number metrics.json holds
