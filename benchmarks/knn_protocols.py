@@ -19,15 +19,21 @@ import math
 from selfsup_lab import api
 from selfsup_lab.metrics import knn_predict
 
-# (label, k, τ): ours first, then the reference's, then plain votes around it.
-PROTOCOLS = [("k = 200, weighted exp(s/0.1) (ours, METHODS.md §5)", 200, 0.1),
-             ("k = 10, plain vote (the 83.2 % reference's)", 10, math.inf),
-             ("k = 1", 1, math.inf), ("k = 5, plain vote", 5, math.inf), ("k = 20, plain vote", 20, math.inf)]
+# (label, k, τ) read alongside the run's own protocol: the reference's first, then plain votes around it.
+OTHER_PROTOCOLS = [("k = 10, plain vote (the 83.2 % reference's)", 10, math.inf),
+                   ("k = 1", 1, math.inf), ("k = 5, plain vote", 5, math.inf), ("k = 20, plain vote", 20, math.inf)]
 
 
-def knn_under_protocols(train_features, train_labels, test_features, test_labels) -> list[tuple[str, float]]:
+def protocols(knn_k: int = 200, knn_temperature: float = 0.1) -> list[tuple[str, int, float]]:
+    """The run's own protocol (METHODS.md §5 by default: k = 200, τ = 0.1; what metrics.json holds) first."""
+    return [(f"k = {knn_k}, weighted exp(s/{knn_temperature:g}) (the run's own: metrics.json)", knn_k, knn_temperature),
+            *OTHER_PROTOCOLS]
+
+
+def knn_under_protocols(train_features, train_labels, test_features, test_labels,
+                        chosen: list[tuple[str, int, float]] | None = None) -> list[tuple[str, float]]:
     rows = []
-    for label, k, temperature in PROTOCOLS:
+    for label, k, temperature in chosen or protocols():
         predicted = knn_predict(train_features, train_labels, test_features, k=k, temperature=temperature)
         rows.append((label, float((predicted.cpu() == test_labels.cpu()).float().mean())))
     return rows
@@ -41,7 +47,9 @@ def main(argv=None) -> list[tuple[str, float]]:
     run = api.load_run(args.run, device=args.device)
     train_features, train_labels = run.embed("train")
     test_features, test_labels = run.embed("test")
-    rows = knn_under_protocols(train_features, train_labels, test_features, test_labels)
+    config = run.trainer.config
+    rows = knn_under_protocols(train_features, train_labels, test_features, test_labels,
+                               protocols(config.knn_k, config.knn_temperature))
     print(f"{args.run} ({run.trainer.config.method}, {run.trainer.config.dataset}, epoch {run.trainer.epoch}):")
     for label, accuracy in rows:
         print(f"  kNN top-1 {accuracy:.4f}   {label}")

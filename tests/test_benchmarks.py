@@ -1,6 +1,7 @@
 """The benchmark scripts' logic runs on a CPU (their timings only mean something on the device they measure)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -188,6 +189,27 @@ def test_lightly_crosscheck_agrees_and_catches_a_broken_loss(tmp_path, monkeypat
     monkeypatch.setattr(crosscheck, "nt_xent_loss", unmasked_nt_xent)
     with pytest.raises(SystemExit, match="disagree with lightly"):
         crosscheck.main(["--small", "--results", str(results)])
+    monkeypatch.undo()
+
+    # A slip that leaves the loss value alone and changes only the gradients (no gradient into view 2).
+    real_nt_xent = crosscheck.nt_xent_loss
+    monkeypatch.setattr(crosscheck, "nt_xent_loss", lambda z1, z2, t: real_nt_xent(z1, z2.detach(), t))
+    with pytest.raises(SystemExit, match="disagree with lightly"):
+        crosscheck.main(["--small", "--results", str(results)])
+    monkeypatch.undo()
+
+    # The ImageNet stem's max-pool has no parameters, so only the features can tell it from the CIFAR stem.
+    real_backbone = crosscheck.build_backbone
+
+    def imagenet_pooled_backbone(name):
+        backbone = real_backbone(name)
+        backbone.maxpool = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        return backbone
+
+    monkeypatch.setattr(crosscheck, "build_backbone", imagenet_pooled_backbone)
+    rows = {row["check"]: row for row in crosscheck.run_checks(small=True)[1]}
+    assert [check for check, row in rows.items() if not crosscheck.passed(row)] == [
+        "ResNet-18 CIFAR stem: features with the same weights"]
 
 
 def test_eval_precision_compares_float32_and_bf16_features_of_one_model():
@@ -199,6 +221,24 @@ def test_eval_precision_compares_float32_and_bf16_features_of_one_model():
     assert 0 <= result["differing"] <= result["queries"]
 
 
+def test_eval_precision_float32_pass_switches_off_a_trainers_own_bf16():
+    """On a GPU the trainer's own autocast is bf16: the float32 pass must not inherit it (else both passes
+    would be bf16 and agree exactly). Simulated on the CPU with a trainer whose autocast is CPU bf16."""
+    import selfsup_lab
+
+    bench = load_benchmark("eval_precision")
+    run = selfsup_lab.api.untrained_run("synthetic:n=200,classes=2,size=16", linear=False, device="cpu",
+                                        batch_size=64)
+    trainer = run.trainer
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    trainer.autocast = bf16
+    full, reduced = bench.features_both_ways(trainer, trainer.test_set.images)
+    assert trainer.autocast is bf16  # restored
+    assert full.dtype == reduced.dtype == torch.float32
+    assert not torch.equal(full, reduced)
+    assert torch.equal(full, bench.features_under(trainer, trainer.test_set.images, contextlib.nullcontext))
+
+
 def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):
     import selfsup_lab
 
@@ -206,7 +246,17 @@ def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):
     selfsup_lab.train("simclr", "synthetic:n=256,classes=4,size=16", epochs=1, batch_size=64, device="cpu",
                       out=str(out), figures=False, progress=False, method_options={"proj_hidden": 32})
     bench = load_benchmark("knn_protocols")
-    rows = dict(bench.main([str(out), "--device", "cpu"]))
-    assert len(rows) == len(bench.PROTOCOLS) and all(0.0 <= accuracy <= 1.0 for accuracy in rows.values())
+    rows = bench.main([str(out), "--device", "cpu"])
+    assert [label for label, _ in rows] == [label for label, _, _ in bench.protocols()]
+    assert all(0.0 <= accuracy <= 1.0 for _, accuracy in rows)
     saved = json.loads((out / "metrics.json").read_text())["knn_top1"]
-    assert rows[bench.PROTOCOLS[0][0]] == pytest.approx(saved)  # the first row is the number metrics.json holds
+    assert rows[0][1] == pytest.approx(saved)  # the first row is the number metrics.json holds
+    # the plain-vote rows are scikit-learn's classifier on the same features
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import selfsup_lab.api
+
+    run = selfsup_lab.api.load_run(out, device="cpu")
+    (train_x, train_y), (test_x, test_y) = run.embed("train"), run.embed("test")
+    reference = KNeighborsClassifier(n_neighbors=10, metric="cosine").fit(train_x.numpy(), train_y.numpy())
+    assert rows[1][1] == pytest.approx(reference.score(test_x.numpy(), test_y.numpy()))
