@@ -25,25 +25,12 @@ from selfsup_lab import api
 from selfsup_lab.metrics import knn_predict
 
 
-def features_under(trainer, images: torch.Tensor, precision) -> torch.Tensor:
-    """`trainer.features` with its autocast replaced by `precision` (a context-manager factory) for this call:
-    on a GPU the trainer's own is bf16, so the float32 pass must switch it off, not merely leave it alone."""
-    shadowed = trainer.__dict__.get("autocast")  # an instance attribute (if any) that already shadows the method
-    trainer.autocast = precision
-    try:
-        return trainer.features(images)
-    finally:
-        if shadowed is None:
-            del trainer.autocast
-        else:
-            trainer.autocast = shadowed
-
-
 def features_both_ways(trainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 features, bf16-autocast features) of the same images, both returned as float32."""
+    """(float32 features, bf16-autocast features) of the same images, both returned as float32. Both passes name
+    their precision: on a GPU the trainer's own autocast is bf16, so the float32 pass must switch it off."""
     device_type = trainer.device.type
-    full = features_under(trainer, images, contextlib.nullcontext)
-    reduced = features_under(trainer, images, lambda: torch.autocast(device_type, dtype=torch.bfloat16))
+    full = trainer.features(images, autocast=contextlib.nullcontext)
+    reduced = trainer.features(images, autocast=lambda: torch.autocast(device_type, dtype=torch.bfloat16))
     return full, reduced
 
 

@@ -8,7 +8,7 @@ same features the two need not agree, so this prints both (and k = 1, 5, 20 with
 
     PYTHONPATH=. python benchmarks/knn_protocols.py runs/simclr-imagefolder
 
-A plain vote is `metrics.knn_predict` with τ = ∞ (every weight exp(0) = 1); ties go to the smallest class, as in
+A plain vote is `metrics.knn_accuracy` with τ = ∞ (every weight exp(0) = 1); ties go to the smallest class, as in
 scikit-learn. Results are recorded by hand in results_simclr.md.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import math
 
 from selfsup_lab import api
-from selfsup_lab.metrics import knn_predict
+from selfsup_lab.metrics import knn_accuracy
 
 # (label, k, τ) read alongside the run's own protocol: the reference's first, then plain votes around it.
 OTHER_PROTOCOLS = [("k = 10, plain vote (the 83.2 % reference's)", 10, math.inf),
@@ -32,11 +32,8 @@ def protocols(knn_k: int = 200, knn_temperature: float = 0.1) -> list[tuple[str,
 
 def knn_under_protocols(train_features, train_labels, test_features, test_labels,
                         chosen: list[tuple[str, int, float]] | None = None) -> list[tuple[str, float]]:
-    rows = []
-    for label, k, temperature in chosen or protocols():
-        predicted = knn_predict(train_features, train_labels, test_features, k=k, temperature=temperature)
-        rows.append((label, float((predicted.cpu() == test_labels.cpu()).float().mean())))
-    return rows
+    return [(label, knn_accuracy(train_features, train_labels, test_features, test_labels, k=k, temperature=temperature))
+            for label, k, temperature in chosen or protocols()]
 
 
 def main(argv=None) -> list[tuple[str, float]]:

@@ -452,16 +452,20 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
-    def features(self, images_uint8: torch.Tensor, fn=None, batch_size: int = 1024) -> torch.Tensor:
-        """Apply `fn` (default: the backbone) to all images in eval mode, chunked, in float32."""
+    def features(self, images_uint8: torch.Tensor, fn=None, batch_size: int = 1024, autocast=None) -> torch.Tensor:
+        """Apply `fn` (default: the backbone) to all images in eval mode, chunked, returned in float32.
+
+        `autocast`: a context-manager factory to compute under instead of the trainer's own (bf16 on a GPU),
+        e.g. `contextlib.nullcontext` for float32 throughout."""
         fn = fn or self.method.embed
+        autocast = autocast or self.autocast
         was_training = self.method.training
         self.method.eval()
         outs = []
         # Nearly equal chunks rather than a remainder: an `fn` that runs batch norm in train mode (ExCB's and
         # DeepCluster's epoch-0 projections) fails on a last chunk of one image.
         for chunk in torch.tensor_split(images_uint8, max(1, -(-len(images_uint8) // batch_size))):
-            with self.autocast():
+            with autocast():
                 outs.append(fn(self.prepare(chunk)).float())
         self.method.train(was_training)
         return torch.cat(outs)

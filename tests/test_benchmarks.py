@@ -233,10 +233,11 @@ def test_eval_precision_float32_pass_switches_off_a_trainers_own_bf16():
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     trainer.autocast = bf16
     full, reduced = bench.features_both_ways(trainer, trainer.test_set.images)
-    assert trainer.autocast is bf16  # restored
+    assert trainer.autocast is bf16  # left as it was
     assert full.dtype == reduced.dtype == torch.float32
     assert not torch.equal(full, reduced)
-    assert torch.equal(full, bench.features_under(trainer, trainer.test_set.images, contextlib.nullcontext))
+    assert torch.equal(full, trainer.features(trainer.test_set.images, autocast=contextlib.nullcontext))
+    assert torch.equal(reduced, trainer.features(trainer.test_set.images))  # the trainer's own: bf16 here
 
 
 def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):
