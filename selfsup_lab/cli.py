@@ -44,7 +44,7 @@ def cmd_train(args) -> int:
                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, crop_scale=args.crop_scale,
                    augmentation=args.augmentation, compile=args.compile,
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
-                   figures=not args.no_figures, progress=not args.no_progress)
+                   figures=not args.no_figures, progress=args.progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
     method, dataset, method_options = args.method or "simclr", args.dataset or "digits", _parse_set(args.set)
     if args.resume:
@@ -112,7 +112,7 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments import AUGMENTATIONS, EXPERIMENTS
+    from .experiments import AUGMENTATIONS, EXPERIMENTS, add_progress_argument
 
     parser = argparse.ArgumentParser(prog="selfsup-lab", description="Clustering-based self-supervised learning lab.")
     sub = parser.add_subparsers(dest="command")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="start from scratch in an --out that already holds a run (its files are replaced)")
     t.add_argument("--no-figures", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
+    add_progress_argument(t, "a progress bar with loss, learning rate and throughput")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="recompute metrics.json of a run directory from its checkpoint")

@@ -121,6 +121,27 @@ def test_repeated_set_flags_add_up_and_each_is_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command, module, function", [
+    ("train", "selfsup_lab.api", "train"),
+    ("compare-balancing", "selfsup_lab.experiments.balancing", "compare_balancing"),
+    ("compare-negatives", "selfsup_lab.experiments.negatives", "compare_negatives"),
+])
+def test_every_subcommand_takes_progress_and_no_progress(command, module, function, monkeypatch):
+    """The same two spellings on every command (a bar unless switched off), and they reach the training."""
+    import importlib
+
+    received = []
+
+    def record(*args, **kwargs):
+        received.append(kwargs["progress"])
+        raise KeyboardInterrupt  # stop before anything is trained or printed
+
+    monkeypatch.setattr(importlib.import_module(module), function, record)
+    for flags, shown in (([], True), (["--progress"], True), (["--no-progress"], False)):
+        assert main([command, "--out", "unused", *flags]) == 130
+        assert received.pop() is shown
+
+
+@pytest.mark.parametrize("command, module, function", [
     ("compare-balancing", "selfsup_lab.experiments.balancing", "compare_balancing"),
     ("compare-negatives", "selfsup_lab.experiments.negatives", "compare_negatives"),
 ])

@@ -77,6 +77,14 @@ def add_training_arguments(parser, explicit_auto: bool = False) -> None:
     parser.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
 
 
+def add_progress_argument(parser, what: str) -> None:
+    """--progress / --no-progress, spelled the same on every subcommand; the bars are shown unless switched off."""
+    import argparse
+
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"{what} (default: shown)")
+
+
 def training_options(args) -> dict:
     """The TRAINING_FLAGS the user set (or that have a command default), as TrainConfig keyword arguments."""
     return {k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None}

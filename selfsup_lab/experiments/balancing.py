@@ -62,8 +62,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods,
-    says_how_to_continue, table_cell, train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, epoch_budget, folder_name,
+    parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -296,7 +296,7 @@ def add_arguments(parser) -> None:
                         help="one run per seed; several give mean ± std in the table")
     add_training_arguments(parser, explicit_auto=True)
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_argument(parser, "a progress bar per run")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs with identical settings found in OUT and continue interrupted "
                              "ones, instead of training them again (a long comparison in pieces)")
@@ -307,7 +307,7 @@ def run_cli(args) -> int:
     train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
-                               progress=not args.no_progress, steps=args.steps, reuse=args.reuse, **train_options)
+                               progress=args.progress, steps=args.steps, reuse=args.reuse, **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
     print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "

@@ -49,8 +49,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_training_arguments, aggregate_seeds, epoch_budget, folder_name, parse_methods,
-    says_how_to_continue, table_cell, train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, epoch_budget, folder_name,
+    parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -233,7 +233,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/compare-negatives")
     add_training_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 128 images, B = 32 and 64")
-    parser.add_argument("--progress", action="store_true", help="a progress bar per run")
+    add_progress_argument(parser, "a progress bar per run")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs with identical settings found in OUT/runs and continue "
                              "interrupted ones, instead of training them again")
