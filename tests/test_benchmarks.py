@@ -261,3 +261,54 @@ def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):
     (train_x, train_y), (test_x, test_y) = run.embed("train"), run.embed("test")
     reference = KNeighborsClassifier(n_neighbors=10, metric="cosine").fit(train_x.numpy(), train_y.numpy())
     assert rows[1][1] == pytest.approx(reference.score(test_x.numpy(), test_y.numpy()))
+
+
+def test_reference_recipe_trains_evaluates_and_writes_its_results(tmp_path):
+    bench = load_benchmark("reference_recipe")
+    out = tmp_path / "results" / "reference.json"
+    result = bench.main(["--dataset", "synthetic:n=256,classes=4,size=16", "--epochs", "2", "--batch-size", "64",
+                         "--device", "cpu", "--backbone", "convnet", "--proj-hidden", "32", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["lr"] == pytest.approx(0.06 * 64 / 256)
+    assert len(result["epoch_losses"]) == 2 and all(torch.isfinite(torch.tensor(result["epoch_losses"])))
+    assert list(result["knn_top1"]) == [label for label, _, _ in bench.PROTOCOLS]
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in result["knn_top1"].values())
+    assert result["settings"]["temperature"] == 0.5 and result["settings"]["decay_all"] is True
+
+
+def test_reference_recipe_flags_reach_the_model_optimiser_schedule_and_views():
+    from selfsup_lab import data
+    from selfsup_lab.train import learning_rate
+
+    bench = load_benchmark("reference_recipe")
+    reference = bench.parse_args([])
+    lab = bench.parse_args(["--proj-bn", "--no-decay-all", "--normalize", "--gray-p", "0.2", "--crop-low", "0.08",
+                            "--warmup-epochs", "10"])
+    # projector: Linear-ReLU-Linear, or the lab's with batch norm on the hidden layer
+    plain, with_bn = (bench.projector(512, 1024, 128, a.proj_bn) for a in (reference, lab))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn)
+    # weight decay: every parameter, or none on batch-norm weights and biases
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    everything = bench.optimizer_for(model, 0.1, 5e-4, reference.decay_all)
+    assert [g["weight_decay"] for g in everything.param_groups] == [5e-4]
+    split = bench.optimizer_for(model, 0.1, 5e-4, lab.decay_all)
+    assert [(g["weight_decay"], len(g["params"])) for g in split.param_groups] == [(5e-4, 1), (0.0, 3)]
+    # views: pixels in [0, 1] or normalised; the crop and grayscale settings
+    train_set = data.load_dataset("synthetic:n=64,classes=4,size=16")
+    raw, normalised = (bench.augment_config(a, train_set) for a in (reference, lab))
+    assert (raw.mean, raw.std, raw.scale, raw.gray_p) == ((0.0,) * 3, (1.0,) * 3, (0.2, 1.0), 0.1)
+    assert (normalised.mean, normalised.std) == train_set.channel_stats() and normalised.gray_p == 0.2
+    # schedule: cosine stepped per epoch without warm-up; the lab's per-step schedule with one
+    assert [bench.lr_at(reference, e, 3, 10, 1.0) for e in (0, 50)] == [pytest.approx(1.0), pytest.approx(0.5)]
+    assert bench.lr_at(lab, 12, 3, 10, 1.0) == learning_rate(123, 1000, 100, 1.0)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "0"], ["--crop-low", "1.5"], ["--gray-p", "2"],
+                                   ["--warmup-epochs", "5", "--epochs", "3"], ["--batch-size", "1"]])
+def test_reference_recipe_refuses_bad_settings_in_one_line(flags, capsys):
+    bench = load_benchmark("reference_recipe")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert f"error: {flags[0]} must" in capsys.readouterr().err.strip().splitlines()[-1]  # names the flag
