@@ -13,22 +13,24 @@ the recipe, or is something in the lab wrong?":
     crop area 0.2–1, grayscale p 0.1                      0.08–1, grayscale p 0.2
     weight decay 5e-4 on every parameter                 not on batch-norm weights and biases
     pixels in [0, 1], no normalisation                   the training set's per-channel mean / std
-    float32 training                                      bf16 autocast on a GPU
+    (float32 training: --precision fp32)                 bf16 autocast on a GPU (the default here too)
 
 What it takes from the lab unchanged: the data (`data.load_splits`: on our GPU machine the CIFAR-10 JPEG copy,
 not the reference's lossless PNGs), the ResNet with the CIFAR stem (`models.build_backbone`), the batched
 augmentation (`augment.Augmenter`: the same jitter 0.4/0.4/0.4/0.1 with p 0.8 and flips as the reference), the
 NT-Xent loss (`methods.simclr.nt_xent_loss`) and the kNN (`metrics.knn_accuracy`). It reports both kNN protocols
-on the backbone's float32 features. If this reaches the reference, the lab's parts are sound and the gap is its
+on the backbone's float32 features. Training runs under the lab's bf16 autocast by default, the one departure
+from the reference (its float32 run would not fit in one 10-minute command on our GPU machine); `--precision
+fp32` with `--checkpoint` measures that too. If this reaches the reference, the lab's parts are sound and the gap is its
 recipe; each flag then puts one of the lab's settings back, to find the ones that matter. If it does not, the
 suspects are the parts it shares with the lab (and the JPEG data).
 
     PYTHONPATH=. python benchmarks/reference_recipe.py --dataset imagefolder:PATH/cifar10-jpg-train.tar.gz
     PYTHONPATH=. python benchmarks/reference_recipe.py --dataset ... --temperature 0.2   # one lab setting back
 
-One run of 100 epochs must fit in one command: it keeps no checkpoint (an interrupted run leaves nothing).
-With --out FILE the settings and results are written there as JSON (atomically). Results are recorded by hand
-in results_simclr.md.
+With --checkpoint FILE the run is saved after every epoch (atomically: an interrupted run leaves the last whole
+epoch) and the same command continues it; without, an interrupted run leaves nothing. With --out FILE the
+settings and results are written there as JSON. Results are recorded by hand in results_simclr.md.
 """
 from __future__ import annotations
 
@@ -106,8 +108,37 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(f.name, path)
 
 
+# Settings that may differ between the piece of a run that wrote a checkpoint and the piece that continues it.
+MAY_CHANGE = {"out", "checkpoint", "device"}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """After every epoch, whole or not at all (torch.save to a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        torch.save(state, f)
+    os.replace(f.name, path)
+
+
+def load_checkpoint(path: Path, settings: dict) -> dict:
+    """A checkpoint this run can continue from: readable, and written with the same settings."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, or not a checkpoint at all
+        raise UserError(f"{path} cannot be read as a checkpoint ({type(err).__name__}); delete it to start "
+                        f"again") from None
+    changed = sorted(k for k in settings if k not in MAY_CHANGE and state["settings"].get(k) != settings[k])
+    if changed:
+        raise UserError(f"{path} was written by a run with other settings ({', '.join(changed)}); give the same "
+                        f"settings to continue it, or another --checkpoint to start a new run")
+    return state
+
+
 def train_and_evaluate(args) -> dict:
     device = resolve_device(args.device)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    resumed = load_checkpoint(checkpoint, settings) if checkpoint and checkpoint.exists() else None
     torch.manual_seed(args.seed)
     train_set, test_set = data.load_splits(args.dataset, data_dir=args.data_dir)
     if args.train_subset and args.train_subset < len(train_set):
@@ -120,15 +151,24 @@ def train_and_evaluate(args) -> dict:
     model = nn.Sequential(backbone, head)
     base_lr = args.base_lr * args.batch_size / 256
     optimizer = optimizer_for(model, base_lr, args.weight_decay, args.decay_all)
+    # bf16: the lab's autocast and channels_last on a GPU; fp32: as the reference (TF32 convolutions on a GPU).
     bf16 = args.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
 
-    images = train_set.images.to(device)
+    images = train_set.images.to(device).contiguous(memory_format=memory_format)  # the views keep the format
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    first_epoch, losses, train_seconds = 0, [], 0.0
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        generator.set_state(resumed["generator"])
+        first_epoch, losses, train_seconds = resumed["epoch"], resumed["epoch_losses"], resumed["train_seconds"]
+        print(f"continuing {checkpoint} after epoch {first_epoch}", flush=True)
     steps_per_epoch = math.ceil(len(images) / args.batch_size)  # the last, smaller batch is kept, as a DataLoader does
-    losses, start = [], time.time()
-    for epoch in range(args.epochs):
-        epoch_start, total = time.time(), torch.zeros((), device=device)
+    for epoch in range(first_epoch, args.epochs):
+        epoch_start, total, steps = time.time(), torch.zeros((), device=device), 0
         order = torch.randperm(len(images), device=device, generator=generator)
         for step, batch in enumerate(order.split(args.batch_size)):
             if len(batch) < 2:
@@ -141,21 +181,25 @@ def train_and_evaluate(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach()
-        mean_loss = float(total) / steps_per_epoch
+            total, steps = total + loss.detach(), steps + 1
+        mean_loss = float(total) / steps
         if not math.isfinite(mean_loss):
-            raise SystemExit(f"the loss became {mean_loss} in epoch {epoch + 1}; nothing was written")
+            kept = f"{checkpoint} keeps epoch {epoch}" if checkpoint and epoch else "no checkpoint was written"
+            raise UserError(f"the loss became {mean_loss} in epoch {epoch + 1}; {kept}")
         losses.append(mean_loss)
+        train_seconds += time.time() - epoch_start
+        if checkpoint:
+            save_checkpoint(checkpoint, {"settings": settings, "epoch": epoch + 1, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                         "epoch_losses": losses, "train_seconds": train_seconds})
         print(f"epoch {epoch + 1}/{args.epochs}: loss {mean_loss:.4f}, lr {optimizer.param_groups[0]['lr']:.4f}, "
               f"{time.time() - epoch_start:.1f} s", flush=True)
-    train_seconds = time.time() - start
 
     mean, std = config.mean, config.std
     train_features = embed(backbone, train_set.images, mean, std, device)
     test_features = embed(backbone, test_set.images, mean, std, device)
     knn = {label: knn_accuracy(train_features, train_set.labels, test_features, test_set.labels, k=k, temperature=t)
            for label, k, t in PROTOCOLS}
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
     return {"settings": settings, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "lr": base_lr, "epoch_losses": losses, "train_seconds": round(train_seconds, 1), "knn_top1": knn}
 
@@ -165,7 +209,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="digits", help="as for selfsup-lab train, e.g. imagefolder:PATH (default digits)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--base-lr", type=float, default=0.06, help="lr = base·B/256 (the lab's 0.24 at B 512: 0.12)")
+    p.add_argument("--base-lr", type=float, default=0.06, help="lr = base·B/256 (the lab's: 0.12, lr 0.24 at B 512)")
     p.add_argument("--warmup-epochs", type=int, default=0, help="> 0: the lab's per-step warm-up + cosine")
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--proj-hidden", type=int, default=1024)
@@ -178,12 +222,16 @@ def parse_args(argv=None):
                    help="weight decay on batch-norm weights and biases too (--no-decay-all: the lab's)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=False,
                    help="normalise with the training set's mean / std (the lab's)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on a GPU (the lab's)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16: the lab's autocast + channels_last on a GPU (100 epochs in one 10-minute H100 command); "
+                        "fp32: as the reference (slower: split it with --checkpoint)")
     p.add_argument("--backbone", default="auto", help="auto (convnet on a CPU, resnet18 on a GPU), resnet18, convnet")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=int, help="train on a seeded subset of N images (a quick check)")
     p.add_argument("--data-dir")
+    p.add_argument("--checkpoint", help="save to this file after every epoch, and continue from it if it exists "
+                                        "(a long run in several commands)")
     p.add_argument("--out", help="write the settings and results to this JSON file")
     args = p.parse_args(argv)
     checks = [(args.epochs >= 1, "--epochs must be at least 1"), (args.batch_size >= 2, "--batch-size must be at least 2"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,6 +105,7 @@ class Run:
     def __init__(self, trainer: Trainer, metrics: dict | None = None):
         self.trainer = trainer
         self.metrics = metrics or {}
+        self.figure_files: list[Path] = []  # the figures `train` drew for this run (none if off or failed)
 
     @property
     def out(self) -> Path:
@@ -163,6 +165,9 @@ def make_config(method: str = "simclr", dataset: str = "digits", **options) -> T
     """Split keyword options into TrainConfig fields and method options."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config_values = {k: v for k, v in options.items() if k in fields}
+    if not isinstance(config_values.get("method_options", {}), dict):
+        raise UserError(f"method_options must be a dict such as {{'temperature': 0.5}}, "
+                        f"got {config_values['method_options']!r}")
     method_options = {**config_values.pop("method_options", {}), **{k: v for k, v in options.items() if k not in fields}}
     # The batch sampler travels with the method options too: `--set sampler=guided sampler.pseudo_labels=encoder`.
     if "sampler" in method_options:
@@ -189,7 +194,11 @@ def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callb
     if trainer.status == "finished":
         run.evaluate()
         if config.figures and distributed.is_main_process():
-            run.figures()
+            try:
+                run.figure_files = run.figures()
+            except UserError as err:  # e.g. a full disk: the trained run and its metrics are saved all the same
+                warnings.warn(f"the figures were not drawn: {err}; the checkpoint and metrics.json are saved, and "
+                              f"selfsup_lab.load_run({str(run.out)!r}).figures() draws them later", stacklevel=2)
     return run
 
 

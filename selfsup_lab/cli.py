@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from .errors import UserError
 
@@ -50,8 +52,6 @@ def cmd_train(args) -> int:
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out pointing at the run directory to continue")
-        from pathlib import Path
-
         # The run's own settings, with what was given on top: the trainer refuses a change that would make
         # the continued run a different one (train.RESUMABLE_CHANGES lists what may change).
         saved = dict(load_checkpoint(Path(args.out) / CHECKPOINT)["config"])
@@ -64,20 +64,20 @@ def cmd_train(args) -> int:
                         **options)
     except KeyboardInterrupt:
         out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
-        if (out / CHECKPOINT).exists():
-            print(f"interrupted; the checkpoint of the last completed epoch is kept — continue with --resume --out "
-                  f"{out}", file=sys.stderr)
+        if (out / CHECKPOINT).exists():  # the newline ends a progress bar's line
+            print(f"\ninterrupted; the checkpoint of the last completed epoch is kept — continue with: selfsup-lab "
+                  f"train --resume --out {out}", file=sys.stderr)
         else:
-            print("interrupted before the first epoch ended; no checkpoint was written", file=sys.stderr)
+            print("\ninterrupted before the first epoch ended; no checkpoint was written", file=sys.stderr)
         return 130
     if distributed.is_main_process():
         if run.status != "finished":
-            print(f"{run.status}; the last checkpoint is in {run.out} — continue with --resume --out {run.out}")
+            print(f"{run.status}; the last checkpoint is in {run.out} — continue with: selfsup-lab train --resume --out "
+                  f"{run.out}")
         else:
             print(f"done: {run.out}\n  {_summary(run)}")
-            figures = sorted((run.out / "figures").glob("*.png")) if (run.out / "figures").exists() else []
-            if figures:
-                print("  figures: " + ", ".join(str(p) for p in figures))
+            if run.figure_files:  # drawn now: not older ones left in figures/ by an earlier run
+                print("  figures: " + ", ".join(str(p) for p in run.figure_files))
     return 0
 
 
@@ -184,7 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """The lab's own warnings as one line, "warning: ..."; other libraries' as Python shows them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+_python_formatwarning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

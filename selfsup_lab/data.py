@@ -34,6 +34,7 @@ Where the images come from (`load_dataset(spec, split)`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -547,7 +548,8 @@ def _write_cache(path: Path, obj: dict) -> None:
         os.replace(tmp, path)
     except OSError as e:  # a read-only data dir should not stop anyone from training
         warnings.warn(f"could not write the dataset cache {path} ({e}); the data will be decoded again next time")
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a data dir that is a file: there is no temporary file either
+            tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -807,7 +809,9 @@ def _decode_part(source: Path, split: str, members: list[tuple[str, str, bytes]]
         try:
             arrays.append(_decode_image(data))
         except Exception as e:
-            raise UserError(f"could not decode image {rel} in {source} ({e}); remove or re-save that file") from None
+            # PIL's "cannot identify image file <_io.BytesIO object at 0x…>" names a buffer, not the file: say it plainly.
+            reason = "not an image format PIL can read" if type(e).__name__ == "UnidentifiedImageError" else str(e)
+            raise UserError(f"could not decode image {rel} in {source} ({reason}); remove or re-save that file") from None
         labels.append(UNLABELLED if cls.lower() in UNLABELLED_FOLDERS else classes.index(cls))
 
     sizes = Counter((a.shape[1], a.shape[0]) for a in arrays)

@@ -62,6 +62,10 @@ class SmallConvNet(nn.Module):
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
 
 
+# The smallest image side a backbone takes: the ConvNet halves its input three times (ResNets take any size).
+MIN_IMAGE_SIDE = {"convnet": 8}
+
+
 def resolve_backbone_name(name: str, device: torch.device | str) -> str:
     """`auto` follows the device: the small ConvNet on a CPU, ResNet-18 on a GPU."""
     if name == "auto":

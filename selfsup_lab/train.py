@@ -283,11 +283,39 @@ CONFIG_BOUNDS: Bounds = [
     (("crop_scale",), lambda v: 0 < v <= 1, "two fractions of the image area in (0, 1]"),
     (("train_subset",), lambda v: v >= 2, "2 or more images"),
     (("knn_k",), lambda v: v >= 1, "1 or more"),
+    # Each epoch's random generators are seeded with seed·1,000,003·31 + …, which must stay within 64 bits.
+    (("seed",), lambda v: 0 <= v < 2**32, "between 0 and 4294967295 (2**32 − 1)"),
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
           "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
           "augmentation": "--augmentation", "warmup_epochs": "--warmup-epochs",
           "batch_size": "--batch-size", "seed": "--seed"}
+
+
+# Setting types, checked before anything else so that a wrong one from Python (lr="0.1") gets a sentence, not a
+# TypeError from deep inside: whole numbers, numbers, and yes/no settings (None: decided by the device).
+_WHOLE = ("epochs", "batch_size", "seed", "warmup_epochs", "eval_every", "train_subset", "knn_k", "occupancy_every")
+_REAL = ("lr", "weight_decay", "momentum", "knn_temperature")
+_YES_NO = ("amp", "channels_last", "sync_batchnorm", "figures", "progress")
+
+
+def check_config_types(config: TrainConfig) -> None:
+    def flag(name):
+        return _FLAGS.get(name, name)
+
+    for name in _WHOLE + _REAL + _YES_NO:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name in _YES_NO:
+            if not isinstance(value, bool):
+                raise UserError(f"{flag(name)} must be True or False (or None for the default), got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, numbers.Integral if name in _WHOLE else numbers.Real):
+            kind = "a whole number" if name in _WHOLE else "a number"
+            raise UserError(f"{flag(name)} must be {kind}, got {value!r}")
+    for name in ("method_options", "sampler_options"):
+        if not isinstance(getattr(config, name), dict):
+            raise UserError(f"{name} must be a dict such as {{'temperature': 0.5}}, got {getattr(config, name)!r}")
 
 
 # What a resumed run may change: where and how it runs, what it shows and evaluates, how far it goes (a larger
@@ -333,10 +361,7 @@ class Trainer:
         self.overwrite = overwrite  # False: a fresh start refuses an --out that already holds a run
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
-        for name in ("epochs", "batch_size", "seed", "warmup_epochs", "eval_every", "train_subset"):
-            value = getattr(config, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-                raise UserError(f"{_FLAGS.get(name, name)} must be a whole number, got {value!r}")
+        check_config_types(config)
         self.epochs = config.resolved_epochs()
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
@@ -388,6 +413,11 @@ class Trainer:
         # Model.
         torch.manual_seed(config.seed)
         self.backbone_name = models.resolve_backbone_name(config.backbone, self.device)
+        side, smallest = min(self.train_set.images.shape[2:]), models.MIN_IMAGE_SIDE.get(self.backbone_name, 1)
+        if side < smallest:
+            raise UserError(f"the {self.backbone_name} backbone needs images of at least {smallest}×{smallest} pixels "
+                            f"(it halves them three times) and {config.dataset} has {side}-pixel sides; use larger "
+                            f"images or --backbone resnet18")
         backbone = models.build_backbone(self.backbone_name)
         context = MethodContext(num_train=len(self.train_set), num_classes=self.train_set.num_classes,
                                 batch_size=config.batch_size, epochs=self.epochs,

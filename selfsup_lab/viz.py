@@ -172,19 +172,27 @@ def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str
     return fig
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG, whole or not at all (a full disk leaves no empty image), and close it; a place that
+    cannot be written raises UserError."""
+    from .train import _write_atomically
+
+    try:
+        _write_atomically(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        _plt().close(fig)
+    return Path(path)
+
+
 def save_run_figures(run) -> list[Path]:
     """Write the standard figures of a run into run.out/figures."""
-    plt = _plt()
     folder = Path(run.out) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{run.trainer.config.method} on {data.display_name(run.trainer.config.dataset)}"
     written = []
 
     def save(fig, filename):
-        path = folder / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, folder / filename))
 
     save(training_curves(run.history, title=name), "training_curves.png")
     features, labels = run.embed("test")

@@ -312,3 +312,30 @@ def test_reference_recipe_refuses_bad_settings_in_one_line(flags, capsys):
         bench.parse_args(flags)
     assert exit_info.value.code == 2
     assert f"error: {flags[0]} must" in capsys.readouterr().err.strip().splitlines()[-1]  # names the flag
+
+
+def test_reference_recipe_interrupted_and_continued_equals_one_run(tmp_path, monkeypatch):
+    bench = load_benchmark("reference_recipe")
+    tiny = ["--dataset", "synthetic:n=128,classes=4,size=16", "--epochs", "2", "--batch-size", "32", "--device", "cpu",
+            "--backbone", "convnet", "--proj-hidden", "32"]
+    whole = bench.main(tiny)
+    checkpoint = tmp_path / "ckpt.pt"
+    save = bench.save_checkpoint
+
+    def save_then_stop(path, state):  # Ctrl-C right after the first epoch is saved
+        save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*tiny, "--checkpoint", str(checkpoint)])
+    monkeypatch.setattr(bench, "save_checkpoint", save)
+    continued = bench.main([*tiny, "--checkpoint", str(checkpoint)])
+    assert continued["epoch_losses"] == whole["epoch_losses"]
+    assert continued["knn_top1"] == whole["knn_top1"]
+
+    with pytest.raises(SystemExit, match="written by a run with other settings \\(temperature\\)"):
+        bench.main([*tiny, "--checkpoint", str(checkpoint), "--temperature", "0.2"])
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot be read as a checkpoint"):
+        bench.main([*tiny, "--checkpoint", str(checkpoint)])

@@ -92,7 +92,7 @@ def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypat
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"")
     assert main(["train", "--out", str(out), "--overwrite"]) == 130
-    assert f"continue with --resume --out {out}" in capsys.readouterr().err
+    assert f"continue with: selfsup-lab train --resume --out {out}" in capsys.readouterr().err
 
 
 def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):
@@ -111,6 +111,18 @@ def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):
     assert main(tiny + ["--overwrite"]) == 0
     assert (out / "checkpoint.pt").read_bytes() != b"an earlier run"
     assert not (out / "figures" / "occupancy_bars.png").exists()  # not presented as this run's figure
+
+
+def test_only_the_figures_drawn_now_are_listed(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["train", "--dataset", "synthetic:n=64,classes=2,size=16", "--batch-size", "32", "--device", "cpu",
+            "--out", str(out), "--no-progress", "--set", "proj_hidden=32"]
+    assert main([*tiny, "--epochs", "1"]) == 0
+    listed = capsys.readouterr().out.split("figures: ")[1].strip().split(", ")
+    assert sorted(listed) == sorted(str(p) for p in (out / "figures").glob("*.png"))
+    assert main([*tiny, "--epochs", "2", "--resume", "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "done:" in printed and "figures:" not in printed  # the epoch-1 pictures are not this run's
 
 
 def test_repeated_set_flags_add_up_and_each_is_checked(tmp_path, capsys):

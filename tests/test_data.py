@@ -286,8 +286,17 @@ def test_imagefolder_errors(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'notes.txt'}", data_dir=tmp_path)
     broken = make_folder(tmp_path / "broken", per_class=2)
     (broken / "cat" / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match="could not decode image cat/bad.png"):
+    with pytest.raises(UserError, match=r"could not decode image cat/bad.png in .* \(not an image format PIL can read\)"):
         load_dataset(f"imagefolder:{broken}", data_dir=tmp_path)
+
+
+def test_a_data_dir_that_cannot_hold_the_cache_only_warns(tmp_path):
+    src = make_folder(tmp_path / "src", per_class=3)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="could not write the dataset cache .* decoded again next time"):
+        dataset = load_dataset(f"imagefolder:{src}", data_dir=not_a_folder)
+    assert len(dataset) > 0
 
 
 # ---------------------------------------------------------------------------------------------- torchvision

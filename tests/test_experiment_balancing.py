@@ -135,6 +135,15 @@ def test_one_method_against_itself_with_other_options(tmp_path):
         compare_balancing(methods=("naive", "naive"), out=tmp_path, **TINY)
 
 
+@pytest.mark.parametrize("repeated, message", [({"batch_sizes": (16, 32, 16)}, "--batch-sizes lists 16 twice"),
+                                               ({"seeds": (1, 1)}, "--seeds lists 1 twice")])
+def test_a_repeated_batch_size_or_seed_is_refused_before_training(tmp_path, repeated, message):
+    # the same run twice into one folder, and a spread over "seeds" that is one seed
+    with pytest.raises(UserError, match=f"{message}; give each value once"):
+        compare_balancing(methods=("naive",), out=tmp_path / "out", **{**TINY, **repeated})
+    assert not (tmp_path / "out").exists()
+
+
 def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monkeypatch):
     from selfsup_lab.train import Trainer
 

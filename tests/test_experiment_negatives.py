@@ -66,3 +66,11 @@ def test_steps_budget_equalises_optimiser_steps_across_batch_sizes(tmp_path):
     assert [(r["batch_size"], r["epochs"], r["steps"]) for r in result["rows"]] == [(8, 1, 6), (16, 2, 6)]
     with pytest.raises(UserError, match="either epochs or steps"):
         compare_negatives(methods=("simclr",), steps=6, out=tmp_path, **TINY)
+
+
+@pytest.mark.parametrize("repeated, message", [({"batch_sizes": (16, 16)}, "--batch-sizes lists 16 twice"),
+                                               ({"seeds": (0, 2, 0)}, "--seeds lists 0 twice")])
+def test_a_repeated_batch_size_or_seed_is_refused_before_training(tmp_path, repeated, message):
+    with pytest.raises(UserError, match=f"{message}; give each value once"):
+        compare_negatives(out=tmp_path / "out", **{**TINY, "batch_sizes": (16,), **repeated})
+    assert not (tmp_path / "out").exists()

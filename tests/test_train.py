@@ -124,6 +124,13 @@ def test_unknown_method_option_is_one_clear_sentence(tmp_path):
     ({"lr": float("inf")}, "--lr must be above 0, got inf"),
     ({"epochs": 2.5}, "--epochs must be a whole number, got 2.5"),
     ({"batch_size": "64"}, "--batch-size must be a whole number, got '64'"),
+    ({"lr": "0.1"}, "--lr must be a number, got '0.1'"),
+    ({"weight_decay": True}, "--weight-decay must be a number, got True"),
+    ({"amp": "no"}, "amp must be True or False"),
+    ({"method_options": "temperature=0.5"}, "method_options must be a dict such as"),
+    ({"seed": 1_700_000_000_000}, r"--seed must be between 0 and 4294967295 \(2\*\*32 − 1\), got 1700000000000"),
+    ({"seed": -1}, "--seed must be between 0 and 4294967295"),
+    ({"dataset": "synthetic:n=96,classes=3,size=4"}, "the convnet backbone needs images of at least 8×8 pixels"),
     ({"epochs": 3, "warmup_epochs": 5}, r"--warmup-epochs \(5\) must not exceed the epochs \(3\)"),
 ])
 def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message):
@@ -141,6 +148,28 @@ def test_settings_out_of_range_are_one_clear_sentence(tmp_path, setting, message
 def test_method_options_out_of_range_are_refused(tmp_path, method, option, value, message):
     with pytest.raises(UserError, match=f"option '{option}' of {method} must be {message}"):
         selfsup_lab.train(method, **{**QUICK, "out": str(tmp_path), option: value})
+
+
+@pytest.mark.parametrize("method, option, value, message", [
+    ("simclr", "temperature", [0.5], r"expects float, got \[0.5\]"),
+    ("simclr", "one_pass", 1, "expects bool, got 1"),
+    ("coke", "num_clusters", (), r"expects one or more values, got \(\)"),
+    ("coke", "num_clusters", "", "needs one or more values, e.g. num_clusters=10,20"),  # --set num_clusters=
+    ("deepcluster", "num_prototypes", [10, 2.5], "expects int, got 2.5"),
+    ("triplet", "deputy", 3, "expects str, got 3"),
+])
+def test_method_options_of_the_wrong_type_are_refused(tmp_path, method, option, value, message):
+    with pytest.raises(UserError, match=f"option '{option}' {message}"):
+        selfsup_lab.train(method, **{**QUICK, "out": str(tmp_path), option: value})
+
+
+def test_method_options_from_python_take_the_declared_type():
+    from selfsup_lab.methods import get_method_class, parse_options
+
+    coke = parse_options(get_method_class("coke").Options, {"num_clusters": [4, 6.0], "temperature": 1})
+    assert coke.num_clusters == (4, 6) and type(coke.num_clusters[1]) is int  # a whole float is an int
+    assert coke.temperature == 1.0 and type(coke.temperature) is float
+    assert parse_options(get_method_class("simclr").Options, {"one_pass": "yes"}).one_pass is True  # --set text
 
 
 def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):

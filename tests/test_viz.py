@@ -49,3 +49,36 @@ def test_run_figures_of_a_clustering_method_include_the_entropy_with_the_rule_of
     assert set(drawn["series"]) == {"training assignments", "balancing rule off"}
     assert drawn["series"]["balancing rule off"] == run.trainer.occupancy_log["epochs_without_rule"]
     assert len(drawn["series"]["training assignments"]) == 2  # one count vector per epoch
+
+
+def test_a_full_disk_while_drawing_keeps_the_run_and_leaves_no_empty_image(tmp_path, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    import selfsup_lab
+
+    def disk_full(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:  # a part of the file is written, then the disk is full
+            f.write(b"\x89PNG")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    with pytest.warns(UserWarning, match=r"the figures were not drawn: cannot write .*training_curves.png \(No space "
+                                         r"left on device\).*metrics.json are saved"):
+        run = selfsup_lab.train("simclr", "synthetic:n=64,classes=4,size=16", epochs=1, batch_size=32,
+                                backbone="convnet", device="cpu", progress=False, out=str(tmp_path), proj_hidden=32)
+    assert run.status == "finished" and (tmp_path / "metrics.json").exists()
+    assert list((tmp_path / "figures").iterdir()) == []  # neither an empty PNG nor a temporary file
+
+
+def test_the_command_line_shows_the_labs_warnings_in_one_line():
+    import warnings
+    from pathlib import Path
+
+    from selfsup_lab import cli
+
+    ours = cli._one_line_warning("the figures were not drawn", UserWarning, str(Path(cli.__file__)), 1)
+    assert ours == "warning: the figures were not drawn\n"
+    theirs = cli._one_line_warning("deprecated", FutureWarning, "/somewhere/torch/nn.py", 7)
+    assert theirs == warnings.formatwarning("deprecated", FutureWarning, "/somewhere/torch/nn.py", 7)

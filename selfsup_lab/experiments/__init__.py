@@ -193,6 +193,20 @@ def _steps_budget(steps: int, batch_sizes, dataset: str, train_options: dict) ->
     return epochs, taken
 
 
+def distinct(values, flag: str) -> list[int]:
+    """Batch sizes or seeds as whole numbers, each once: a repeated one would train the same run twice into one
+    folder and show a spread over seeds that is not there."""
+    from ..errors import UserError
+
+    values = [int(v) for v in values]
+    if not values:
+        raise UserError(f"{flag} needs at least one value")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"{flag} lists {repeated[0]} twice; give each value once")
+    return values
+
+
 def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: str, train_options: dict,
                  default_epochs: int) -> tuple[dict[int, int], str]:
     """Epochs per batch size and the budget's name for tables: `epochs` (or `default_epochs`) at every batch

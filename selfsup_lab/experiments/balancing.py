@@ -62,8 +62,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, epoch_budget, folder_name,
-    parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
+    folder_name, parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -197,7 +197,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
         train_options.setdefault("train_subset", QUICK["train_subset"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
-    batch_sizes = [int(b) for b in batch_sizes]
+    batch_sizes = distinct(batch_sizes, "--batch-sizes")
+    seeds = distinct(seeds, "--seeds")
     fields = {f for f in TrainConfig.__dataclass_fields__}
     unknown = sorted(set(train_options) - fields)
     if unknown:
@@ -205,9 +206,6 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for _, name, _ in specs}  # unknown names fail before any training
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise UserError("give at least one seed")
     out = make_output_dir(Path(out))
 
     def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
@@ -234,7 +232,12 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                     runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": message})
                     continue
                 minutes = run.metrics.get("wall_seconds", float("nan")) / 60
-                runs.append({**summarise(run, minutes), "method": label, "seed": seed})
+                row = {**summarise(run, minutes), "method": label, "seed": seed}
+                runs.append(row)
+                print(f"[compare-balancing] {label} B={batch_size} seed={seed}: occupancy entropy "
+                      f"{row['entropy_ratio'] or 0:.2f}, largest cluster {row['max_share'] or 0:.1%}, "
+                      f"{row['empty'] or 0} of {row['k']} empty, kNN {row['knn_top1'] or 0:.3f} "
+                      f"({minutes * 60:.0f} s)", flush=True)
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
                 without_rule[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs_without_rule", [])
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
@@ -249,7 +252,6 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         return result
     from .. import data, viz
 
-    plt = viz._plt()
     (out / "figures").mkdir(exist_ok=True)
     title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
     first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
@@ -259,9 +261,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, labels, title=title), "batch_size_sweep.png"))
     for fig, filename in figures:
-        fig.savefig(out / "figures" / filename, dpi=110)
-        plt.close(fig)
-        result["figures"].append(str(out / "figures" / filename))
+        result["figures"].append(str(viz.save_figure(fig, out / "figures" / filename)))
 
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "

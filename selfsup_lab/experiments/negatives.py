@@ -49,8 +49,8 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, epoch_budget, folder_name,
-    parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
+    folder_name, parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -136,6 +136,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     from ..methods import get_method_class
     from ..train import make_output_dir
 
+    batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     out = Path(out)
     make_output_dir(out / "figures")
@@ -182,10 +183,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                 "markdown": markdown}
 
     def save(fig, name):
-        path = out / "figures" / name
-        fig.savefig(path, dpi=110)
-        viz._plt().close(fig)
-        figures.append(str(path))
+        figures.append(str(viz.save_figure(fig, out / "figures" / name)))
 
     save(viz.homogeneity_completeness_figure(rows), "homogeneity_completeness.png")
     save(viz.fragmentation_mixing_figure(rows), "fragmentation_mixing.png")

@@ -13,6 +13,8 @@ A methods/ file therefore reads like its section of METHODS.md and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -111,16 +113,47 @@ class Method(nn.Module):
 
 # --- options ------------------------------------------------------------------------------------------
 
+def _checked(value, annotation, key: str):
+    """A value given from Python (or read back from a run's config) must already have the option's type; a whole
+    float counts as an int, an int as a float, a list as a tuple."""
+    if value is None and type(None) in typing.get_args(annotation):
+        return None
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and args:
+        annotation, origin = args[0], typing.get_origin(args[0])
+    expected, ok = getattr(annotation, "__name__", str(annotation)), True
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        value = int(value) if ok else value
+    elif annotation is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif origin in (tuple, list):
+        expected = "one or more values"
+        ok = isinstance(value, (tuple, list)) and len(value) > 0
+        if ok:
+            items = [_checked(v, typing.get_args(annotation)[0], key) for v in value]
+            value = tuple(items) if origin is tuple else items
+    elif annotation is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise UserError(f"option '{key}' expects {expected}, got {value!r}")
+    return value
+
+
 def _convert(value, annotation, key: str):
-    """Turn a `--set key=value` string into the option's declared type."""
+    """Turn a `--set key=value` string into the option's declared type (other values: check theirs)."""
     if not isinstance(value, str):
-        return value
+        return _checked(value, annotation, key)
     text = value.strip()
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if text.lower() in ("none", "null") and (type(None) in typing.get_args(annotation)):
         return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if origin in (typing.Union, types.UnionType) and args:
         annotation, origin = args[0], typing.get_origin(args[0])
     try:
         if annotation is bool:
@@ -136,6 +169,8 @@ def _convert(value, annotation, key: str):
         if origin in (tuple, list):
             inner = typing.get_args(annotation)[0] if typing.get_args(annotation) else float
             parts = [p for p in text.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if p.strip()]
+            if not parts:
+                raise UserError(f"option '{key}' needs one or more values, e.g. {key}=10,20")
             items = [_convert(p, inner, key) for p in parts]
             return tuple(items) if origin is tuple else items
     except ValueError:
