@@ -8,6 +8,7 @@ the recipe, or is something in the lab wrong?":
 
     the reference's recipe (the defaults here)          the lab's trainer, for comparison
     lr = 0.06·B/256, cosine per epoch, no warm-up         0.06·B/128, 10 warm-up epochs, cosine per step
+    each epoch's last, smaller batch kept                dropped
     τ = 0.5                                               0.2
     projector 512 → 1024 → 128, no batch norm            512 → 2048 (batch norm) → 128
     crop area 0.2–1, grayscale p 0.1                      0.08–1, grayscale p 0.2
@@ -17,7 +18,8 @@ the recipe, or is something in the lab wrong?":
 
 What it takes from the lab unchanged: the data (`data.load_splits`: on our GPU machine the CIFAR-10 JPEG copy,
 not the reference's lossless PNGs), the ResNet with the CIFAR stem (`models.build_backbone`), the batched
-augmentation (`augment.Augmenter`: the same jitter 0.4/0.4/0.4/0.1 with p 0.8 and flips as the reference), the
+augmentation (`augment.Augmenter`: the same jitter 0.4/0.4/0.4/0.1 with p 0.8 and flips as the reference, the
+order of the four jitter operations drawn once per batch rather than per image), the
 NT-Xent loss (`methods.simclr.nt_xent_loss`) and the kNN (`metrics.knn_accuracy`). It reports both kNN protocols
 on the backbone's float32 features. Training runs under the lab's bf16 autocast by default, the one departure
 from the reference (its float32 run would not fit in one 10-minute command on our GPU machine); `--precision
@@ -83,9 +85,9 @@ def augment_config(args, train_set) -> augment.AugmentConfig:
 
 
 def lr_at(args, epoch: int, step: int, steps_per_epoch: int, base_lr: float) -> float:
-    """No warm-up: cosine stepped once per epoch (the reference's CosineAnnealingLR); with a warm-up, the lab's
-    per-step warm-up + cosine (`train.learning_rate`)."""
-    if args.warmup_epochs == 0:
+    """`--schedule epoch`: cosine stepped once per epoch, no warm-up (the reference's CosineAnnealingLR);
+    `--schedule step`: the lab's linear warm-up + cosine, updated every step (`train.learning_rate`)."""
+    if args.schedule == "epoch":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
     total = args.epochs * steps_per_epoch
     return learning_rate(epoch * steps_per_epoch + step, total, args.warmup_epochs * steps_per_epoch, base_lr)
@@ -108,8 +110,9 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(f.name, path)
 
 
-# Settings that may differ between the piece of a run that wrote a checkpoint and the piece that continues it.
-MAY_CHANGE = {"out", "checkpoint", "device"}
+# Settings that may differ between the piece of a run that wrote a checkpoint and the piece that continues it
+# (not the device: its random generator's state and, with --backbone auto, the network depend on it).
+MAY_CHANGE = {"out", "checkpoint"}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -166,13 +169,14 @@ def train_and_evaluate(args) -> dict:
         generator.set_state(resumed["generator"])
         first_epoch, losses, train_seconds = resumed["epoch"], resumed["epoch_losses"], resumed["train_seconds"]
         print(f"continuing {checkpoint} after epoch {first_epoch}", flush=True)
-    steps_per_epoch = math.ceil(len(images) / args.batch_size)  # the last, smaller batch is kept, as a DataLoader does
+    # The reference's DataLoader keeps each epoch's last, smaller batch; the lab's sampler drops it.
+    steps_per_epoch = (len(images) // args.batch_size if args.drop_last else math.ceil(len(images) / args.batch_size))
     for epoch in range(first_epoch, args.epochs):
         epoch_start, total, steps = time.time(), torch.zeros((), device=device), 0
         order = torch.randperm(len(images), device=device, generator=generator)
         for step, batch in enumerate(order.split(args.batch_size)):
-            if len(batch) < 2:
-                continue  # NT-Xent needs a negative
+            if len(batch) < (args.batch_size if args.drop_last else 2):
+                continue  # dropped, or a single image: NT-Xent needs a negative
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(args, epoch, step, steps_per_epoch, base_lr)
             view1, view2 = augmenter.views(images[batch], 2, generator)
@@ -210,7 +214,11 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--base-lr", type=float, default=0.06, help="lr = base·B/256 (the lab's: 0.12, lr 0.24 at B 512)")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="> 0: the lab's per-step warm-up + cosine")
+    p.add_argument("--schedule", choices=("epoch", "step"), default="epoch",
+                   help="epoch: cosine stepped per epoch, no warm-up; step: the lab's warm-up + cosine per step")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="with --schedule step (the lab's: 10, or epochs/10)")
+    p.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="drop each epoch's last, smaller batch (the lab's)")
     p.add_argument("--temperature", type=float, default=0.5)
     p.add_argument("--proj-hidden", type=int, default=1024)
     p.add_argument("--proj-bn", action=argparse.BooleanOptionalAction, default=False,
@@ -236,6 +244,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     checks = [(args.epochs >= 1, "--epochs must be at least 1"), (args.batch_size >= 2, "--batch-size must be at least 2"),
               (0 <= args.warmup_epochs <= args.epochs, "--warmup-epochs must be between 0 and --epochs"),
+              (args.warmup_epochs == 0 or args.schedule == "step", "--warmup-epochs needs --schedule step"),
               (args.temperature > 0, "--temperature must be above 0"), (0 < args.crop_low <= 1, "--crop-low must be in (0, 1]"),
               (0 <= args.gray_p <= 1, "--gray-p must be a probability in [0, 1]"),
               (args.train_subset is None or args.train_subset >= 2, "--train-subset must be at least 2")]

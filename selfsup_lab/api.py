@@ -196,7 +196,7 @@ def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callb
         if config.figures and distributed.is_main_process():
             try:
                 run.figure_files = run.figures()
-            except UserError as err:  # e.g. a full disk: the trained run and its metrics are saved all the same
+            except (UserError, OSError) as err:  # e.g. a full disk: the trained run and its metrics are saved all the same
                 warnings.warn(f"the figures were not drawn: {err}; the checkpoint and metrics.json are saved, and "
                               f"selfsup_lab.load_run({str(run.out)!r}).figures() draws them later", stacklevel=2)
     return run

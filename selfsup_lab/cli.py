@@ -196,6 +196,13 @@ _python_formatwarning = warnings.formatwarning
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
+    try:
+        return _run(argv)
+    finally:  # a notebook or test that calls main() gets Python's own format back
+        warnings.formatwarning = _python_formatwarning
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -546,7 +546,7 @@ def _write_cache(path: Path, obj: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except OSError as e:  # a read-only data dir should not stop anyone from training
+    except (OSError, RuntimeError) as e:  # a read-only data dir or a full disk (RuntimeError from torch.save)
         warnings.warn(f"could not write the dataset cache {path} ({e}); the data will be decoded again next time")
         with contextlib.suppress(OSError):  # e.g. a data dir that is a file: there is no temporary file either
             tmp.unlink(missing_ok=True)

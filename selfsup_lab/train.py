@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import distributed, samplers
@@ -300,6 +301,8 @@ _YES_NO = ("amp", "channels_last", "sync_batchnorm", "figures", "progress")
 
 
 def check_config_types(config: TrainConfig) -> None:
+    """Refuse a setting of the wrong type in one sentence; turn numpy numbers (from a notebook's sweep) into
+    Python ones in place, so that they serialise and index like the numbers they are."""
     def flag(name):
         return _FLAGS.get(name, name)
 
@@ -308,11 +311,15 @@ def check_config_types(config: TrainConfig) -> None:
         if value is None:
             continue
         if name in _YES_NO:
-            if not isinstance(value, bool):
+            if not isinstance(value, (bool, np.bool_)):
                 raise UserError(f"{flag(name)} must be True or False (or None for the default), got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, numbers.Integral if name in _WHOLE else numbers.Real):
+            setattr(config, name, bool(value))
+        elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral if name in _WHOLE
+                                                                    else numbers.Real):
             kind = "a whole number" if name in _WHOLE else "a number"
             raise UserError(f"{flag(name)} must be {kind}, got {value!r}")
+        else:
+            setattr(config, name, int(value) if name in _WHOLE else float(value))
     for name in ("method_options", "sampler_options"):
         if not isinstance(getattr(config, name), dict):
             raise UserError(f"{name} must be a dict such as {{'temperature': 0.5}}, got {getattr(config, name)!r}")

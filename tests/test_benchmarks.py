@@ -283,7 +283,7 @@ def test_reference_recipe_flags_reach_the_model_optimiser_schedule_and_views():
     bench = load_benchmark("reference_recipe")
     reference = bench.parse_args([])
     lab = bench.parse_args(["--proj-bn", "--no-decay-all", "--normalize", "--gray-p", "0.2", "--crop-low", "0.08",
-                            "--warmup-epochs", "10"])
+                            "--schedule", "step", "--warmup-epochs", "10", "--drop-last"])
     # projector: Linear-ReLU-Linear, or the lab's with batch norm on the hidden layer
     plain, with_bn = (bench.projector(512, 1024, 128, a.proj_bn) for a in (reference, lab))
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain)
@@ -299,22 +299,48 @@ def test_reference_recipe_flags_reach_the_model_optimiser_schedule_and_views():
     raw, normalised = (bench.augment_config(a, train_set) for a in (reference, lab))
     assert (raw.mean, raw.std, raw.scale, raw.gray_p) == ((0.0,) * 3, (1.0,) * 3, (0.2, 1.0), 0.1)
     assert (normalised.mean, normalised.std) == train_set.channel_stats() and normalised.gray_p == 0.2
-    # schedule: cosine stepped per epoch without warm-up; the lab's per-step schedule with one
-    assert [bench.lr_at(reference, e, 3, 10, 1.0) for e in (0, 50)] == [pytest.approx(1.0), pytest.approx(0.5)]
+    # schedule: cosine stepped per epoch without warm-up; the lab's per-step warm-up + cosine
+    assert [bench.lr_at(reference, e, s, 10, 1.0) for e, s in ((0, 0), (0, 9), (50, 3))] == [1.0, 1.0, pytest.approx(0.5)]
     assert bench.lr_at(lab, 12, 3, 10, 1.0) == learning_rate(123, 1000, 100, 1.0)
+    assert bench.lr_at(lab, 0, 3, 10, 1.0) == learning_rate(3, 1000, 100, 1.0) == 0.04  # warming up: 4 of 100 steps
+
+
+def test_reference_recipe_flags_reach_the_training_it_runs(monkeypatch):
+    """The same flags through main(): what the loop builds and how many steps it takes per epoch."""
+    bench = load_benchmark("reference_recipe")
+    seen = {"heads": [], "optimisers": [], "augment": [], "steps": 0}
+    projector, optimizer_for, augmenter = bench.projector, bench.optimizer_for, bench.augment.Augmenter
+    loss = bench.nt_xent_loss
+
+    def count_step(*args):
+        seen["steps"] += 1
+        return loss(*args)
+
+    monkeypatch.setattr(bench, "projector", lambda *a: seen["heads"].append(a[-1]) or projector(*a))
+    monkeypatch.setattr(bench, "optimizer_for", lambda *a: seen["optimisers"].append(a[-1]) or optimizer_for(*a))
+    monkeypatch.setattr(bench.augment, "Augmenter", lambda config: seen["augment"].append(config) or augmenter(config))
+    monkeypatch.setattr(bench, "nt_xent_loss", count_step)
+    tiny = ["--dataset", "synthetic:n=128,classes=4,size=16", "--train-subset", "100", "--epochs", "1",
+            "--batch-size", "32", "--device", "cpu", "--backbone", "convnet", "--proj-hidden", "32"]
+    bench.main(tiny)  # the reference's: 100 images in batches of 32, 32, 32 and 4
+    bench.main([*tiny, "--proj-bn", "--no-decay-all", "--normalize", "--gray-p", "0.2", "--drop-last"])  # 3 batches
+    assert seen["heads"] == [False, True] and seen["optimisers"] == [True, False]
+    assert [(c.gray_p, c.std == (1.0, 1.0, 1.0)) for c in seen["augment"]] == [(0.1, True), (0.2, False)]
+    assert seen["steps"] == 4 + 3
 
 
 @pytest.mark.parametrize("flags", [["--temperature", "0"], ["--crop-low", "1.5"], ["--gray-p", "2"],
-                                   ["--warmup-epochs", "5", "--epochs", "3"], ["--batch-size", "1"]])
+                                   ["--warmup-epochs", "5", "--epochs", "3"], ["--batch-size", "1"],
+                                   ["--warmup-epochs", "2"]])
 def test_reference_recipe_refuses_bad_settings_in_one_line(flags, capsys):
     bench = load_benchmark("reference_recipe")
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(flags)
     assert exit_info.value.code == 2
-    assert f"error: {flags[0]} must" in capsys.readouterr().err.strip().splitlines()[-1]  # names the flag
+    assert f"error: {flags[0]} " in capsys.readouterr().err.strip().splitlines()[-1]  # names the flag
 
 
-def test_reference_recipe_interrupted_and_continued_equals_one_run(tmp_path, monkeypatch):
+def test_reference_recipe_interrupted_and_continued_equals_one_run(tmp_path, monkeypatch, capsys):
     bench = load_benchmark("reference_recipe")
     tiny = ["--dataset", "synthetic:n=128,classes=4,size=16", "--epochs", "2", "--batch-size", "32", "--device", "cpu",
             "--backbone", "convnet", "--proj-hidden", "32"]
@@ -330,7 +356,12 @@ def test_reference_recipe_interrupted_and_continued_equals_one_run(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         bench.main([*tiny, "--checkpoint", str(checkpoint)])
     monkeypatch.setattr(bench, "save_checkpoint", save)
+    capsys.readouterr()
+    steps, loss = [], bench.nt_xent_loss
+    monkeypatch.setattr(bench, "nt_xent_loss", lambda *args: steps.append(1) or loss(*args))
     continued = bench.main([*tiny, "--checkpoint", str(checkpoint)])
+    assert f"continuing {checkpoint} after epoch 1" in capsys.readouterr().out
+    assert len(steps) == 128 // 32  # only the second epoch was trained again
     assert continued["epoch_losses"] == whole["epoch_losses"]
     assert continued["knn_top1"] == whole["knn_top1"]
 

@@ -234,10 +234,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 minutes = run.metrics.get("wall_seconds", float("nan")) / 60
                 row = {**summarise(run, minutes), "method": label, "seed": seed}
                 runs.append(row)
+                shown = {key: "–" if row[key] is None else format(row[key], fmt) for key, fmt in
+                         (("entropy_ratio", ".2f"), ("max_share", ".1%"), ("empty", "d"), ("knn_top1", ".3f"))}
                 print(f"[compare-balancing] {label} B={batch_size} seed={seed}: occupancy entropy "
-                      f"{row['entropy_ratio'] or 0:.2f}, largest cluster {row['max_share'] or 0:.1%}, "
-                      f"{row['empty'] or 0} of {row['k']} empty, kNN {row['knn_top1'] or 0:.3f} "
-                      f"({minutes * 60:.0f} s)", flush=True)
+                      f"{shown['entropy_ratio']}, largest cluster {shown['max_share']}, {shown['empty']} of {row['k']} "
+                      f"empty, kNN {shown['knn_top1']} ({minutes * 60:.0f} s)", flush=True)
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
                 without_rule[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs_without_rule", [])
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])

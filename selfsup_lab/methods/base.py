@@ -18,6 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -124,12 +125,13 @@ def _checked(value, annotation, key: str):
         annotation, origin = args[0], typing.get_origin(args[0])
     expected, ok = getattr(annotation, "__name__", str(annotation)), True
     if annotation is bool:
-        ok = isinstance(value, bool)
+        ok = isinstance(value, (bool, np.bool_))
+        value = bool(value) if ok else value
     elif annotation is int:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and float(value).is_integer()
         value = int(value) if ok else value
     elif annotation is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         value = float(value) if ok else value
     elif origin in (tuple, list):
         expected = "one or more values"
