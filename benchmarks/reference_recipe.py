@@ -41,8 +41,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +51,8 @@ from selfsup_lab import augment, data, models
 from selfsup_lab.errors import UserError
 from selfsup_lab.metrics import knn_accuracy
 from selfsup_lab.methods.simclr import nt_xent_loss
-from selfsup_lab.train import learning_rate, resolve_device
+from selfsup_lab.train import (TrainConfig, _atomic_write_text, atomic_torch_save, build_optimizer, learning_rate,
+                               resolve_device)
 
 # (label, k, τ): the lab's kNN (METHODS.md §5) and the reference's (scikit-learn, 10 neighbours, one vote each).
 PROTOCOLS = [("k = 200, weighted exp(s/0.1) (the lab's)", 200, 0.1), ("k = 10, plain vote (the reference's)", 10, math.inf)]
@@ -67,14 +66,11 @@ def projector(in_dim: int, hidden: int, out_dim: int, batch_norm: bool) -> nn.Se
 
 
 def optimizer_for(model: nn.Module, lr: float, weight_decay: float, decay_all: bool) -> torch.optim.SGD:
-    """SGD with momentum 0.9; weight decay on every parameter (the reference), or, as the lab's trainer does,
-    not on batch-norm weights and biases (the 1-d parameters)."""
+    """SGD with momentum 0.9; weight decay on every parameter (the reference), or the lab's own optimiser
+    (`train.build_optimizer`: none on batch-norm weights and biases, the 1-d parameters)."""
     if decay_all:
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=0.9)
+    return build_optimizer(model, TrainConfig(optimizer="sgd", momentum=0.9, weight_decay=weight_decay), lr)
 
 
 def augment_config(args, train_set) -> augment.AugmentConfig:
@@ -103,11 +99,9 @@ def embed(backbone: nn.Module, images: torch.Tensor, mean, std, device, batch_si
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Whole or not at all: a temporary file renamed over the target."""
+    """Whole or not at all (the trainer's atomic write: a temporary file renamed over the target)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(obj, f, indent=2)
-    os.replace(f.name, path)
+    _atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 # Settings that may differ between the piece of a run that wrote a checkpoint and the piece that continues it
@@ -116,11 +110,9 @@ MAY_CHANGE = {"out", "checkpoint"}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """After every epoch, whole or not at all (torch.save to a temporary file, then a rename)."""
+    """After every epoch, whole or not at all (the trainer's `atomic_torch_save`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save(state, f)
-    os.replace(f.name, path)
+    atomic_torch_save(state, path)
 
 
 def load_checkpoint(path: Path, settings: dict) -> dict:
