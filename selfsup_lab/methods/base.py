@@ -114,15 +114,22 @@ class Method(nn.Module):
 
 # --- options ------------------------------------------------------------------------------------------
 
-def _checked(value, annotation, key: str):
-    """A value given from Python (or read back from a run's config) must already have the option's type; a whole
-    float counts as an int, an int as a float, a list as a tuple."""
-    if value is None and type(None) in typing.get_args(annotation):
-        return None
+def _unwrap_optional(annotation) -> tuple[object, object, bool]:
+    """`int | None` → (int, its origin, True): the type a value must have, and whether None is allowed."""
+    optional = type(None) in typing.get_args(annotation)
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and args:
         annotation, origin = args[0], typing.get_origin(args[0])
+    return annotation, origin, optional
+
+
+def _checked(value, annotation, key: str):
+    """A value given from Python (or read back from a run's config) must already have the option's type; a whole
+    float counts as an int, an int as a float, a list as a tuple."""
+    annotation, origin, optional = _unwrap_optional(annotation)
+    if value is None and optional:
+        return None
     expected, ok = getattr(annotation, "__name__", str(annotation)), True
     if annotation is bool:
         ok = isinstance(value, (bool, np.bool_))
@@ -151,12 +158,9 @@ def _convert(value, annotation, key: str):
     if not isinstance(value, str):
         return _checked(value, annotation, key)
     text = value.strip()
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if text.lower() in ("none", "null") and (type(None) in typing.get_args(annotation)):
+    annotation, origin, optional = _unwrap_optional(annotation)
+    if text.lower() in ("none", "null") and optional:
         return None
-    if origin in (typing.Union, types.UnionType) and args:
-        annotation, origin = args[0], typing.get_origin(args[0])
     try:
         if annotation is bool:
             if text.lower() in ("1", "true", "yes", "on"):
