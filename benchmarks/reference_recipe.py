@@ -51,8 +51,8 @@ from selfsup_lab import augment, data, models
 from selfsup_lab.errors import UserError
 from selfsup_lab.metrics import knn_accuracy
 from selfsup_lab.methods.simclr import nt_xent_loss
-from selfsup_lab.train import (TrainConfig, _atomic_write_text, atomic_torch_save, build_optimizer, learning_rate,
-                               resolve_device)
+from selfsup_lab.train import (TrainConfig, _atomic_write_text, atomic_torch_save, build_optimizer, epoch_generators,
+                               learning_rate, resolve_device)
 
 # (label, k, τ): the lab's kNN (METHODS.md §5) and the reference's (scikit-learn, 10 neighbours, one vote each).
 PROTOCOLS = [("k = 200, weighted exp(s/0.1) (the lab's)", 200, 0.1), ("k = 10, plain vote (the reference's)", 10, math.inf)]
@@ -105,7 +105,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 # Settings that may differ between the piece of a run that wrote a checkpoint and the piece that continues it
-# (not the device: its random generator's state and, with --backbone auto, the network depend on it).
+# (not the device: the views are drawn by a generator on it, and with --backbone auto the network depends on it).
 MAY_CHANGE = {"out", "checkpoint"}
 
 
@@ -134,13 +134,17 @@ def train_and_evaluate(args) -> dict:
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     resumed = load_checkpoint(checkpoint, settings) if checkpoint and checkpoint.exists() else None
-    torch.manual_seed(args.seed)
     train_set, test_set = data.load_splits(args.dataset, data_dir=args.data_dir)
-    if args.train_subset and args.train_subset < len(train_set):
-        train_set = train_set.subset(torch.randperm(len(train_set))[:args.train_subset])
+    if args.train_subset and args.train_subset < len(train_set):  # the trainer's subset for the same seed
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
+        train_set = train_set.subset(keep[:args.train_subset])
     config = augment_config(args, train_set)
     augmenter = augment.Augmenter(config)
 
+    # Random draws as the trainer's: weights from the seed, batches and views from (seed, epoch) — so with the
+    # lab's settings this loop takes the trainer's steps exactly, and a flag's effect is measured on the same
+    # batches, views and initial weights instead of on another draw.
+    torch.manual_seed(args.seed)
     backbone = models.build_backbone(models.resolve_backbone_name(args.backbone, device)).to(device)
     head = projector(backbone.feature_dim, args.proj_hidden, 128, args.proj_bn).to(device)
     model = nn.Sequential(backbone, head)
@@ -153,25 +157,24 @@ def train_and_evaluate(args) -> dict:
     model = model.to(memory_format=memory_format)
 
     images = train_set.images.to(device).contiguous(memory_format=memory_format)  # the views keep the format
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     first_epoch, losses, train_seconds = 0, [], 0.0
-    if resumed:
+    if resumed:  # nothing random to restore: each epoch's generators come from the seed and the epoch
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        generator.set_state(resumed["generator"])
         first_epoch, losses, train_seconds = resumed["epoch"], resumed["epoch_losses"], resumed["train_seconds"]
         print(f"continuing {checkpoint} after epoch {first_epoch}", flush=True)
     # The reference's DataLoader keeps each epoch's last, smaller batch; the lab's sampler drops it.
-    steps_per_epoch = (len(images) // args.batch_size if args.drop_last else math.ceil(len(images) / args.batch_size))
+    sampler = data.RandomBatches(len(images), args.batch_size, drop_last=args.drop_last)
+    steps_per_epoch = len(sampler)
     for epoch in range(first_epoch, args.epochs):
         epoch_start, total, steps = time.time(), torch.zeros((), device=device), 0
-        order = torch.randperm(len(images), device=device, generator=generator)
-        for step, batch in enumerate(order.split(args.batch_size)):
-            if len(batch) < (args.batch_size if args.drop_last else 2):
-                continue  # dropped, or a single image: NT-Xent needs a negative
+        batch_gen, aug_gen = epoch_generators(args.seed, epoch, device)
+        for step, batch in enumerate(sampler.batches(epoch, batch_gen)):
+            if len(batch) < 2:
+                continue  # a last batch of one image: NT-Xent needs a negative
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(args, epoch, step, steps_per_epoch, base_lr)
-            view1, view2 = augmenter.views(images[batch], 2, generator)
+            view1, view2 = augmenter.views(images[batch.to(device)], 2, aug_gen)
             with autocast():  # two backbone passes, one per view, as the reference
                 loss, _ = nt_xent_loss(model(view1), model(view2), args.temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -186,8 +189,8 @@ def train_and_evaluate(args) -> dict:
         train_seconds += time.time() - epoch_start
         if checkpoint:
             save_checkpoint(checkpoint, {"settings": settings, "epoch": epoch + 1, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                                         "epoch_losses": losses, "train_seconds": train_seconds})
+                                         "optimizer": optimizer.state_dict(), "epoch_losses": losses,
+                                         "train_seconds": train_seconds})
         print(f"epoch {epoch + 1}/{args.epochs}: loss {mean_loss:.4f}, lr {optimizer.param_groups[0]['lr']:.4f}, "
               f"{time.time() - epoch_start:.1f} s", flush=True)
 

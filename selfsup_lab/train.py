@@ -162,6 +162,19 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, lr: float) -> t
     raise UserError(f"unknown optimizer '{config.optimizer}'; choose sgd or lars")
 
 
+def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """The random generators of one epoch: (batches, on the CPU; augmentation, on the training device).
+
+    Seeded from the run's seed and the epoch alone, so a resumed run draws what the uninterrupted run drew
+    without checkpointing a generator's state. Each rank augments its share of the batch with its own stream.
+    """
+    epoch_seed = seed * 1_000_003 + epoch
+    torch.manual_seed(epoch_seed)
+    batch_gen = torch.Generator().manual_seed(epoch_seed)
+    aug_gen = torch.Generator(device=device).manual_seed(epoch_seed * 31 + distributed.rank() + 1)
+    return batch_gen, aug_gen
+
+
 def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     """Linear warm-up to `base_lr`, then a cosine decay to 0."""
     if step < warmup_steps:
@@ -507,13 +520,6 @@ class Trainer:
         self.method.train(was_training)
         return torch.cat(outs)
 
-    def _seed_epoch(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
-        seed = self.config.seed * 1_000_003 + epoch
-        torch.manual_seed(seed)
-        batch_gen = torch.Generator().manual_seed(seed)
-        aug_gen = torch.Generator(device=self.device).manual_seed(seed * 31 + distributed.rank() + 1)
-        return batch_gen, aug_gen
-
     # -- checkpointing -------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
         return {
@@ -633,7 +639,7 @@ class Trainer:
 
         while self.epoch < self.epochs and not self._stop_requested:
             epoch = self.epoch
-            batch_gen, aug_gen = self._seed_epoch(epoch)
+            batch_gen, aug_gen = epoch_generators(config.seed, epoch, self.device)
             self.method.train()
             if hasattr(self.sampler, "on_epoch_start"):  # guided batches: (re)compute pseudo-labels
                 self.sampler.on_epoch_start(epoch, self)

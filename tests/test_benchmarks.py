@@ -329,6 +329,38 @@ def test_reference_recipe_flags_reach_the_training_it_runs(monkeypatch):
     assert seen["steps"] == 4 + 3
 
 
+def test_reference_recipe_with_the_labs_settings_trains_the_trainers_model(tmp_path, monkeypatch):
+    """With every lab setting put back, the script's loop takes the trainer's steps exactly: same initial weights,
+    batches, views, learning rates and updates, so the same backbone and the same kNN. (A flag's effect is then
+    measured on the trainer's own random draws, not on another sample.)"""
+    from selfsup_lab.train import TrainConfig, Trainer
+
+    bench = load_benchmark("reference_recipe")
+    dataset, seed = "synthetic:n=200,classes=4,size=16", 3
+    trainer = Trainer(TrainConfig(method="simclr", dataset=dataset, epochs=2, batch_size=48, backbone="convnet",
+                                  device="cpu", seed=seed, out=str(tmp_path / "run"), figures=False, progress=False,
+                                  method_options={"proj_hidden": 32})).fit()
+    trained = []
+    embed = bench.embed
+    monkeypatch.setattr(bench, "embed", lambda backbone, *a, **k: trained.append(backbone) or embed(backbone, *a, **k))
+    result = bench.main(["--dataset", dataset, "--epochs", "2", "--batch-size", "48", "--device", "cpu",
+                         "--backbone", "convnet", "--seed", str(seed), "--proj-hidden", "32", "--base-lr", "0.12",
+                         "--temperature", "0.2", "--proj-bn", "--crop-low", "0.08", "--gray-p", "0.2",
+                         "--no-decay-all", "--normalize", "--schedule", "step", "--drop-last"])
+    ours = trainer.method.backbone.state_dict()
+    theirs = trained[0].state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert result["epoch_losses"] == pytest.approx([row["loss"] for row in trainer.history], rel=1e-5)
+    # and not by accident: another seed trains other weights
+    other = bench.main(["--dataset", dataset, "--epochs", "2", "--batch-size", "48", "--device", "cpu",
+                        "--backbone", "convnet", "--seed", str(seed + 1), "--proj-hidden", "32", "--base-lr", "0.12",
+                        "--temperature", "0.2", "--proj-bn", "--crop-low", "0.08", "--gray-p", "0.2",
+                        "--no-decay-all", "--normalize", "--schedule", "step", "--drop-last"])
+    assert other["epoch_losses"] != pytest.approx(result["epoch_losses"], rel=1e-5)
+
+
 @pytest.mark.parametrize("flags", [["--temperature", "0"], ["--crop-low", "1.5"], ["--gray-p", "2"],
                                    ["--warmup-epochs", "5", "--epochs", "3"], ["--batch-size", "1"],
                                    ["--warmup-epochs", "2"]])
