@@ -20,7 +20,10 @@ What it takes from the lab unchanged: the data (`data.load_splits`: on our GPU m
 not the reference's lossless PNGs), the ResNet with the CIFAR stem (`models.build_backbone`), the batched
 augmentation (`augment.Augmenter`: the same jitter 0.4/0.4/0.4/0.1 with p 0.8 and flips as the reference, the
 order of the four jitter operations drawn once per batch rather than per image), the
-NT-Xent loss (`methods.simclr.nt_xent_loss`) and the kNN (`metrics.knn_accuracy`). It reports both kNN protocols
+NT-Xent loss (`methods.simclr.nt_xent_loss`), the kNN (`metrics.knn_accuracy`) and the trainer's random draws
+(initial weights from the seed; each epoch's batches and views from `train.epoch_generators`): with every lab
+setting put back it trains the trainer's model step for step (a test checks it on a CPU), and a flag's effect is
+measured on the same batches and views rather than on another sample. It reports both kNN protocols
 on the backbone's float32 features. Training runs under the lab's bf16 autocast by default, the one departure
 from the reference (its float32 run would not fit in one 10-minute command on our GPU machine); `--precision
 fp32` with `--checkpoint` measures that too. If this reaches the reference, the lab's parts are sound and the gap is its

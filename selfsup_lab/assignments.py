@@ -40,9 +40,13 @@ student version and the test-suite fills the model answer in (`fill_solution`).
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import copy
 import html
 import inspect
+import io
+import linecache
 import math
 import signal
 import sys
@@ -64,6 +68,10 @@ __all__ = [
 SOLUTION_TAG = "solution"  # the cell the student edits
 SETUP_TAG = "setup"        # imports the solution cell relies on; run before it when grading
 CHECK_TAG = "check"        # the auto-check cell (not run by the grader: it runs the check itself)
+
+# The heading of each exercise's report (in Jupyter and from the grader alike).
+REPORT_TITLES = {"nt_xent": "NT-Xent loss", "sinkhorn": "Sinkhorn-Knopp", "coke_dual_step": "CoKe dual step",
+                 "excb_balancing": "ExCB balancing"}
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -171,7 +179,8 @@ def _describe_exception(exc: BaseException) -> str:
     where = ""
     if own:
         f = own[-1]
-        where = f"\n  raised at line {f.lineno} of your code" + (f": {f.line.strip()}" if f.line else "")
+        place = f.filename if "[cell " in f.filename else "your code"  # the grader names the notebook's cell
+        where = f"\n  raised at line {f.lineno} of {place}" + (f": {f.line.strip()}" if f.line else "")
     return f"{type(exc).__name__}: {exc}{where}"
 
 
@@ -234,13 +243,25 @@ def _as_tensor_problem(got) -> str | None:
     return f"your function returned a {kind}; expected a torch.Tensor"
 
 
+def _output_problem(got, shape: tuple) -> str | None:
+    """None when `got` is a tensor of this shape; otherwise what is wrong with it. Checked before a property is
+    tested on the output, so a wrong shape is reported as such instead of failing inside the check."""
+    problem = _as_tensor_problem(got)
+    if problem is None and tuple(got.shape) != tuple(shape):
+        problem = f"shape: expected {tuple(shape)}, got {tuple(got.shape)}"
+    return problem
+
+
+def _first_output_problem(outputs, shape: tuple) -> str | None:
+    """What is wrong with the first of several outputs that is not a tensor of this shape (None: all are)."""
+    return next((problem for got in outputs if (problem := _output_problem(got, shape))), None)
+
+
 def _mismatch(got, expected: torch.Tensor, rtol: float, atol: float) -> str | None:
     """None when `got` matches `expected`; otherwise a sentence saying how it differs."""
-    problem = _as_tensor_problem(got)
+    problem = _output_problem(got, expected.shape)
     if problem:
         return problem
-    if tuple(got.shape) != tuple(expected.shape):
-        return f"shape: expected {tuple(expected.shape)}, got {tuple(got.shape)}"
     g, e = got.detach().float().cpu(), expected.detach().float().cpu()
     bad = ~torch.isfinite(g)
     if bad.any() and torch.isfinite(e).all():
@@ -263,8 +284,8 @@ def _mismatch(got, expected: torch.Tensor, rtol: float, atol: float) -> str | No
 class _Check:
     """Collects the cases of one exercise; a student exception fails only the case it happened in."""
 
-    def __init__(self, exercise: str, title: str, student_fn: Callable, unpack_first: bool = False):
-        self.result = CheckResult(exercise, title)
+    def __init__(self, exercise: str, student_fn: Callable, unpack_first: bool = False):
+        self.result = CheckResult(exercise, REPORT_TITLES[exercise])
         self.run = _Runner(student_fn, unpack_first)
         self.stopped = False
         if not callable(student_fn):
@@ -287,6 +308,9 @@ class _Check:
             return
         except _StudentError as exc:
             outcome = (str(exc), "run your function on a small input in a cell of its own and read the traceback")
+        except Exception as exc:  # the check itself tripped over the output (an odd dtype, say): fail this case only
+            outcome = (f"the check could not use what your function returned ({type(exc).__name__}: {exc})",
+                       "compare the type, shape and dtype of your result with the docstring's `Returns`")
         if outcome is None:
             self.result.cases.append(Case(name, True))
         elif isinstance(outcome, tuple):
@@ -368,7 +392,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
 
     Returning the reference's `(loss, positive_rank)` tuple is accepted too (the first element is graded).
     """
-    chk = _Check("nt_xent", "NT-Xent loss", student_fn, unpack_first=True)
+    chk = _Check("nt_xent", student_fn, unpack_first=True)
     ref = _nt_xent_reference
     rtol, atol = 1e-4, 1e-5
 
@@ -413,7 +437,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
             raise _StudentError(_describe_exception(exc)) from exc
         if isinstance(loss, (tuple, list)):
             loss = loss[0]
-        problem = _as_tensor_problem(loss)
+        problem = _output_problem(loss, ())
         if problem:
             return problem
         if not loss.requires_grad:
@@ -437,9 +461,9 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         g = _generator(30)
         z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
         base, scaled = chk.run(z1, z2, 0.5), chk.run(10.0 * z1, 0.01 * z2, 0.5)
-        for v in (base, scaled):
-            if _as_tensor_problem(v):
-                return _as_tensor_problem(v)
+        problem = _first_output_problem((base, scaled), ())
+        if problem:
+            return problem
         if not torch.allclose(base.detach().float(), scaled.detach().float(), rtol=1e-4, atol=1e-5):
             return (f"loss(z1, z2) = {float(base):.5f} but loss(10·z1, 0.01·z2) = {float(scaled):.5f}",
                     "the loss uses cosine similarity: normalise each embedding to unit length first")
@@ -454,9 +478,9 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         other = torch.randn(32, 64, generator=g)
         levels = [0.05, 0.5, 2.0]
         losses = [chk.run(z1, z1 + s * noise, 0.2) for s in levels] + [chk.run(z1, other, 0.2)]
-        for v in losses:
-            if _as_tensor_problem(v):
-                return _as_tensor_problem(v)
+        problem = _first_output_problem(losses, ())
+        if problem:
+            return problem
         values = [float(v) for v in losses]
         if not all(a < b for a, b in zip(values, values[1:])):
             shown = ", ".join(f"{v:.3f}" for v in values)
@@ -471,9 +495,9 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         g = _generator(50)
         z1, z2 = torch.randn(12, 8, generator=g), torch.randn(12, 8, generator=g)
         a, b = chk.run(z1, z2, 0.5), chk.run(z2, z1, 0.5)
-        for v in (a, b):
-            if _as_tensor_problem(v):
-                return _as_tensor_problem(v)
+        problem = _first_output_problem((a, b), ())
+        if problem:
+            return problem
         if not torch.allclose(a.detach().float(), b.detach().float(), rtol=1e-4, atol=1e-5):
             return (f"loss(z1, z2) = {float(a):.5f} but loss(z2, z1) = {float(b):.5f}",
                     "both views are anchors: average over all 2B embeddings, not only view 1's")
@@ -497,7 +521,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
     """Check `student_fn(scores, epsilon=0.05, iterations=3) -> (B, K) targets` against `balancing.sinkhorn`."""
     from .balancing import sinkhorn as ref
 
-    chk = _Check("sinkhorn", "Sinkhorn-Knopp", student_fn)
+    chk = _Check("sinkhorn", student_fn)
     rtol, atol = 1e-4, 1e-6
 
     def compare(scores, eps, iters, tol=(rtol, atol)):
@@ -548,7 +572,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         scores = _cosines(48, 6, 16, 7)
         batch, clusters = scores.shape
         q = chk.run(scores, epsilon=0.05, iterations=3)
-        problem = _as_tensor_problem(q)
+        problem = _output_problem(q, scores.shape)
         if problem:
             return problem
         q = q.detach().float()
@@ -559,6 +583,9 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
             return (f"row sums should all be 1, got {_fmt(rows[:6])}… (min {rows.min():.4g}, max {rows.max():.4g})",
                     "finish with the row normalisation and rescale rows to sum to 1")
         q = chk.run(scores, epsilon=0.05, iterations=100)
+        problem = _output_problem(q, scores.shape)
+        if problem:
+            return f"with iterations=100: {problem}"
         cols = q.detach().float().sum(dim=0)
         target = torch.full_like(cols, batch / clusters)
         if not torch.allclose(cols, target, rtol=0.02):
@@ -575,7 +602,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         scores = torch.full((20, 5), -0.2) + 0.01 * torch.randn(20, 5, generator=g)
         scores[:, 0] = 0.9
         q = chk.run(scores, epsilon=0.05, iterations=3)
-        problem = _as_tensor_problem(q)
+        problem = _output_problem(q, scores.shape)
         if problem:
             return problem
         cols = q.detach().float().sum(dim=0)
@@ -612,7 +639,7 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
     against `balancing.coke_dual_step`."""
     from .balancing import coke_dual_step as ref
 
-    chk = _Check("coke_dual_step", "CoKe dual step", student_fn)
+    chk = _Check("coke_dual_step", student_fn)
     rtol, atol = 1e-5, 1e-6
 
     def compare(duals, counts, batch, gamma, eta):
@@ -661,7 +688,7 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
             duals = torch.rand(clusters, generator=g) * 0.05
             counts = torch.bincount(torch.randint(0, 3, (64,), generator=g), minlength=clusters)
             new = chk.run(duals, counts, 64, 0.5 / clusters, 5.0)
-            problem = _as_tensor_problem(new)
+            problem = _output_problem(new, duals.shape)
             if problem:
                 return problem
             if (new.detach() < 0).any():
@@ -675,7 +702,7 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
         duals = torch.full((5,), 0.2)
         counts = torch.tensor([0, 3, 8, 12, 17])  # B = 40, γ = 8/40: under, under, exact, over, over
         new = chk.run(duals, counts, 40, 0.2, 0.5)
-        problem = _as_tensor_problem(new)
+        problem = _output_problem(new, duals.shape)
         if problem:
             return problem
         delta = new.detach().float() - duals
@@ -697,7 +724,7 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
         duals = torch.zeros(6)
         counts = torch.tensor([0, 1, 2, 3, 4, 5])  # shortfall decreasing along k
         new = chk.run(duals, counts, 100, 0.1, 2.0)
-        problem = _as_tensor_problem(new)
+        problem = _output_problem(new, duals.shape)
         if problem:
             return problem
         rise = new.detach().float()
@@ -719,7 +746,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
     from .balancing import excb_balance_scores as ref
     from .balancing import excb_relative_sizes
 
-    chk = _Check("excb_balancing", "ExCB balancing", student_fn)
+    chk = _Check("excb_balancing", student_fn)
     rtol, atol = 1e-5, 1e-6
 
     def compare(scores, rho, boost):
@@ -774,7 +801,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         scores = _cosines(30, 6, 8, 21)
         rho = torch.tensor([0.2, 0.6, 1.0, 1.0, 1.7, 3.0])
         new = chk.run(scores, rho, boost=1.0)
-        problem = _as_tensor_problem(new)
+        problem = _output_problem(new, scores.shape)
         if problem:
             return problem
         delta = new.detach().float() - scores
@@ -797,7 +824,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         scores = torch.tensor([[0.999, 0.2, -0.5], [0.3, 0.995, -0.999], [-1.0, -0.98, -0.99]])
         rho = torch.tensor([0.5, 0.9, 4.0])
         new = chk.run(scores, rho, boost=1.01)
-        problem = _as_tensor_problem(new)
+        problem = _output_problem(new, scores.shape)
         if problem:
             return problem
         v = new.detach().float()
@@ -812,7 +839,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         scores = _cosines(50, 5, 8, 22)
         rho = torch.tensor([0.3, 0.8, 1.0, 1.5, 2.5])
         new = chk.run(scores, rho, boost=1.0)
-        problem = _as_tensor_problem(new)
+        problem = _output_problem(new, scores.shape)
         if problem:
             return problem
         for k in range(5):
@@ -939,13 +966,24 @@ def _grading_cells(nb, exercise: Exercise, path: Path) -> list[tuple[int, str]]:
     cells = [(i, c) for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"]
     chosen = [(i, _source(c)) for i, c in cells if {SETUP_TAG, SOLUTION_TAG} & set(_cell_tags(c))]
     if not any(SOLUTION_TAG in _cell_tags(c) for _, c in cells):
-        # tags get lost when cells are copied between notebooks: fall back to the cell defining the function
+        # Tags get lost when cells are copied between notebooks: fall back to the cell defining the function,
+        # after the cells before it that only import (the setup cell, whose imports the solution may rely on).
         defining = [(i, _source(c)) for i, c in cells if f"def {exercise.function}(" in _source(c)]
         if not defining:
             raise UserError(f"{path}: no code cell tagged '{SOLUTION_TAG}' and none defining "
                             f"`{exercise.function}(...)` — was the solution cell deleted?")
-        chosen = sorted({*chosen, *defining})
+        imports = [(i, _source(c)) for i, c in cells if i < defining[-1][0] and _only_imports(_source(c))]
+        chosen = sorted({*chosen, *imports, *defining})
     return chosen
+
+
+def _only_imports(source: str) -> bool:
+    """True for a cell of import statements (and comments) only: safe to run, needed by the cells after it."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in body)
 
 
 class _Timeout(BaseException):
@@ -981,26 +1019,32 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
         signal.alarm(int(math.ceil(timeout)))
     try:
         for index, source in _grading_cells(nb, ex, path):
+            filename = f"{path.name} [cell {index + 1}]"
+            # Registered so that a traceback (and _describe_exception) can quote the line that failed.
+            linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
             try:
-                exec(compile(source, f"{path.name} [cell {index + 1}]", "exec"), namespace)
+                # What the cells print (a check call left in the solution cell, debugging output) is not the
+                # grade: kept out of the grader's report.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    exec(compile(source, filename, "exec"), namespace)
             except _Timeout:
                 raise
             except NotImplementedError:
                 continue  # e.g. a scaffold that raises at import time: reported by the check below
             except Exception as exc:
-                result = CheckResult(ex.name, ex.title, [Case(
+                result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
                     f"cell {index + 1} of the notebook runs", False, _describe_exception(exc),
                     "run the notebook top to bottom in Jupyter and fix the first error")])
                 return result.raise_if_failed() if strict else result
         fn = namespace.get(ex.function)
         if fn is None:
-            result = CheckResult(ex.name, ex.title, [Case(
+            result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
                 f"the notebook defines `{ex.function}`", False, "no function of that name after running the cells",
                 f"keep the name and signature of the scaffold: def {ex.function}(...)")])
             return result.raise_if_failed() if strict else result
         return ex.check(fn, strict=strict)
     except _Timeout:
-        result = CheckResult(ex.name, ex.title, [Case(
+        result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
             f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
             "look for a loop that never ends, or work on a huge tensor")])
         return result.raise_if_failed() if strict else result
@@ -1063,7 +1107,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, KeyError, ValueError) as exc:
             print(f"error: {args.notebook}: {exc}", file=sys.stderr)
             return 2
-        nbformat.write(nb, str(args.output))
+        try:
+            nbformat.write(nb, str(args.output))
+        except OSError as exc:
+            print(f"error: cannot write {args.output} ({exc.strerror or exc}); choose a path in an existing, "
+                  f"writable folder", file=sys.stderr)
+            return 2
         print(f"wrote {args.output}")
         return 0
 

@@ -206,6 +206,53 @@ def test_crash_in_student_code_points_at_the_line():
     assert "IndexError" in result.report() and "line 4" in result.report()
 
 
+WRONG_SHAPES = [  # (exercise, what the student returned, source): each used to crash the check itself
+    ("nt_xent", "one loss per anchor", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            logits = (z @ z.t() / temperature).fill_diagonal_(float("-inf"))
+            b = z1.shape[0]
+            partner = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+            return F.cross_entropy(logits, partner, reduction="none")
+        """),
+    ("sinkhorn", "a flattened matrix", """
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            return torch.softmax(scores / epsilon, dim=1).flatten()
+        """),
+    ("coke_dual_step", "a (1, K) row", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts / batch_size)).clamp_min(0)[None, :]
+        """),
+    ("coke_dual_step", "a 0-dim tensor", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts / batch_size)).clamp_min(0).sum()
+        """),
+    ("excb_balancing", "the transpose", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            return scores.t().clone()
+        """),
+]
+
+
+@pytest.mark.parametrize("name, returned, source", WRONG_SHAPES, ids=[f"{w[0]}:{w[1]}" for w in WRONG_SHAPES])
+def test_wrong_shape_is_reported_in_every_case_not_raised(name, returned, source):
+    result = A.EXERCISES[name].check(student(name, source))  # used to raise out of the property checks
+    assert not result.passed
+    said = [case for case in result.failures if "shape" in case.detail or "returned a" in case.detail]
+    assert len(said) >= len(result.cases) - 2  # besides, at most "leaves its inputs unchanged" or "no gradient"
+
+
+def test_an_output_the_check_cannot_read_fails_the_case_instead_of_raising():
+    # right shape, but a 'meta' tensor has no values: the check's own arithmetic on it fails
+    fn = student("excb_balancing", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            return torch.empty(scores.shape, device="meta")
+        """)
+    result = A.check_excb_balance(fn)
+    assert not result.passed and len(result.failures) >= len(result.cases) - 1
+    assert "the check could not use what your function returned" in result.report()
+
+
 def test_not_a_function():
     result = A.check_sinkhorn(A.SOLUTIONS["sinkhorn"])  # the source text, not the function
     assert not result.passed and "no parentheses" in result.report()
@@ -285,6 +332,33 @@ def test_grading_survives_lost_tags_magics_and_finds_crashes(solved, tmp_path):
     assert not result.passed and "ModuleNotFoundError" in result.report()
 
 
+def test_grading_without_tags_runs_the_import_cells_the_solution_relies_on(solved):
+    path = solved("nt_xent")
+    nb = nbformat.read(path, as_version=4)
+    (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    solution.source = "\n".join(line for line in solution.source.splitlines() if not line.startswith("import"))
+    assert "import" not in solution.source and "F.normalize" in solution.source  # needs the setup cell's F
+    for cell in nb.cells:
+        cell.metadata.pop("tags", None)
+    nbformat.write(nb, str(path))
+    assert A.grade_notebook(path).passed  # not a NameError for F
+
+
+def test_grading_quotes_the_failing_line_of_the_cell_and_keeps_prints_out(solved, tmp_path, capsys):
+    nb = nbformat.read(solved("coke_dual_step"), as_version=4)
+    (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    index = nb.cells.index(cell)
+    cell.source = ("def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):\n"
+                   "    shares = counts / batch_size\n"
+                   "    return duals + step_size * shares[None, None, :].squeeze(5)\n"
+                   "print('debugging output')")
+    nbformat.write(nb, str(tmp_path / "crash.ipynb"))
+    capsys.readouterr()
+    report = A.grade_notebook(tmp_path / "crash.ipynb").report()
+    assert f"raised at line 3 of crash.ipynb [cell {index + 1}]: return duals + step_size" in report
+    assert "debugging output" not in capsys.readouterr().out
+
+
 def test_grading_times_out_on_an_endless_loop(tmp_path):
     nb = nbformat.read(ASSIGNMENTS / "coke_dual_step.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
@@ -305,6 +379,21 @@ def test_cli_check(solved, capsys, tmp_path):
     out_path = tmp_path / "solved.ipynb"
     assert A.main(["solve", str(ASSIGNMENTS / "sinkhorn.ipynb"), "-o", str(out_path)]) == 0
     assert A.main(["check", str(out_path)]) == 0
+    assert A.main(["solve", str(ASSIGNMENTS / "sinkhorn.ipynb"), "-o", str(tmp_path / "no" / "x.ipynb")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'no' / 'x.ipynb'} (")
+    # the report heads the same whether the check ran or the notebook never got that far
+    assert A.main(["check", "--quiet", str(ASSIGNMENTS / "excb_balancing.ipynb")]) == 1
+    assert "✗ ExCB balancing: not implemented yet" in capsys.readouterr().out
+
+
+def test_cli_grades_every_notebook_even_after_a_broken_one(solved, tmp_path, capsys):
+    nb = nbformat.read(ASSIGNMENTS / "nt_xent.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    cell.source = textwrap.dedent(WRONG_SHAPES[0][2])
+    nbformat.write(nb, str(tmp_path / "per_anchor.ipynb"))
+    assert A.main(["check", "--quiet", str(tmp_path / "per_anchor.ipynb"), str(solved("sinkhorn"))]) == 1
+    out = capsys.readouterr().out
+    assert "per_anchor.ipynb: ✗ NT-Xent loss" in out and "sinkhorn.ipynb: ✓" in out
 
 
 def test_python_dash_m_entry_point():
