@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -155,6 +156,13 @@ def _handle_clicks_while_busy(widget) -> bool:
 
 # --- the live training dashboard ------------------------------------------------------------------------
 
+def _kept_checkpoint(trainer) -> str:
+    """What a stopped run leaves behind, and how to continue it."""
+    if not trainer.epoch:
+        return "no epoch was completed, so there is no checkpoint"
+    return f"the checkpoint of epoch {trainer.epoch} is kept in {trainer.out}; train(..., resume=True) continues"
+
+
 class LiveDashboard(Callback):
     """Watch a run while it trains: one picture redrawn in place, plus a Stop button.
 
@@ -182,6 +190,7 @@ class LiveDashboard(Callback):
                  figsize: tuple[float, float] = (10.0, 5.4), dpi: int = 72):
         self.refresh_seconds = refresh_seconds
         self.refresh_steps = refresh_steps
+        _resolve_mode(mode)  # a wrong mode is named now, not once the data are loaded and training starts
         self.requested_mode = mode
         self.figsize = figsize
         self.dpi = dpi
@@ -264,6 +273,9 @@ class LiveDashboard(Callback):
     def on_train_end(self, trainer) -> None:
         if self._fallback is not None:
             self._fallback.on_train_end(trainer)
+        status = getattr(trainer, "status", "")
+        if self.mode == "text" and status.startswith("stopped"):  # the widget's header says it there
+            print(f"{status}: {_kept_checkpoint(trainer)}", file=sys.stderr)
         if self.mode == "widget":
             self.stop_button.disabled = True
             self.stop_button.description = "finished" if trainer.status == "finished" else "stopped"
@@ -322,9 +334,7 @@ class LiveDashboard(Callback):
             parts.append(f"{elapsed:.0f} s elapsed, ~{left:.0f} s left")
         status = getattr(t, "status", "")
         if status.startswith("stopped"):
-            kept = (f"the checkpoint of epoch {t.epoch} is kept in {t.out}; train(..., resume=True) continues"
-                    if t.epoch else "no epoch was completed, so there is no checkpoint")
-            parts.append(f"<b>{status}</b>: {kept}")
+            parts.append(f"<b>{status}</b>: {_kept_checkpoint(t)}")
         elif status == "finished":
             parts.append("<b>finished</b>")
         elif self.stop_clicked:
@@ -609,7 +619,7 @@ class PlaygroundParams:
     teacher_temperature: float = 0.05  # τ_t of naive's and ExCB's targets
     sinkhorn_epsilon: float = 0.05  # ε of SwAV's Sinkhorn-Knopp
     excb_momentum: float = 0.9  # m_s of ExCB's size estimate (toy runs are short: 0.9, not 0.999)
-    coke_step: float = 2.0  # η of CoKe's dual ascent
+    coke_step: float = 5.0  # η of CoKe's dual ascent (2 lets the duals swing here: notebook 03, experiment B)
     coke_ratio: float = 0.5  # CoKe's minimum cluster size = ratio/K of the batch
     coke_epoch: int = 20  # steps per "epoch" for CoKe's running-mean centres
     encoder_lr: float = 0.2  # how fast the shared feature offset (the collapse direction) learns
@@ -617,6 +627,27 @@ class PlaygroundParams:
     window: int = 10  # occupancy is counted over the last `window` steps
     init: str = "data"  # prototypes start at K points of the stream ("data") or at random directions ("random")
     seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            (self.num_clusters >= 2, "num_clusters (K) must be at least 2"),
+            (self.batch_size >= 2, "batch_size must be at least 2"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (self.imbalance >= 1, "imbalance is the largest blob's size over the smallest's, so at least 1"),
+            (self.num_blobs >= 1, "num_blobs must be at least 1"),
+            (self.dim >= 2, "dim must be at least 2"),
+            (min(self.student_temperature, self.teacher_temperature, self.sinkhorn_epsilon) > 0,
+             "the temperatures and the Sinkhorn ε must be above 0"),
+            (0 <= self.excb_momentum <= 1, "excb_momentum must be in [0, 1]"),
+            (0 <= self.coke_ratio <= 1, "coke_ratio must be in [0, 1] (the minimum size is ratio/K of a batch)"),
+            (min(self.coke_step, self.encoder_lr, self.prototype_lr, self.spread, self.view_noise) >= 0,
+             "coke_step, encoder_lr, prototype_lr, spread and view_noise must be 0 or more"),
+            (self.coke_epoch >= 1 and self.window >= 1, "coke_epoch and window must be at least 1"),
+            (self.init in ("data", "random"), f"init must be 'data' or 'random', got {self.init!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; PlaygroundParams() lists every default")
 
 
 @contextlib.contextmanager
@@ -674,16 +705,20 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
           excb      s' = balance(s, ρ = K·r/Σr), q = softmax(s'/τ_t), r ← m·r + (1−m)·(batch shares)  (§4.5)
     Each step is a few (B × K) matrix products, so hundreds of steps take well under a second.
 
+    Two time scales, because a rule can look balanced over many batches and still collapse inside each one
+    (every batch in one cluster, a different cluster each step, as ExCB with a too short memory does):
+    `entropy` / `max_share` / `empty` describe the counts summed over the last `window` steps (what the
+    trainer's occupancy log records), `batch_entropy` / `batch_max_share` each step's own batch, averaged
+    over the same last `window` steps.
+
     Returns a dict: rule, params (as a dict), counts (steps, K) hard assignments per step over both views,
-    entropy / max_share / empty (steps,) of the counts summed over the last `window` steps, loss (steps,),
-    class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
+    window_counts (steps, K), entropy / max_share / empty / batch_entropy / batch_max_share (steps,),
+    loss (steps,), class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
     """
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-    p = dataclasses.replace(params or PlaygroundParams(), **overrides)
+    p = dataclasses.replace(params or PlaygroundParams(), **overrides)  # checks the values (__post_init__)
     K, B, d = int(p.num_clusters), int(p.batch_size), int(p.dim)
-    if K < 2 or B < 2 or p.steps < 1:
-        raise ValueError(f"need K ≥ 2, batch_size ≥ 2 and steps ≥ 1, got K={K}, B={B}, steps={p.steps}")
 
     with _one_thread():
         init = torch.Generator().manual_seed(p.seed)
@@ -750,10 +785,19 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
                 duals_log.append(state["duals"].clone())
 
     counts = torch.stack(counts)
-    running = torch.cat([torch.zeros(1, K, dtype=counts.dtype), counts.cumsum(0)])  # running[t] = Σ_{<t}
     ends = torch.arange(1, len(counts) + 1)
-    windowed = running[ends] - running[(ends - max(1, p.window)).clamp_min(0)]  # the last `window` steps
+    starts = (ends - p.window).clamp_min(0)
+
+    def over_window(per_step: torch.Tensor) -> torch.Tensor:  # row t: the sum over steps (t − window, t]
+        running = torch.cat([torch.zeros_like(per_step[:1]), per_step.cumsum(0)])  # running[t] = Σ_{<t}
+        return running[ends] - running[starts]
+
+    windowed = over_window(counts)
     stats = [occupancy_stats(row) for row in windowed]
+    per_batch = [occupancy_stats(row) for row in counts]
+    batch_entropy = over_window(torch.tensor([b["entropy_ratio"] for b in per_batch], dtype=torch.float64))
+    batch_max_share = over_window(torch.tensor([b["max_share"] for b in per_batch], dtype=torch.float64))
+    seen = (ends - starts).double()
     history = {
         "rule": rule,
         "params": dataclasses.asdict(p),
@@ -762,6 +806,8 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
         "entropy": torch.tensor([s["entropy_ratio"] for s in stats]),
         "max_share": torch.tensor([s["max_share"] for s in stats]),
         "empty": torch.tensor([s["empty"] for s in stats]),
+        "batch_entropy": (batch_entropy / seen).float(),
+        "batch_max_share": (batch_max_share / seen).float(),
         "loss": torch.tensor(losses),
         "class_shares": shares,
     }
@@ -779,14 +825,15 @@ def simulate_all(params: PlaygroundParams | None = None, rules=RULES, **override
 
 def playground_figure(histories: dict, step: int | None = None, fig=None):
     """Top: each rule's sorted cluster sizes over the window ending at `step` (default: the last step).
-    Bottom: the occupancy entropy of every rule over the steps."""
+    Bottom: the occupancy entropy of every rule over the steps — over the last `window` batches together
+    (solid) and of each batch on its own (dashed, averaged over the same batches)."""
     rules = list(histories)
     any_history = histories[rules[0]]
     steps = len(any_history["entropy"])
     step = steps if step is None else max(1, min(int(step), steps))
     params = any_history["params"]
     K = params["num_clusters"]
-    fig = fig or _figure(2.7 * max(len(rules), 3), 5.4)
+    fig = fig or _figure(2.7 * max(len(rules), 3), 5.9)
     grid = fig.add_gridspec(2, len(rules), height_ratios=[1.0, 0.9])
     for i, rule in enumerate(rules):
         h = histories[rule]
@@ -796,7 +843,9 @@ def playground_figure(histories: dict, step: int | None = None, fig=None):
         # Each panel has its own y range (at least 2.5× the uniform level), so a balanced rule's bars stay
         # readable next to a collapsed one; the title gives the numbers to compare.
         _sorted_share_bars(ax, window, f"{RULE_TITLES.get(rule, rule)}\nH/log K = "
-                           f"{max(0.0, float(h['entropy'][step - 1])):.2f}, largest {100 * top:.0f}%",
+                           f"{max(0.0, float(h['entropy'][step - 1])):.2f}, largest {100 * top:.0f}%\n"
+                           f"one batch: H {max(0.0, float(h['batch_entropy'][step - 1])):.2f}, "
+                           f"largest {100 * float(h['batch_max_share'][step - 1]):.0f}%",
                            color=RULE_COLORS.get(rule, "tab:gray"), ymax=min(1.0, max(1.15 * top, 2.5 / K)))
         if rule == "coke":
             ax.axhline(params["coke_ratio"] / K, color="tab:green", ls=":", lw=1.2, label="minimum ratio/K")
@@ -807,18 +856,21 @@ def playground_figure(histories: dict, step: int | None = None, fig=None):
     for rule in rules:
         ax.plot(range(1, steps + 1), histories[rule]["entropy"].tolist(), color=RULE_COLORS.get(rule),
                 label=RULE_TITLES.get(rule, rule))
+        ax.plot(range(1, steps + 1), histories[rule]["batch_entropy"].tolist(), color=RULE_COLORS.get(rule),
+                ls="--", lw=0.9, alpha=0.8)
     ax.axvline(step, color="0.5", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(1, steps)
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("H / log K", fontsize=8)
     shares = ", ".join(f"{100 * float(s):.0f}%" for s in any_history["class_shares"])
-    ax.set_title(f"occupancy entropy (1 = balanced, 0 = one cluster) — K={K}, B={params['batch_size']}, "
-                 f"blob sizes {shares}", fontsize=9)
+    ax.set_title(f"occupancy entropy (1 = balanced, 0 = one cluster; solid: last {params['window']} batches "
+                 f"together, dashed: each batch alone) — K={K}, B={params['batch_size']}, blob sizes {shares}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="lower right", ncol=len(rules))
     ax.tick_params(labelsize=7)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.09, hspace=0.45, wspace=0.25)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.87, bottom=0.09, hspace=0.55, wspace=0.25)
     return fig
 
 
@@ -854,9 +906,13 @@ class ClusterSizePlayground:
         import ipywidgets as W
 
         self.params = params or PlaygroundParams()
-        self.rules = tuple(rules)
+        self.rules = (rules,) if isinstance(rules, str) else tuple(rules)
+        unknown = [rule for rule in self.rules if rule not in RULES]
+        if unknown or not self.rules:
+            raise ValueError(f"rules must name one or more of {', '.join(RULES)}; got {rules!r}")
         self.dpi = dpi
         self.recomputes = 0
+        self._syncing = False  # True while code (not the user) moves a slider: no second recomputation
         self.histories = self.compute()
 
         self.sliders = {}
@@ -864,6 +920,8 @@ class ClusterSizePlayground:
         layout = W.Layout(width="340px")
         for name, label, kind, low, high, step in PLAYGROUND_SLIDERS:
             value = getattr(self.params, name)
+            # A value from code outside the usual range widens the slider, so that it shows what is simulated.
+            low, high = min(low, value), max(high, value)
             if kind == "int":
                 slider = W.IntSlider(value=value, min=low, max=high, step=step, description=label)
             elif kind == "float":
@@ -901,21 +959,32 @@ class ClusterSizePlayground:
         return histories
 
     def _on_param_change(self, change) -> None:
+        if self._syncing:
+            return
         names = {id(s): n for n, s in self.sliders.items()}
         name = names[id(change["owner"])]
         value = change["new"]
         self.set_params(**{name: int(value) if isinstance(getattr(self.params, name), int) else float(value)})
 
     def set_params(self, **changes) -> None:
-        """Change parameters (as the sliders do), recompute, redraw; the sliders follow."""
+        """Change parameters (as the sliders do), recompute, redraw; the sliders follow (widened if the value
+        lies outside their range). A value `PlaygroundParams` refuses raises ValueError and changes nothing."""
         self.params = dataclasses.replace(self.params, **changes)
-        for name, value in changes.items():
-            slider = self.sliders.get(name)
-            if slider is not None and slider.value != value:
-                with slider.hold_trait_notifications():
-                    slider.unobserve(self._on_param_change, names="value")
-                    slider.value = value
-                    slider.observe(self._on_param_change, names="value")
+        self._syncing = True
+        try:
+            for name, value in changes.items():
+                slider = self.sliders.get(name)
+                if slider is None or slider.value == value:
+                    continue
+                log = type(slider).__name__ == "FloatLogSlider"  # its min and max are powers of `base`
+                low, high = (slider.base ** slider.min, slider.base ** slider.max) if log else (slider.min, slider.max)
+                if value < low:
+                    slider.min = math.log10(value) if log else value
+                if value > high:
+                    slider.max = math.log10(value) if log else value
+                slider.value = value
+        finally:
+            self._syncing = False
         self.histories = self.compute()
         steps = self.params.steps
         for w in (self.step_slider, self.play):
@@ -938,12 +1007,21 @@ class ClusterSizePlayground:
 
 # --- embeddings -------------------------------------------------------------------------------------------
 
+PROJECTIONS = ("umap", "tsne", "pca")
+
+
+def _check_projection(method: str) -> None:
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose {', '.join(PROJECTIONS)}")
+
+
 def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
     """(N, d) features → (N, 2) numpy coordinates, on the unit sphere's cosine geometry.
 
     umap: umap-learn (imported only here; its first call in a fresh process compiles with numba, ~10–20 s),
     tsne: scikit-learn's t-SNE, pca: the two main directions (instant).
     """
+    _check_projection(method)
     x = F.normalize(features.float(), dim=1).cpu().numpy()
     if method == "umap":
         import warnings
@@ -958,11 +1036,14 @@ def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
 
         return TSNE(n_components=2, init="pca", random_state=seed,
                     perplexity=min(30, max(5, len(x) // 10))).fit_transform(x)
-    if method == "pca":
-        from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # method == "pca"
 
-        return PCA(n_components=2, random_state=seed).fit_transform(x)
-    raise ValueError(f"unknown projection {method!r}; choose umap, tsne or pca")
+    return PCA(n_components=2, random_state=seed).fit_transform(x)
+
+
+def _check_color_by(color_by: str) -> None:
+    if color_by not in ("class", "cluster"):
+        raise ValueError(f"color_by must be 'class' or 'cluster', got {color_by!r}")
 
 
 class EmbeddingExplorer:
@@ -979,8 +1060,14 @@ class EmbeddingExplorer:
                  max_points: int = 2000, seed: int = 0, dpi: int = 72):
         from .metrics import clustering_scores
 
-        if color_by not in ("class", "cluster"):
-            raise ValueError(f"color_by must be 'class' or 'cluster', got {color_by!r}")
+        _check_color_by(color_by)
+        if not (hasattr(run, "embed") and hasattr(run, "assign")):
+            raise ValueError(f"EmbeddingExplorer needs a run (from selfsup_lab.train(...) or selfsup_lab.load_run(path)), "
+                             f"got a {type(run).__name__}; for features of your own, project_2d(features) gives the "
+                             f"2-D coordinates to plot")
+        _check_projection(method)  # before the features are computed
+        if max_points < 10:
+            raise ValueError(f"max_points must be at least 10 (a 2-D map of fewer points shows nothing), got {max_points}")
         self.run, self.split, self.method, self.dpi = run, split, method, dpi
         features, labels = run.embed(split)
         clusters = run.assign(split)
@@ -1018,6 +1105,7 @@ class EmbeddingExplorer:
 
     def show(self, color_by: str) -> None:
         """Recolour (the widget's dropdown calls this)."""
+        _check_color_by(color_by)
         self.color_by = color_by
         if self.widget is None:
             self._build_widget()  # draws with self.color_by

@@ -32,8 +32,23 @@ def test_naive_collapses_on_an_imbalanced_stream_and_the_balancing_rules_do_not(
     assert final["naive"] < 0.2, final  # (nearly) everything in one cluster
     for rule in ("sinkhorn", "coke", "excb"):
         assert final[rule] > 0.7, final
+        # balanced inside each batch too, not only over the window (see the next test)
+        assert float(histories[rule]["batch_entropy"][-30:].mean()) > 0.7, rule
     assert float(histories["naive"]["max_share"][-1]) > 0.8
     assert float(histories["sinkhorn"]["max_share"][-1]) < 0.2
+
+
+def test_per_batch_occupancy_shows_a_collapse_that_rotates_between_clusters():
+    """ExCB with a memory of two batches over-corrects: each batch goes (nearly) all into one cluster, a different
+    one every step. Summed over ten batches that looks fairly balanced; batch by batch it is a collapse."""
+    h = simulate("excb", PlaygroundParams(steps=150, excb_momentum=0.5))
+    assert float(h["entropy"][-30:].mean()) > 0.6  # the window's view
+    assert float(h["batch_entropy"][-30:].mean()) < 0.2 and float(h["batch_max_share"][-30:].mean()) > 0.8
+    # the per-batch series are each step's own statistics averaged over the same window
+    from selfsup_lab.metrics import occupancy_stats
+
+    own = torch.tensor([occupancy_stats(row)["max_share"] for row in h["counts"][-10:]])
+    assert torch.isclose(h["batch_max_share"][-1], own.mean().float(), atol=1e-6)
 
 
 def test_simulation_is_deterministic_and_counts_add_up():
@@ -54,6 +69,17 @@ def test_class_imbalance_and_bad_rules():
     assert torch.allclose(widgets.class_shares(PlaygroundParams(imbalance=1.0)), torch.full((5,), 0.2))
     with pytest.raises(ValueError, match="unknown rule"):
         simulate("kmeans")
+
+
+@pytest.mark.parametrize("bad, words", [(dict(batch_size=1), "batch_size must be at least 2"),
+                                        (dict(teacher_temperature=0.0), "temperatures"),
+                                        (dict(imbalance=0.0), "imbalance"), (dict(num_blobs=0), "num_blobs"),
+                                        (dict(init="kmeans"), "init must be"), (dict(excb_momentum=1.5), "excb_momentum")])
+def test_playground_params_refuse_values_that_would_give_nan_or_a_torch_error(bad, words):
+    with pytest.raises(ValueError, match=words):
+        PlaygroundParams(**bad)
+    with pytest.raises(ValueError, match=words):
+        simulate("excb", PlaygroundParams(steps=5), **bad)
 
 
 def test_coke_without_dual_steps_is_plain_online_kmeans_and_collapses():
@@ -94,6 +120,24 @@ def test_playground_slider_change_recomputes_and_redraws():
     image, recomputes = pg.image.value, pg.recomputes
     pg.step_slider.value = 5  # scrubbing through time only redraws
     assert pg.recomputes == recomputes and pg.shown_step == 5 and pg.image.value != image
+
+
+def test_playground_set_params_from_code_recomputes_once_and_the_sliders_show_the_truth():
+    pg = ClusterSizePlayground(PlaygroundParams(steps=20))
+    pg.set_params(num_clusters=12)
+    assert pg.recomputes == 2 and pg.sliders["num_clusters"].value == 12  # once, not again for the slider's echo
+    pg.set_params(num_clusters=150, teacher_temperature=0.005)  # outside the sliders' ranges: they widen
+    assert pg.params.num_clusters == 150 and pg.sliders["num_clusters"].value == 150
+    assert pg.sliders["teacher_temperature"].value == pytest.approx(0.005)
+    assert pg.histories["excb"]["counts"].shape == (20, 150) and pg.recomputes == 3
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        pg.set_params(batch_size=1)
+    assert pg.params.batch_size == PlaygroundParams().batch_size and pg.recomputes == 3  # nothing changed
+    wide = ClusterSizePlayground(PlaygroundParams(steps=10, num_clusters=300, batch_size=4))
+    assert (wide.sliders["num_clusters"].value, wide.sliders["batch_size"].value) == (300, 4)
+    with pytest.raises(ValueError, match="rules must name"):
+        ClusterSizePlayground(PlaygroundParams(steps=10), rules=())
+    assert ClusterSizePlayground(PlaygroundParams(steps=10), rules="excb").rules == ("excb",)
 
 
 # --- the live dashboard ------------------------------------------------------------------------------------
@@ -183,6 +227,13 @@ def test_dashboard_falls_back_to_the_progress_bar_outside_jupyter(text_mode_run,
     dash = LiveDashboard()
     dash.on_train_start(trainer)  # progress=True already shows a bar: do not add a second one
     assert dash.mode == "text" and dash._fallback is None
+    dash.stop()  # from code, as the button would: the text mode says what was kept
+    trainer.status, trainer.epoch = "stopped during epoch 2", 1
+    dash.on_train_end(trainer)
+    assert trainer.stops == 1
+    assert "stopped during epoch 2: the checkpoint of epoch 1 is kept in runs/x" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="mode must be"):
+        LiveDashboard(mode="gui")  # named when the dashboard is made, not when training starts
 
 
 def test_importing_the_package_does_not_import_ipywidgets():
@@ -230,3 +281,21 @@ def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
     explorer.dropdown.value = "cluster"
     assert explorer.color_by == "cluster" and explorer.image.value != by_class
     assert widgets.explore_embedding(tiny_run, method="pca", color_by="cluster").figure() is not None
+    with pytest.raises(ValueError, match="color_by must be"):
+        explorer.show("blob")
+    assert explorer.color_by == "cluster"  # unchanged
+
+
+@pytest.mark.parametrize("args, words", [(dict(method="foo"), "unknown projection 'foo'"),
+                                         (dict(max_points=2), "max_points must be at least 10")])
+def test_embedding_explorer_refuses_bad_arguments_before_computing_anything(args, words):
+    class NotToBeUsed:  # embed() would compute features: a bad argument must be found first
+        def embed(self, split):
+            raise AssertionError("features computed before the arguments were checked")
+
+        assign = embed
+
+    with pytest.raises(ValueError, match=words):
+        EmbeddingExplorer(NotToBeUsed(), **args)
+    with pytest.raises(ValueError, match="needs a run .* got a tuple"):
+        widgets.explore_embedding((torch.zeros(4, 2), torch.zeros(4)))
