@@ -6,8 +6,9 @@ Three families of numbers:
   regression on frozen, standardised features).
 * Clustering quality against the true classes — `cluster_accuracy` (Hungarian-matched ACC),
   `clustering_scores` (ACC, NMI, ARI) and `kmeans_clustering_scores` for methods without clusters of their own.
-* Occupancy — `assignment_counts` and `occupancy_stats`: how evenly the hard assignments spread over the K
-  clusters, the picture that shows collapse and what each balancing method does about it.
+* Occupancy — `assignment_counts`, `occupancy_stats` and, batch by batch, `batch_balance`: how evenly the
+  hard assignments spread over the K clusters, the picture that shows collapse and what each balancing
+  method does about it.
 
 Every function accepts torch tensors (numpy arrays too) and returns plain Python numbers or dicts of them,
 ready for `json.dump`. Heavy work runs on the features' device in float32.
@@ -327,3 +328,19 @@ def occupancy_stats(counts) -> dict:
         "num_clusters": k,
         "total": int(total) if total.is_integer() else total,
     }
+
+
+def batch_balance(counts: Tensor) -> Tensor:
+    """(entropy_ratio, max_share) of ONE batch's counts, as a float64 tensor on the counts' device.
+
+    The trainer adds it up every step, without moving anything to the host, and reports the epoch's mean
+    beside the epoch's `occupancy_stats`: an epoch can be balanced in total while each batch sits mostly in
+    one cluster, a different one every step (a balancing rule that over-corrects), and only this shows it.
+    Same definitions and edge cases as `occupancy_stats`.
+    """
+    n = counts.flatten().double()
+    k = n.numel()
+    total = n.sum()
+    p = n / total.clamp_min(1)
+    entropy_ratio = -torch.special.xlogy(p, p).sum() / math.log(k) if k > 1 else (total > 0).double()
+    return torch.stack([entropy_ratio.clamp(0.0, 1.0) + 0.0, p.max()])  # + 0.0: no -0.0 for one cluster

@@ -631,7 +631,7 @@ class Trainer:
 
     def _loop(self) -> None:
         """Epochs until the budget is spent or a stop is requested; a checkpoint after each one."""
-        from .metrics import assignment_counts, knn_accuracy, occupancy_stats
+        from .metrics import assignment_counts, batch_balance, knn_accuracy, occupancy_stats
 
         config = self.config
         window = config.occupancy_every or max(1, self.steps_per_epoch // 4)
@@ -648,6 +648,8 @@ class Trainer:
             sums: dict[str, float] = {}
             epoch_counts = torch.zeros(K, dtype=torch.long, device=self.device) if K else None
             window_counts = torch.zeros_like(epoch_counts) if K else None
+            batch_balance_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # Σ_steps (H/log K, largest)
+            steps_with_counts = 0
             counts_without_rule = None  # stays None for methods that do not report assignments without their rule
             views_seen, t0 = 0, time.perf_counter()
             local = config.batch_size // distributed.world_size()
@@ -686,6 +688,8 @@ class Trainer:
                     counts = distributed.all_reduce_sum(assignment_counts(out.assignments.detach(), K))
                     epoch_counts += counts
                     window_counts += counts
+                    batch_balance_sum += batch_balance(counts)
+                    steps_with_counts += 1
                     if (step + 1) % window == 0:
                         self.occupancy_log["steps"].append(
                             {"epoch": epoch, "step": self.global_step, "counts": window_counts.tolist()})
@@ -716,6 +720,9 @@ class Trainer:
             record.update(samplers.epoch_statistics(self.sampler, batches, self.train_set.labels))  # -1s skipped
             if K:
                 record["occupancy"] = occupancy_stats(epoch_counts)
+                if steps_with_counts:  # the same, batch by batch: the mean of each step's own statistics
+                    batch_entropy, batch_largest = (batch_balance_sum / steps_with_counts).tolist()
+                    record["occupancy"].update(batch_entropy_ratio=batch_entropy, batch_max_share=batch_largest)
                 self.occupancy_log["epochs"].append(epoch_counts.tolist())
             if counts_without_rule is not None:
                 record["occupancy_without_rule"] = occupancy_stats(counts_without_rule)

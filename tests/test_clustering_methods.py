@@ -144,6 +144,12 @@ def test_naive_collapses_while_excb_stays_balanced(tmp_path):
     assert naive[-1]["entropy_ratio"] < 0.3 and naive[-1]["max_share"] > 0.7
     assert naive[-1]["entropy_ratio"] < naive[0]["entropy_ratio"] - 0.2  # it FALLS
     assert excb[-1]["entropy_ratio"] > 0.8 and excb[-1]["max_share"] < 0.4
+    # batch by batch (the mean of each step's own statistics): never more even than the epoch in total —
+    # the entropy of a mixture is at least the mean entropy of its parts, its largest share at most the mean
+    for record in naive + excb:
+        assert record["batch_entropy_ratio"] <= record["entropy_ratio"] + 1e-9
+        assert record["batch_max_share"] >= record["max_share"] - 1e-9
+    assert excb[-1]["batch_entropy_ratio"] > 0.7 and naive[-1]["batch_entropy_ratio"] < 0.3
 
 
 def test_history_and_metrics_carry_the_occupancy_without_the_rule(tmp_path):

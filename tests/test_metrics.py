@@ -270,3 +270,17 @@ def test_spherical_kmeans_half_precision_input():
                                               init="k-means++")
     assert centroids.dtype == torch.float32
     assert cluster_accuracy(y, assignments) == 1.0
+
+
+def test_batch_balance_is_occupancy_stats_on_the_device_without_leaving_it():
+    from selfsup_lab.metrics import batch_balance
+
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randint(0, 20, (7,), generator=generator) for _ in range(5)]
+    cases += [torch.tensor([5, 5, 5, 5]), torch.tensor([20, 0, 0, 0]), torch.tensor([0, 0, 0]), torch.tensor([7])]
+    for counts in cases:
+        stats = occupancy_stats(counts)
+        balance = batch_balance(counts)
+        assert balance.dtype == torch.float64 and balance.device == counts.device
+        assert balance.tolist() == pytest.approx([stats["entropy_ratio"], stats["max_share"]], abs=1e-12)
+    assert str(batch_balance(torch.tensor([9, 0]))[0].item()) == "0.0"  # not -0.0 in history.jsonl

@@ -24,7 +24,9 @@ default, so a larger batch also means fewer optimiser steps; `steps=` (`--steps`
 same number of steps instead (epochs = steps / steps per epoch, rounded), which separates the two.
 
 Per run: the occupancy of the tracked head's hard assignments in the last epoch (normalised entropy H/log K,
-effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats`); the same head's
+effective clusters exp H, largest share, empty clusters — `metrics.occupancy_stats` — and H/log K per batch,
+the mean of each step's own, which falls below the epoch's when batches sit in few clusters that take turns);
+the same head's
 occupancy *without* the balancing rule (the plain argmax of its scores in the same training steps,
 `StepOutput.assignments_without_rule`: a rule can keep the assignments balanced while the representation
 itself collapses); kNN top-1 and the clustering scores of `api.evaluate` (the method's own K = C head where it
@@ -53,7 +55,7 @@ QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"pro
 
 COLUMNS = [  # (key, header, format)
     ("k", "K", "d"), ("epochs", "epochs", "d"), ("steps", "steps", "d"), ("entropy_ratio", "H/log K", ".3f"),
-    ("effective_clusters", "eff. clusters", ".1f"),
+    ("batch_entropy_ratio", "H/log K per batch", ".3f"), ("effective_clusters", "eff. clusters", ".1f"),
     ("max_share", "largest share", ".3f"), ("empty", "empty", "d"),
     ("entropy_ratio_without_rule", "H/log K without rule", ".3f"), ("empty_without_rule", "empty without rule", "d"),
     ("knn_top1", "kNN top-1", ".3f"),
@@ -76,7 +78,8 @@ def summarise(run, minutes: float) -> dict:
         "method": run.trainer.config.method, "batch_size": run.trainer.config.batch_size,
         "epochs": run.trainer.epoch, "steps": run.trainer.global_step,
         "k": run.method.num_clusters, "k_info": run.method.extra_info(),
-        **{key: occupancy.get(key) for key in ("entropy_ratio", "effective_clusters", "max_share", "empty")},
+        **{key: occupancy.get(key) for key in ("entropy_ratio", "batch_entropy_ratio", "effective_clusters",
+                                               "max_share", "empty")},
         **{f"{key}_without_rule": without_rule.get(key) for key in ("entropy_ratio", "max_share", "empty")},
         **{key: metrics.get(key) for key in ("knn_top1", "linear_top1", "nmi", "acc", "ari", "clustering_from")},
         "minutes": minutes, "out": str(run.out),
