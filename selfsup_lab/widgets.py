@@ -171,7 +171,8 @@ class LiveDashboard(Callback):
     Panels: loss per step (and its running mean) · the latest window's cluster sizes sorted largest first
     (clustering methods; SimCLR-like methods show how often the positive ranks first) · the normalised
     occupancy entropy H/log K over training (1 = balanced, 0 = collapsed), and per epoch the same head's
-    entropy with the balancing rule switched off (dashed) · kNN top-1 whenever the trainer evaluates
+    entropy with the balancing rule switched off (dashed) and the mean entropy of a single batch (dotted: below
+    the solid line when batches sit in few clusters that take turns) · kNN top-1 whenever the trainer evaluates
     (`eval_every=N`). The header line has epoch, step, loss, throughput and time left.
 
     Redraws are throttled: at most once per `refresh_seconds` (and every `refresh_steps` steps if given),
@@ -183,7 +184,7 @@ class LiveDashboard(Callback):
     mode: "auto" (a widget inside a Jupyter kernel, the tqdm bar elsewhere), "widget" or "text".
     Whatever the mode, the data it collects are attributes: `steps`, `losses`, `step_logs`, `records`,
     `occupancy` [(step, counts)], `entropy` [(step, H/log K)], `entropy_without_rule` [(step, H/log K) per epoch],
-    `knn` [(epoch, top-1)], `views_per_s`.
+    `batch_entropy` [(step, mean H/log K of one batch) per epoch], `knn` [(epoch, top-1)], `views_per_s`.
     """
 
     def __init__(self, refresh_seconds: float = 1.0, refresh_steps: int | None = None, mode: str = "auto",
@@ -208,6 +209,7 @@ class LiveDashboard(Callback):
         self.occupancy: list[tuple[int, list[int]]] = []
         self.entropy: list[tuple[int, float]] = []
         self.entropy_without_rule: list[tuple[int, float]] = []
+        self.batch_entropy: list[tuple[int, float]] = []
         self.knn: list[tuple[int, float]] = []
         self.views_per_s: float | None = None
         self.redraws = 0
@@ -266,6 +268,8 @@ class LiveDashboard(Callback):
             self.knn.append((int(record["epoch"]), float(record["knn_top1"])))
         if record.get("occupancy_without_rule"):
             self.entropy_without_rule.append((trainer.global_step, record["occupancy_without_rule"]["entropy_ratio"]))
+        if record.get("occupancy", {}).get("batch_entropy_ratio") is not None:
+            self.batch_entropy.append((trainer.global_step, record["occupancy"]["batch_entropy_ratio"]))
         self._collect_occupancy(trainer)
         if self.mode == "widget":
             self.refresh()
@@ -399,10 +403,15 @@ class LiveDashboard(Callback):
             xs, ys = zip(*self.entropy)
             ax_entropy.plot(xs, ys, color="tab:purple", marker="o" if len(xs) < 30 else None, ms=3,
                             label="training assignments")
+            if self.batch_entropy:
+                xs, ys = zip(*self.batch_entropy)
+                ax_entropy.plot(xs, ys, color="tab:purple", ls=":", marker="+", ms=5, lw=1,
+                                label="one batch alone (mean per epoch)")
             if self.entropy_without_rule:
                 xs, ys = zip(*self.entropy_without_rule)
                 ax_entropy.plot(xs, ys, color="tab:purple", ls="--", marker="x", ms=4, lw=1,
                                 label="same steps, balancing rule off (per epoch)")
+            if self.batch_entropy or self.entropy_without_rule:
                 ax_entropy.legend(fontsize=7, frameon=False, loc="lower left")
             ax_entropy.set_ylim(-0.02, 1.02)
             ax_entropy.set_xlabel("step", fontsize=8)

@@ -170,10 +170,11 @@ def test_dashboard_collects_data_redraws_in_place_and_stop_button_requests_stop(
     assert "500 views/s" in dash.header_text() and "loss 0.667" in dash.header_text()
 
     trainer.epoch = 1
-    dash.on_epoch_end(trainer, {"epoch": 1, "loss": 1.2, "knn_top1": 0.4, "occupancy": {"entropy_ratio": 0.5},
+    dash.on_epoch_end(trainer, {"epoch": 1, "loss": 1.2, "knn_top1": 0.4,
+                                "occupancy": {"entropy_ratio": 0.5, "batch_entropy_ratio": 0.2},
                                 "occupancy_without_rule": {"entropy_ratio": 0.3}})
     assert dash.knn == [(1, 0.4)] and dash.records[-1]["loss"] == 1.2
-    assert dash.entropy_without_rule == [(3, 0.3)]  # at the epoch's last step
+    assert dash.entropy_without_rule == [(3, 0.3)] and dash.batch_entropy == [(3, 0.2)]  # at the epoch's last step
     assert dash.redraws == 2 and dash.image.value != first_image  # the same Image, new picture
 
     dash.stop_button.click()  # what pressing Stop in the browser does
