@@ -50,7 +50,8 @@ def same_class_negative_rate(labels, batches=None) -> float:
     For one batch with n_c images of class c among B:  rate = Σ_c n_c(n_c − 1) / (B(B − 1)).
     (With two views per image SimCLR's negatives are 2B − 2 views, two per other image: the same fraction.)
     `labels`: the labels of one batch, or — with `batches` (a list of index tensors) — of the whole dataset.
-    Unlabelled images (label −1) are left out: B counts the labelled images of the batch.
+    Unlabelled images (label −1) are left out: B counts the labelled images of the batch. NaN when no batch
+    has two labelled images (nothing to measure, which is not the same as no false negatives).
     """
     rates = []
     for y in _labelled_groups(labels, batches):
@@ -59,7 +60,7 @@ def same_class_negative_rate(labels, batches=None) -> float:
             continue
         n = torch.bincount(y - y.min()).double()
         rates.append(float((n * (n - 1)).sum() / (b * (b - 1))))
-    return float(np.mean(rates)) if rates else 0.0
+    return float(np.mean(rates)) if rates else math.nan
 
 
 def expected_same_class_negative_rate(labels=None, num_classes: int | None = None) -> float:
@@ -91,7 +92,8 @@ def min_same_class_negative_rate(batch_size: int, num_classes: int) -> float:
 def same_class_negative_counts(labels, batches=None) -> torch.Tensor:
     """Per anchor, the number X of negatives in its batch that share its class: X_i = n_{y_i} − 1
     (labelled anchors only; an unlabelled image, label −1, is neither anchor nor counted)."""
-    return torch.cat([torch.bincount(y)[y] - 1 for y in _labelled_groups(labels, batches)])
+    groups = _labelled_groups(labels, batches)
+    return torch.cat([torch.bincount(y)[y] - 1 for y in groups]) if groups else torch.zeros(0, dtype=torch.long)
 
 
 def binomial_pmf(n: int, p: float) -> np.ndarray:
@@ -108,11 +110,20 @@ def binomial_pmf(n: int, p: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _table(true_labels, cluster_ids) -> np.ndarray:
-    """Contingency table n[c, k] = #{i : class_i = c, cluster_i = k} (rows: classes, columns: clusters)."""
+def _labelled_pairs(true_labels, cluster_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, clusters) of the labelled samples: unlabelled ones (label −1) have no class to compare with."""
     y, c = _labels(true_labels).numpy(), _labels(cluster_ids).numpy()
     if y.shape != c.shape:
         raise ValueError(f"true_labels and cluster_ids differ in length ({y.size} vs {c.size})")
+    y, c = y[y >= 0], c[y >= 0]
+    if not y.size:
+        raise ValueError("there are no labelled samples to compare the clusters with")
+    return y, c
+
+
+def _table(true_labels, cluster_ids) -> np.ndarray:
+    """Contingency table n[c, k] = #{i : class_i = c, cluster_i = k} (rows: classes, columns: clusters)."""
+    y, c = _labelled_pairs(true_labels, cluster_ids)
     _, yi = np.unique(y, return_inverse=True)
     _, ci = np.unique(c, return_inverse=True)
     table = np.zeros((yi.max() + 1, ci.max() + 1), dtype=np.int64)
@@ -121,14 +132,15 @@ def _table(true_labels, cluster_ids) -> np.ndarray:
 
 
 def homogeneity_completeness(true_labels, cluster_ids) -> dict:
-    """{"homogeneity", "completeness"} (Rosenberg & Hirschberg 2007), entropies H of classes C and clusters K:
+    """{"homogeneity", "completeness"} (Rosenberg & Hirschberg 2007), entropies H of classes C and clusters K
+    (labelled samples only, as every measure of this section):
 
         homogeneity  = 1 − H(C | K) / H(C)     1: every cluster holds a single class
         completeness = 1 − H(K | C) / H(K)     1: every class lies in a single cluster
     """
     from sklearn.metrics import homogeneity_completeness_v_measure
 
-    h, c, _ = homogeneity_completeness_v_measure(_labels(true_labels).numpy(), _labels(cluster_ids).numpy())
+    h, c, _ = homogeneity_completeness_v_measure(*_labelled_pairs(true_labels, cluster_ids))
     return {"homogeneity": float(h), "completeness": float(c)}
 
 
@@ -162,7 +174,7 @@ def clustering_report(features, true_labels, k: int | None = None, seed: int = 0
     from .kmeans import spherical_kmeans
 
     y = _labels(true_labels)
-    k = k or int(y.unique().numel())
+    k = k or int(y[y >= 0].unique().numel())
     _, ids = spherical_kmeans(torch.as_tensor(features).float(), k, iters=30, init="k-means++",
                               generator=torch.Generator().manual_seed(seed))
     ids = ids.cpu()
@@ -184,10 +196,16 @@ def cosine_distributions(features, labels, max_points: int = 2000, seed: int = 0
     Over-clustering shows as a wide intra distribution reaching down into the inter one; under-clustering
     as an inter distribution shifted up towards the intra one. Summaries: their means, the gap, and
     `separation` = P(a random intra pair is more similar than a random inter pair) (an AUC; 0.5 = no
-    separation). At most `max_points` points (a seeded subsample) keep it O(max_points²).
+    separation). At most `max_points` points (a seeded subsample) keep it O(max_points²). Labelled points only;
+    with one class (no inter pairs) or no two of a class (no intra pairs) the summaries are NaN.
     """
     x = F.normalize(torch.as_tensor(features).float().cpu(), dim=1)
     y = _labels(labels)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"features and labels differ in length ({x.shape[0]} vs {y.shape[0]})")
+    x, y = x[y >= 0], y[y >= 0]
+    if x.shape[0] < 2:
+        raise ValueError(f"cosine distributions need at least 2 labelled points, got {x.shape[0]}")
     if x.shape[0] > max_points:
         keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         x, y = x[keep], y[keep]
@@ -198,8 +216,12 @@ def cosine_distributions(features, labels, max_points: int = 2000, seed: int = 0
     # AUC by ranks (Mann–Whitney U): exact, O(n log n).
     from scipy.stats import rankdata
 
+    if not (intra.size and inter.size):  # one of the two distributions is empty: nothing to compare
+        mean = lambda a: float(a.mean()) if a.size else math.nan  # noqa: E731
+        return {"intra": intra, "inter": inter, "intra_mean": mean(intra), "inter_mean": mean(inter),
+                "gap": math.nan, "separation": math.nan}
     ranks = rankdata(np.concatenate([intra, inter]))
-    auc = (ranks[: intra.size].sum() - intra.size * (intra.size + 1) / 2) / max(intra.size * inter.size, 1)
+    auc = (ranks[: intra.size].sum() - intra.size * (intra.size + 1) / 2) / (intra.size * inter.size)
     return {"intra": intra, "inter": inter, "intra_mean": float(intra.mean()), "inter_mean": float(inter.mean()),
             "gap": float(intra.mean() - inter.mean()), "separation": float(auc)}
 
@@ -215,6 +237,8 @@ def uniformity(z, t: float = 2.0, max_points: int = 4000, seed: int = 0) -> floa
     """Wang & Isola's uniformity: log E_{i≠j} exp(−t ‖ẑ_i − ẑ_j‖²). Lower = more uniform on the sphere;
     0 at full collapse (all points equal); about −4 for uniform points on a high-dimensional sphere (t = 2)."""
     x = F.normalize(torch.as_tensor(z).float().cpu(), dim=1)
+    if x.shape[0] < 2:
+        raise ValueError(f"uniformity compares pairs of points: it needs at least 2, got {x.shape[0]}")
     if x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
     sq = torch.pdist(x, p=2).pow(2)

@@ -273,7 +273,8 @@ def epoch_statistics(sampler, batches: list[torch.Tensor], labels: torch.Tensor)
     (labels are used for this measurement only) and, for the guided sampler, its pseudo-label quality."""
     from .analysis import same_class_negative_rate
 
-    return {"same_class_neg_rate": same_class_negative_rate(labels, batches), **getattr(sampler, "info", {})}
+    rate = same_class_negative_rate(labels, batches)  # NaN when no batch has two labelled images: left out
+    return {**({"same_class_neg_rate": rate} if rate == rate else {}), **getattr(sampler, "info", {})}
 
 
 def state_dict(sampler) -> dict | None:

@@ -106,3 +106,43 @@ def test_clustering_report_on_separated_features():
     report = analysis.clustering_report(x, CLASSES)
     assert report["homogeneity"] == pytest.approx(1.0) and report["completeness"] == pytest.approx(1.0)
     assert report["fragmentation"] == 1.0 and report["mixing"] == 1.0
+
+
+def test_nothing_to_measure_is_nan_or_one_sentence_not_a_number_that_reads_as_a_result():
+    # no batch with two labelled images: not "no false negatives"
+    assert math.isnan(analysis.same_class_negative_rate(torch.tensor([-1, -1, -1])))
+    assert analysis.same_class_negative_counts(torch.tensor([0, 1]), []).tolist() == []
+    # one class: no inter-class pairs, so no separation to speak of (was 0.0, "perfectly reversed")
+    one_class = analysis.cosine_distributions(torch.randn(10, 4), torch.zeros(10))
+    assert math.isnan(one_class["separation"]) and math.isnan(one_class["gap"]) and one_class["inter"].size == 0
+    assert math.isnan(analysis.cosine_distributions(torch.randn(6, 4), torch.arange(6))["separation"])
+    with pytest.raises(ValueError, match="differ in length"):
+        analysis.cosine_distributions(torch.randn(6, 4), torch.arange(5))
+    with pytest.raises(ValueError, match="at least 2, got 1"):
+        analysis.uniformity(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="no labelled samples"):
+        analysis.fragmentation([], [])
+    with pytest.raises(ValueError, match="no labelled samples"):
+        analysis.mixing([-1, -1], [0, 1])
+
+
+def test_unlabelled_samples_are_left_out_of_every_clustering_measure():
+    y = torch.tensor([0, 0, 1, 1, -1, -1])
+    clusters = torch.tensor([0, 0, 1, 1, 0, 1])
+    labelled = slice(0, 4)
+    assert analysis.homogeneity_completeness(y, clusters) == analysis.homogeneity_completeness(y[labelled], clusters[labelled])
+    assert analysis.fragmentation(y, clusters)["per_class"] == [1, 1]  # two classes, not three
+    assert analysis.mixing(y, clusters)["per_cluster"] == [1, 1]  # −1 is not a class mixed into the clusters
+    x = torch.eye(2, 4)[y.clamp_min(0)] + 0.01 * torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    assert len(set(analysis.clustering_report(x, y)["cluster_ids"])) == 2  # K = the 2 classes, not 3
+    with_unlabelled = analysis.cosine_distributions(x, y)
+    assert with_unlabelled["intra"].size == 2 and with_unlabelled["inter"].size == 4  # pairs of the 4 labelled
+
+
+def test_history_leaves_the_same_class_rate_out_when_no_batch_can_measure_it():
+    from selfsup_lab import samplers
+
+    unlabelled = torch.full((8,), -1)
+    assert "same_class_neg_rate" not in samplers.epoch_statistics(None, [torch.arange(8)], unlabelled)  # not NaN
+    assert samplers.epoch_statistics(None, [torch.arange(4)], torch.tensor([0, 0, 1, 1]))["same_class_neg_rate"] == \
+        pytest.approx(1 / 3)

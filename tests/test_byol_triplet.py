@@ -47,6 +47,11 @@ def test_rank_rule_is_the_binomial_tail_quantile():
         r_lo, _ = rank_window(batch, classes, epsilon=0.05)
         tail = lambda r: binom.sf(r - 1, batch - 1, 1 / classes)  # P(X ≥ r)
         assert tail(r_lo) <= 0.05 < tail(r_lo - 1)
+    # a tiny ε: the tail is summed from the top, not taken as 1 − P(X < r), which cannot go below ~1e-16
+    for batch, classes, epsilon in [(4096, 10, 1e-14), (100_000, 1000, 1e-12), (512, 10, 1e-30)]:
+        r_lo, _ = rank_window(batch, classes, epsilon=epsilon)
+        tail = lambda r: binom.sf(r - 1, batch - 1, 1 / classes)  # noqa: E731
+        assert r_lo < batch - 1 and tail(r_lo) <= epsilon < tail(r_lo - 1), (batch, classes, epsilon, r_lo)
 
 
 def test_deputy_choices_and_clipping():
@@ -57,6 +62,18 @@ def test_deputy_choices_and_clipping():
     assert deputy_window(opts, 6) == (2, 5)  # a batch of 6 has only 5 negatives
     with pytest.raises(UserError, match="unknown deputy"):
         deputy_window(TripletOptions(deputy="best"), 64)
+    for deputy in ("window", "median", "rank-rule"):  # no negative at all: said once, whatever the deputy
+        with pytest.raises(UserError, match="at least 2 images per batch"):
+            deputy_window(TripletOptions(deputy=deputy), 1)
+
+
+@pytest.mark.parametrize("window", [(1, 5), (2, 6), (0, 3), (3, 2), (0, 0)])
+def test_triplet_loss_refuses_a_window_outside_the_negatives(window):
+    """5 images have 4 negatives: rank 5 would be the anchor's own −inf entry, rank 0 or r_lo > r_hi nothing."""
+    p, t = torch.randn(5, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"1 ≤ r_lo ≤ r_hi ≤ 4"):
+        truncated_triplet_loss(p, t, *window)
+    assert torch.isfinite(truncated_triplet_loss(p, t, 1, 4)[0])  # the widest valid window
 
 
 # --- the losses -------------------------------------------------------------------------------------------------

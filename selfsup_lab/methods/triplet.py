@@ -68,17 +68,22 @@ def rank_window(batch_size: int, expected_classes: int, epsilon: float = 0.05, w
     def log_pmf(k: int) -> float:
         return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
 
-    tail = 1.0  # P(X ≥ r), starting at r = 0
-    for r in range(1, n + 1):
-        tail -= math.exp(log_pmf(r - 1))  # P(X ≥ r) = P(X ≥ r − 1) − P(X = r − 1)
-        if tail <= epsilon:
+    # P(X ≥ r) summed from the top (r = n down), small terms first: accurate however small ε is, where
+    # 1 − P(X < r) would stop at ~1e-16. The tail grows as r falls; r_lo is the last r it stays ≤ ε.
+    r_lo, tail = n, 0.0  # n when even P(X ≥ n) > ε (a tiny batch): the last rank
+    for r in range(n, 0, -1):
+        tail += math.exp(log_pmf(r))  # now P(X ≥ r)
+        if tail > epsilon:
             break
-    r_lo = min(r, n)
+        r_lo = r
     return r_lo, min(r_lo + width - 1, n)
 
 
 def deputy_window(options: TripletOptions, batch_size: int) -> tuple[int, int]:
     """The 1-based rank window [r_lo, r_hi] used for a global batch of `batch_size` images."""
+    if batch_size < 2:
+        raise UserError(f"the truncated triplet needs at least 2 images per batch (an anchor and a negative), "
+                        f"got {batch_size}")
     negatives = batch_size - 1
     if options.deputy == "window":
         r_lo, r_hi = options.r_lo, options.r_hi
@@ -104,6 +109,9 @@ def truncated_triplet_loss(p: torch.Tensor, t: torch.Tensor, r_lo: int, r_hi: in
     local = p.shape[0]
     offset = distributed.global_offset(local)
     targets = distributed.gather_no_grad(t.detach())  # (B, d): the target is stop-gradient anyway
+    if not 1 <= r_lo <= r_hi <= targets.shape[0] - 1:  # else the anchor itself (−inf) or nothing would be ranked
+        raise ValueError(f"the deputy window [{r_lo}, {r_hi}] must satisfy 1 ≤ r_lo ≤ r_hi ≤ {targets.shape[0] - 1}, "
+                         f"the number of negatives in a batch of {targets.shape[0]}; deputy_window gives a valid one")
     with torch.autocast(p.device.type, enabled=False):  # float32 cosines under bf16 autocast: they are ranked
         sims = p @ targets.t()  # (b, B) cosines
     rows = torch.arange(local, device=p.device)
