@@ -767,7 +767,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         variants = [
             ("the two formulas are swapped: ρ_k < 1 (too small) uses z' = 1 − (1 − z)·ρ_k",
              lambda: boosted(torch.where(r < 1, big, small))),
-            ("the clamp to [−1, 1] is missing (the ×1.01 boost can push a cosine past 1)",
+            ("the clamp to [−1, 1] is missing, or comes before the boost: clamp last (×1.01 can push a cosine past 1)",
              lambda: boosted(torch.where(r < 1, small, big), clamp=False)),
             ("the top-1 boost is missing: multiply each row's largest balanced score by `boost`",
              lambda: torch.where(r < 1, small, big).clamp(-1, 1)),

@@ -149,6 +149,13 @@ MISTAKES = [
             top = z.argmax(1, keepdim=True)
             return z.scatter(1, top, z.gather(1, top) * boost)
         """, "clamp"),
+    ("excb_balancing", "clamp before the boost", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1).clamp(-1, 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost)
+        """, "comes before the boost"),
     ("excb_balancing", "no boost", """
         def excb_balance_scores(scores, relative_sizes, boost=1.01):
             z, r = scores.float(), relative_sizes.float()
