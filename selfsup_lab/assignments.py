@@ -45,9 +45,9 @@ import contextlib
 import copy
 import html
 import inspect
-import io
 import linecache
 import math
+import os
 import signal
 import sys
 import textwrap
@@ -68,10 +68,6 @@ __all__ = [
 SOLUTION_TAG = "solution"  # the cell the student edits
 SETUP_TAG = "setup"        # imports the solution cell relies on; run before it when grading
 CHECK_TAG = "check"        # the auto-check cell (not run by the grader: it runs the check itself)
-
-# The heading of each exercise's report (in Jupyter and from the grader alike).
-REPORT_TITLES = {"nt_xent": "NT-Xent loss", "sinkhorn": "Sinkhorn-Knopp", "coke_dual_step": "CoKe dual step",
-                 "excb_balancing": "ExCB balancing"}
 
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -285,7 +281,7 @@ class _Check:
     """Collects the cases of one exercise; a student exception fails only the case it happened in."""
 
     def __init__(self, exercise: str, student_fn: Callable, unpack_first: bool = False):
-        self.result = CheckResult(exercise, REPORT_TITLES[exercise])
+        self.result = CheckResult(exercise, EXERCISES[exercise].report_title)
         self.run = _Runner(student_fn, unpack_first)
         self.stopped = False
         if not callable(student_fn):
@@ -864,17 +860,18 @@ class Exercise:
     function: str  # the name the student's function has in the notebook
     check: Callable[..., CheckResult]
     notebook: str  # file name under notebooks/assignments/
+    report_title: str  # the heading of its ✓/✗ report, in Jupyter and from the grader alike
 
 
 EXERCISES: dict[str, Exercise] = {
     "nt_xent": Exercise("nt_xent", "SimCLR's NT-Xent loss (METHODS.md §1)", "nt_xent", check_nt_xent,
-                        "nt_xent.ipynb"),
+                        "nt_xent.ipynb", "NT-Xent loss"),
     "sinkhorn": Exercise("sinkhorn", "SwAV's Sinkhorn-Knopp equipartition (§4.2)", "sinkhorn", check_sinkhorn,
-                         "sinkhorn.ipynb"),
+                         "sinkhorn.ipynb", "Sinkhorn-Knopp"),
     "coke_dual_step": Exercise("coke_dual_step", "CoKe's dual step for minimum cluster sizes (§4.4)",
-                               "coke_dual_step", check_coke_dual_step, "coke_dual_step.ipynb"),
+                               "coke_dual_step", check_coke_dual_step, "coke_dual_step.ipynb", "CoKe dual step"),
     "excb_balancing": Exercise("excb_balancing", "ExCB's explicit balancing of teacher scores (§4.5)",
-                               "excb_balance_scores", check_excb_balance, "excb_balancing.ipynb"),
+                               "excb_balance_scores", check_excb_balance, "excb_balancing.ipynb", "ExCB balancing"),
 }
 
 # Model answers: what a good student submission looks like (written from METHODS.md's equations, in the
@@ -1024,27 +1021,27 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
             try:
                 # What the cells print (a check call left in the solution cell, debugging output) is not the
-                # grade: kept out of the grader's report.
-                with contextlib.redirect_stdout(io.StringIO()):
+                # grade: discarded (not collected: a print loop must not fill the memory until the timeout).
+                with open(os.devnull, "w") as discard, contextlib.redirect_stdout(discard):
                     exec(compile(source, filename, "exec"), namespace)
             except _Timeout:
                 raise
             except NotImplementedError:
                 continue  # e.g. a scaffold that raises at import time: reported by the check below
             except Exception as exc:
-                result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
+                result = CheckResult(ex.name, ex.report_title, [Case(
                     f"cell {index + 1} of the notebook runs", False, _describe_exception(exc),
                     "run the notebook top to bottom in Jupyter and fix the first error")])
                 return result.raise_if_failed() if strict else result
         fn = namespace.get(ex.function)
         if fn is None:
-            result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
+            result = CheckResult(ex.name, ex.report_title, [Case(
                 f"the notebook defines `{ex.function}`", False, "no function of that name after running the cells",
                 f"keep the name and signature of the scaffold: def {ex.function}(...)")])
             return result.raise_if_failed() if strict else result
         return ex.check(fn, strict=strict)
     except _Timeout:
-        result = CheckResult(ex.name, REPORT_TITLES[ex.name], [Case(
+        result = CheckResult(ex.name, ex.report_title, [Case(
             f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
             "look for a loop that never ends, or work on a huge tensor")])
         return result.raise_if_failed() if strict else result

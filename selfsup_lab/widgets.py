@@ -899,6 +899,21 @@ PLAYGROUND_SLIDERS = [
 ]
 
 
+def _show_on_slider(slider, value) -> None:
+    """Move a slider to `value`, widening its range if the value lies outside; a log slider (whose min and max
+    are exponents of its base) cannot show 0 or less and rests at its minimum instead."""
+    log = type(slider).__name__ == "FloatLogSlider"
+    if log and value <= 0:
+        slider.value = slider.base ** slider.min
+        return
+    low, high = (slider.base ** slider.min, slider.base ** slider.max) if log else (slider.min, slider.max)
+    if value < low:
+        slider.min = math.log(value, slider.base) if log else value
+    if value > high:
+        slider.max = math.log(value, slider.base) if log else value
+    slider.value = value
+
+
 class ClusterSizePlayground:
     """Sliders → `simulate` for every rule → the picture of `playground_figure`, redrawn in place.
 
@@ -928,17 +943,15 @@ class ClusterSizePlayground:
         style = {"description_width": "110px"}
         layout = W.Layout(width="340px")
         for name, label, kind, low, high, step in PLAYGROUND_SLIDERS:
-            value = getattr(self.params, name)
-            # A value from code outside the usual range widens the slider, so that it shows what is simulated.
-            low, high = min(low, value), max(high, value)
             if kind == "int":
-                slider = W.IntSlider(value=value, min=low, max=high, step=step, description=label)
+                slider = W.IntSlider(value=low, min=low, max=high, step=step, description=label)
             elif kind == "float":
-                slider = W.FloatSlider(value=value, min=low, max=high, step=step, description=label,
+                slider = W.FloatSlider(value=low, min=low, max=high, step=step, description=label,
                                        readout_format=".3g")
             else:
-                slider = W.FloatLogSlider(value=value, base=10, min=math.log10(low), max=math.log10(high),
+                slider = W.FloatLogSlider(value=low, base=10, min=math.log10(low), max=math.log10(high),
                                           step=0.05, description=label, readout_format=".3g")
+            _show_on_slider(slider, getattr(self.params, name))  # before it is observed: no recomputation
             slider.continuous_update = False
             slider.style, slider.layout = style, layout
             slider.observe(self._on_param_change, names="value")
@@ -978,22 +991,15 @@ class ClusterSizePlayground:
     def set_params(self, **changes) -> None:
         """Change parameters (as the sliders do), recompute, redraw; the sliders follow (widened if the value
         lies outside their range). A value `PlaygroundParams` refuses raises ValueError and changes nothing."""
-        self.params = dataclasses.replace(self.params, **changes)
+        params = dataclasses.replace(self.params, **changes)  # checks the values before anything changes
         self._syncing = True
         try:
             for name, value in changes.items():
-                slider = self.sliders.get(name)
-                if slider is None or slider.value == value:
-                    continue
-                log = type(slider).__name__ == "FloatLogSlider"  # its min and max are powers of `base`
-                low, high = (slider.base ** slider.min, slider.base ** slider.max) if log else (slider.min, slider.max)
-                if value < low:
-                    slider.min = math.log10(value) if log else value
-                if value > high:
-                    slider.max = math.log10(value) if log else value
-                slider.value = value
+                if name in self.sliders:
+                    _show_on_slider(self.sliders[name], value)
         finally:
             self._syncing = False
+        self.params = params
         self.histories = self.compute()
         steps = self.params.steps
         for w in (self.step_slider, self.play):
@@ -1007,8 +1013,12 @@ class ClusterSizePlayground:
     def redraw(self, step: int | None = None) -> None:
         self.shown_step = step or self.params.steps
         self.image.value = _png(playground_figure(self.histories, self.shown_step), self.dpi)
+        # e.g. η = 0 from code: a log slider cannot show 0, so the status line says what is simulated
+        unshown = [f"{name} = {getattr(self.params, name):g}" for name, slider in self.sliders.items()
+                   if not math.isclose(slider.value, getattr(self.params, name), rel_tol=1e-6)]
         self.status.value = (f"<small>{len(self.rules)} rules × {self.params.steps} steps simulated in "
-                             f"{self.compute_seconds:.2f} s · showing step {self.shown_step}</small>")
+                             f"{self.compute_seconds:.2f} s · showing step {self.shown_step}"
+                             + (f" · not on the sliders: {', '.join(unshown)}" if unshown else "") + "</small>")
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -152,6 +152,18 @@ def test_naive_collapses_while_excb_stays_balanced(tmp_path):
     assert excb[-1]["batch_entropy_ratio"] > 0.7 and naive[-1]["batch_entropy_ratio"] < 0.3
 
 
+def test_per_batch_occupancy_is_the_mean_of_each_steps_own_statistics(tmp_path):
+    from selfsup_lab.metrics import occupancy_stats
+
+    options = dict(QUICK, dataset="synthetic:n=96,classes=4,size=16", batch_size=32, proj_hidden=32)
+    run = selfsup_lab.train("excb", epochs=2, out=str(tmp_path), occupancy_every=1, pred_hidden=32, **options)
+    for epoch, record in enumerate(run.history):  # occupancy_every=1: the log holds every step's own counts
+        steps = [occupancy_stats(w["counts"]) for w in run.trainer.occupancy_log["steps"] if w["epoch"] == epoch]
+        assert len(steps) == 3
+        assert record["occupancy"]["batch_entropy_ratio"] == pytest.approx(sum(s["entropy_ratio"] for s in steps) / 3)
+        assert record["occupancy"]["batch_max_share"] == pytest.approx(sum(s["max_share"] for s in steps) / 3)
+
+
 def test_history_and_metrics_carry_the_occupancy_without_the_rule(tmp_path):
     options = dict(QUICK, dataset="synthetic:n=64,classes=4,size=16", batch_size=32, proj_hidden=32)
     swav = selfsup_lab.train("swav", epochs=2, out=str(tmp_path / "swav"), **options)

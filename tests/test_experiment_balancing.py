@@ -30,7 +30,7 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
     assert len(saved["occupancy_per_epoch"]["coke_num_clusters=3-b16"]) == 1  # one count vector per epoch
     header = (tmp_path / "results.md").read_text().split("\n")
     table_head = next(line for line in header if line.startswith("| method"))
-    for column in ("H/log K", "eff. clusters", "largest share", "empty", "H/log K without rule", "kNN top-1", "NMI", "ACC", "ARI", "minutes",
+    for column in ("H/log K", "H/log K per batch", "eff. clusters", "largest share", "empty", "H/log K without rule", "kNN top-1", "NMI", "ACC", "ARI", "minutes",
                    "clustering from"):
         assert column in table_head
     assert (tmp_path / "coke_num_clusters=3-b16" / "metrics.json").exists()  # a spec's folder: its label

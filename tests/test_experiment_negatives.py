@@ -74,3 +74,16 @@ def test_a_repeated_batch_size_or_seed_is_refused_before_training(tmp_path, repe
     with pytest.raises(UserError, match=f"{message}; give each value once"):
         compare_negatives(out=tmp_path / "out", **{**TINY, "batch_sizes": (16,), **repeated})
     assert not (tmp_path / "out").exists()
+
+
+def test_measure_leaves_the_same_class_rate_empty_when_no_epoch_could_measure_it(tmp_path):
+    """Mostly unlabelled data (STL-10 with a small subset) can give epochs without the rate: no KeyError."""
+    import selfsup_lab
+    from selfsup_lab.experiments import negatives
+
+    run = selfsup_lab.train("simclr", "synthetic:n=64,classes=4,size=16", epochs=1, batch_size=32, device="cpu",
+                            backbone="convnet", proj_hidden=32, out=str(tmp_path), progress=False, figures=False)
+    for record in run.history:
+        del record["same_class_neg_rate"]
+    row, _ = negatives.measure(run, alignment_images=16)
+    assert row["same_class_neg_rate"] is None and 0.0 <= row["knn_top1"] <= 1.0

@@ -133,6 +133,10 @@ def test_playground_set_params_from_code_recomputes_once_and_the_sliders_show_th
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
         pg.set_params(batch_size=1)
     assert pg.params.batch_size == PlaygroundParams().batch_size and pg.recomputes == 3  # nothing changed
+    pg.set_params(coke_step=0.0)  # CoKe without duals: a log slider cannot show 0, the status line says so
+    assert pg.params.coke_step == 0.0 and pg.recomputes == 4 and "not on the sliders: coke_step = 0" in pg.status.value
+    assert "not on the sliders" not in ClusterSizePlayground(PlaygroundParams(steps=10)).status.value
+    assert ClusterSizePlayground(PlaygroundParams(steps=10, encoder_lr=0.0)).params.encoder_lr == 0.0
     wide = ClusterSizePlayground(PlaygroundParams(steps=10, num_clusters=300, batch_size=4))
     assert (wide.sliders["num_clusters"].value, wide.sliders["batch_size"].value) == (300, 4)
     with pytest.raises(ValueError, match="rules must name"):

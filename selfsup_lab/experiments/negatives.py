@@ -89,7 +89,9 @@ def measure(run, seed: int = 0, alignment_images: int = 1000) -> tuple[dict, dic
         "fragmentation": report["fragmentation"], "mixing": report["mixing"],
         "intra_cos": cosines["intra_mean"], "inter_cos": cosines["inter_mean"], "separation": cosines["separation"],
         "alignment": analysis.alignment(z1, z2), "uniformity": analysis.uniformity(features, seed=seed),
-        "same_class_neg_rate": float(np.mean([r["same_class_neg_rate"] for r in history])) if history else None,
+        # epochs in which no batch held two labelled images have no rate (mostly unlabelled data, e.g. STL-10)
+        "same_class_neg_rate": float(np.mean(rates)) if (rates := [r["same_class_neg_rate"] for r in history
+                                                                  if "same_class_neg_rate" in r]) else None,
         "sampler": type(trainer.sampler).__name__,
     }
     last = history[-1] if history else {}
@@ -162,7 +164,8 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                 arrays.setdefault((label, batch_size), extra)  # figures show the first seed
                 print(f"[compare-negatives] {label} B={batch_size} seed={seed}: kNN {row['knn_top1']:.3f}, "
                       f"homogeneity {row['homogeneity']:.3f}, completeness {row['completeness']:.3f}, "
-                      f"same-class negatives {row['same_class_neg_rate']:.4f} ({seconds or 0:.0f} s)", flush=True)
+                      f"same-class negatives {table_cell(row, 'same_class_neg_rate', '.4f')} ({seconds or 0:.0f} s)",
+                      flush=True)
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label, _, _ in specs]
     # Reference: the untrained backbone every run starts from (first seed), measured the same way.
