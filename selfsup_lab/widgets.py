@@ -460,6 +460,9 @@ class _BoardReporter(Callback):
 
     def on_epoch_end(self, trainer, record):
         self._pull(trainer)
+        batch_entropy = record.get("occupancy", {}).get("batch_entropy_ratio")
+        if batch_entropy is not None:
+            self.board._series(self.name)["batch_entropy"].append((trainer.global_step, batch_entropy))
         self.board._maybe_refresh(force=True)
 
     def on_train_end(self, trainer):
@@ -508,7 +511,8 @@ class OccupancyBoard:
             self.widget.add_class("selfsup-occupancy-board")
 
     def _series(self, name: str) -> dict:
-        return self.series.setdefault(name, {"steps": [], "counts": [], "status": "waiting", "total_steps": None})
+        return self.series.setdefault(name, {"steps": [], "counts": [], "status": "waiting", "total_steps": None,
+                                             "batch_entropy": []})  # [(step, one batch's mean H/log K) per epoch]
 
     def callback(self, name: str) -> Callback:
         """A trainer callback that reports this run's occupancy into the board under `name`."""
@@ -522,6 +526,10 @@ class OccupancyBoard:
         series["steps"] = [int(e["step"]) for e in log.get("steps", [])]
         series["counts"] = [list(e["counts"]) for e in log.get("steps", [])]
         series["status"], series["total_steps"] = run.status, run.trainer.total_steps
+        per_epoch = run.trainer.total_steps // max(1, run.trainer.epochs)
+        series["batch_entropy"] = [((i + 1) * per_epoch, r["occupancy"]["batch_entropy_ratio"])
+                                   for i, r in enumerate(run.history)
+                                   if r.get("occupancy", {}).get("batch_entropy_ratio") is not None]
         self._maybe_refresh(force=True)
 
     def show(self) -> "OccupancyBoard":
@@ -565,11 +573,14 @@ class OccupancyBoard:
             xs = [s / total for s in series["steps"]]
             ys = [occupancy_stats(c)["entropy_ratio"] for c in series["counts"]]
             ax_entropy.plot(xs, ys, color=colors[i % 10], label=f"{name} ({series['status']})")
+            if series["batch_entropy"]:  # dotted: one batch alone, per epoch
+                steps, values = zip(*series["batch_entropy"])
+                ax_entropy.plot([s / total for s in steps], values, color=colors[i % 10], ls=":", marker="+", lw=1)
         ax_entropy.set_xlim(0, 1)
         ax_entropy.set_ylim(-0.02, 1.02)
         ax_entropy.set_xlabel("fraction of training", fontsize=8)
         ax_entropy.set_ylabel("H / log K", fontsize=8)
-        ax_entropy.set_title("occupancy entropy (1 = balanced, 0 = one cluster)", fontsize=9)
+        ax_entropy.set_title("occupancy entropy H/log K (dotted: one batch alone, mean per epoch)", fontsize=9)
         ax_entropy.grid(alpha=0.3)
         if ax_entropy.lines:
             ax_entropy.legend(fontsize=7, frameon=False, loc="lower left")

@@ -255,7 +255,7 @@ def test_click_routing_is_a_no_op_outside_a_kernel():
 
 # --- several runs, and embeddings ----------------------------------------------------------------------------
 
-def test_occupancy_board_collects_several_runs():
+def test_occupancy_board_collects_several_runs(text_mode_run):
     board = OccupancyBoard(mode="widget", refresh_seconds=3600)
     for name, counts in (("naive", [40, 0, 0, 0]), ("excb", [10, 10, 10, 10])):
         trainer = fake_trainer()
@@ -264,12 +264,18 @@ def test_occupancy_board_collects_several_runs():
         trainer.global_step = 1
         trainer.occupancy_log["steps"].append({"epoch": 0, "step": 1, "counts": counts})
         reporter.on_step_end(trainer, {"loss": 1.0})
+        reporter.on_epoch_end(trainer, {"epoch": 1, "occupancy": {"batch_entropy_ratio": 0.25}})
         trainer.status = "finished"
         reporter.on_train_end(trainer)
     assert list(board.series) == ["naive", "excb"]
     assert board.series["excb"]["counts"] == [[10, 10, 10, 10]] and board.series["naive"]["status"] == "finished"
+    assert board.series["excb"]["batch_entropy"] == [(1, 0.25)]  # one batch alone, at the epoch's last step
     assert board.redraws >= 4 and bytes(board.image.value).startswith(b"\x89PNG")
     assert len(board.figure().axes) == 3  # two bar charts and one shared entropy plot
+    finished = OccupancyBoard(mode="text")
+    finished.add_run("naive", text_mode_run[0])  # a finished run: its history gives the per-batch points
+    assert [round(v, 6) for _, v in finished.series["naive"]["batch_entropy"]] == \
+        [round(r["occupancy"]["batch_entropy_ratio"], 6) for r in text_mode_run[0].history]
 
 
 def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
