@@ -36,6 +36,7 @@ perfect pseudo-labels lower the rate only from 0.100 to 0.098.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, fields
 
@@ -274,7 +275,7 @@ def epoch_statistics(sampler, batches: list[torch.Tensor], labels: torch.Tensor)
     from .analysis import same_class_negative_rate
 
     rate = same_class_negative_rate(labels, batches)  # NaN when no batch has two labelled images: left out
-    return {**({"same_class_neg_rate": rate} if rate == rate else {}), **getattr(sampler, "info", {})}
+    return {**({} if math.isnan(rate) else {"same_class_neg_rate": rate}), **getattr(sampler, "info", {})}
 
 
 def state_dict(sampler) -> dict | None:

@@ -526,8 +526,7 @@ class OccupancyBoard:
         series["steps"] = [int(e["step"]) for e in log.get("steps", [])]
         series["counts"] = [list(e["counts"]) for e in log.get("steps", [])]
         series["status"], series["total_steps"] = run.status, run.trainer.total_steps
-        per_epoch = run.trainer.total_steps // max(1, run.trainer.epochs)
-        series["batch_entropy"] = [((i + 1) * per_epoch, r["occupancy"]["batch_entropy_ratio"])
+        series["batch_entropy"] = [((i + 1) * run.trainer.steps_per_epoch, r["occupancy"]["batch_entropy_ratio"])
                                    for i, r in enumerate(run.history)
                                    if r.get("occupancy", {}).get("batch_entropy_ratio") is not None]
         self._maybe_refresh(force=True)
