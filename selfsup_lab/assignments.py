@@ -651,6 +651,9 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
             ("the sign is flipped: an under-filled cluster (n_k/B < γ) must get a LARGER dual, so step along "
              "γ − n_k/B", lambda: (duals + eta * (n / batch - gamma)).clamp_min(0)),
             ("compare fractions, not counts: use n_k / batch_size", lambda: (duals + eta * (gamma - n)).clamp_min(0)),
+            ("`counts // batch_size` is integer division (0 for every cluster smaller than the batch): divide with "
+             "`/`, or `counts.float() / batch_size`",
+             lambda: (duals + eta * (gamma - torch.div(counts, batch, rounding_mode="floor"))).clamp_min(0)),
             ("the step size η is missing", lambda: (duals + (gamma - n / batch)).clamp_min(0)),
         ]
         hint = _diagnose(got, variants, 1e-5, 1e-6, "ρ_k ← max(0, ρ_k + η·(γ − n_k/B)), elementwise over the K "

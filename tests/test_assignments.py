@@ -142,6 +142,10 @@ MISTAKES = [
             top = z.argmax(1, keepdim=True)
             return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
         """, "swapped"),
+    ("coke_dual_step", "integer division", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts // batch_size)).clamp_min(0)
+        """, "integer division"),
     ("excb_balancing", "no clamp", """
         def excb_balance_scores(scores, relative_sizes, boost=1.01):
             z, r = scores.float(), relative_sizes.float()
