@@ -152,8 +152,9 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
     return fig
 
 
-def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str = "epoch"):
-    """Normalised entropy H/log K of the cluster sizes over time, one line per series."""
+def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str = "epoch", batch_entropy=None):
+    """Normalised entropy H/log K of the cluster sizes over time, one line per series; `batch_entropy` (one
+    value per epoch, the history's `batch_entropy_ratio`) adds the mean entropy of a single batch, dotted."""
     from .metrics import occupancy_stats
 
     fig, ax = _figure(ax, (5, 3))
@@ -161,12 +162,15 @@ def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str
     for name, rows in series.items():
         ys = [occupancy_stats(torch.as_tensor(r))["entropy_ratio"] for r in rows]
         ax.plot(range(1, len(ys) + 1), ys, label=name)
+    if batch_entropy:
+        ax.plot(range(1, len(batch_entropy) + 1), batch_entropy, color="0.35", ls=":", marker="+",
+                label="one batch alone (mean per epoch)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("H / log K")
     ax.set_title(title or "occupancy entropy (1 = balanced, 0 = one cluster)", fontsize=10)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 1 or batch_entropy:
         ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
@@ -204,7 +208,9 @@ def save_run_figures(run) -> list[Path]:
         save(occupancy_heatmap(epochs, title=f"occupancy over epochs — {name}"), "occupancy_heatmap.png")
         plain = run.trainer.occupancy_log.get("epochs_without_rule", [])
         series = {"training assignments": epochs, "balancing rule off": plain} if plain else epochs
-        save(entropy_curve(series, labels=run.trainer.config.method), "occupancy_entropy.png")
+        per_batch = [r["occupancy"].get("batch_entropy_ratio") for r in run.history if "occupancy" in r]
+        save(entropy_curve(series, labels=run.trainer.config.method,
+                           batch_entropy=per_batch if None not in per_batch else None), "occupancy_entropy.png")
     return written
 
 

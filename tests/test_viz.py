@@ -38,7 +38,7 @@ def test_run_figures_of_a_clustering_method_include_the_entropy_with_the_rule_of
     original = viz.entropy_curve
 
     def spy(count_rows, *args, **kwargs):
-        drawn["series"] = count_rows
+        drawn["series"], drawn["batch_entropy"] = count_rows, kwargs.get("batch_entropy")
         return original(count_rows, *args, **kwargs)
 
     monkeypatch.setattr(viz, "entropy_curve", spy)
@@ -49,6 +49,8 @@ def test_run_figures_of_a_clustering_method_include_the_entropy_with_the_rule_of
     assert set(drawn["series"]) == {"training assignments", "balancing rule off"}
     assert drawn["series"]["balancing rule off"] == run.trainer.occupancy_log["epochs_without_rule"]
     assert len(drawn["series"]["training assignments"]) == 2  # one count vector per epoch
+    # and, dotted, one batch's mean entropy per epoch from the history
+    assert drawn["batch_entropy"] == [r["occupancy"]["batch_entropy_ratio"] for r in run.history]
 
 
 def test_a_full_disk_while_drawing_keeps_the_run_and_leaves_no_empty_image(tmp_path, monkeypatch):
