@@ -30,6 +30,8 @@ def _summary(run) -> str:
     if occ:
         parts.append(f"occupancy entropy={occ['entropy_ratio']:.2f} effective={occ['effective_clusters']:.1f}/"
                      f"{occ['num_clusters']} largest={occ['max_share']:.1%}")
+        if occ.get("batch_entropy_ratio") is not None:  # one batch alone: low when batches take turns
+            parts.append(f"per batch: entropy={occ['batch_entropy_ratio']:.2f} largest={occ['batch_max_share']:.1%}")
     plain = m.get("occupancy_without_rule")
     if plain:  # the same head with the balancing rule switched off: is the representation itself balanced?
         parts.append(f"without the balancing rule: entropy={plain['entropy_ratio']:.2f} "

@@ -166,3 +166,19 @@ def test_ctrl_c_in_a_comparison_says_how_to_continue(command, module, function, 
     monkeypatch.setattr(importlib.import_module(module), function, interrupted)
     assert main([command, "--quick"]) == 130
     assert "re-run the same command with --reuse" in capsys.readouterr().err
+
+
+def test_the_summary_line_gives_the_occupancy_per_epoch_per_batch_and_without_the_rule():
+    import types
+
+    from selfsup_lab import cli
+
+    occupancy = {"entropy_ratio": 0.47, "effective_clusters": 5.3, "num_clusters": 35, "max_share": 0.2, "empty": 27,
+                 "batch_entropy_ratio": 0.016, "batch_max_share": 0.988}
+    run = types.SimpleNamespace(metrics={"knn_top1": 0.603, "occupancy": occupancy, "occupancy_without_rule":
+                                         {"entropy_ratio": 0.82, "max_share": 0.204, "empty": 1}})
+    line = cli._summary(run)
+    assert "knn_top1=0.603" in line and "occupancy entropy=0.47 effective=5.3/35 largest=20.0%" in line
+    assert "per batch: entropy=0.02 largest=98.8%" in line and "without the balancing rule: entropy=0.82" in line
+    del occupancy["batch_entropy_ratio"]  # a run directory written before the per-batch numbers existed
+    assert "per batch" not in cli._summary(run)
