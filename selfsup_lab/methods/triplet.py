@@ -28,13 +28,14 @@ Where to put the window (option `deputy`):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..analysis import binomial_pmf
 from ..errors import UserError
 from .base import StepOutput
 from .byol import BYOL, BYOLOptions
@@ -65,17 +66,11 @@ def rank_window(batch_size: int, expected_classes: int, epsilon: float = 0.05, w
     if p >= 1.0:  # one class: every negative shares it, no rank is safe — use the last one
         return n, n
 
-    def log_pmf(k: int) -> float:
-        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
-
-    # P(X ≥ r) summed from the top (r = n down), small terms first: accurate however small ε is, where
-    # 1 − P(X < r) would stop at ~1e-16. The tail grows as r falls; r_lo is the last r it stays ≤ ε.
-    r_lo, tail = n, 0.0  # n when even P(X ≥ n) > ε (a tiny batch): the last rank
-    for r in range(n, 0, -1):
-        tail += math.exp(log_pmf(r))  # now P(X ≥ r)
-        if tail > epsilon:
-            break
-        r_lo = r
+    # P(X ≥ r) for r = 0..n, summed from the top, small terms first: accurate however small ε is, where
+    # 1 − P(X < r) would stop at ~1e-16. It falls as r grows; r_lo is the first r ≥ 1 where it is ≤ ε.
+    tail = np.cumsum(binomial_pmf(n, p)[::-1])[::-1]
+    safe = np.flatnonzero(tail[1:] <= epsilon)
+    r_lo = int(safe[0]) + 1 if safe.size else n  # n when even P(X ≥ n) > ε (a tiny batch): the last rank
     return r_lo, min(r_lo + width - 1, n)
 
 
