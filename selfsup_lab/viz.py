@@ -154,15 +154,25 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
 
 def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str = "epoch", batch_entropy=None):
     """Normalised entropy H/log K of the cluster sizes over time, one line per series; `batch_entropy` (one
-    value per epoch, the history's `batch_entropy_ratio`) adds the mean entropy of a single batch, dotted."""
+    value per epoch, the history's `batch_entropy_ratio`) adds the mean entropy of a single batch, dotted.
+    With several series, `batch_entropy` may map series names to such lists: each dotted in its series' colour.
+    """
     from .metrics import occupancy_stats
 
     fig, ax = _figure(ax, (5, 3))
     series = count_rows if isinstance(count_rows, dict) else {labels or "run": count_rows}
+    colours = {}
     for name, rows in series.items():
         ys = [occupancy_stats(torch.as_tensor(r))["entropy_ratio"] for r in rows]
-        ax.plot(range(1, len(ys) + 1), ys, label=name)
-    if batch_entropy:
+        colours[name] = ax.plot(range(1, len(ys) + 1), ys, label=name)[0].get_color()
+    if isinstance(batch_entropy, dict):
+        # One batch alone can be far less balanced than the epoch (batches that take turns): same colour, dotted.
+        batch_entropy = {name: values for name, values in batch_entropy.items() if values and name in colours}
+        for name, values in batch_entropy.items():
+            ax.plot(range(1, len(values) + 1), values, color=colours[name], ls=":", lw=1.2)
+        if batch_entropy:
+            ax.plot([], [], color="0.35", ls=":", label="dotted: one batch alone")
+    elif batch_entropy:
         ax.plot(range(1, len(batch_entropy) + 1), batch_entropy, color="0.35", ls=":", marker="+",
                 label="one batch alone (mean per epoch)")
     ax.set_ylim(-0.02, 1.02)

@@ -11,7 +11,12 @@ TINY = dict(dataset="synthetic:n=96,classes=3,size=16", epochs=1, backbone="conv
             progress=False, shared_options={"proj_hidden": 32, "proj_dim": 16})
 
 
-def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
+def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path, monkeypatch):
+    from selfsup_lab.experiments import balancing
+
+    drawn, original = {}, balancing.comparison_figure
+    monkeypatch.setattr(balancing, "comparison_figure",
+                        lambda *args, **kwargs: drawn.update(kwargs) or original(*args, **kwargs))
     result = compare_balancing(methods=("coke:num_clusters=3", "deepcluster"), batch_sizes=(16, 32),
                                out=tmp_path, **TINY)
     assert not result["failed"], result["failed"]
@@ -34,6 +39,9 @@ def test_two_methods_two_batch_sizes_write_table_json_and_figures(tmp_path):
                    "clustering from"):
         assert column in table_head
     assert (tmp_path / "coke_num_clusters=3-b16" / "metrics.json").exists()  # a spec's folder: its label
+    # the figure's dotted lines: one batch's entropy per epoch, from each run's history
+    history = [json.loads(line) for line in (tmp_path / "deepcluster-b32" / "history.jsonl").read_text().splitlines()]
+    assert drawn["per_batch"][("deepcluster", 32)] == [r["occupancy"]["batch_entropy_ratio"] for r in history]
     # the reference row: the untrained backbone, evaluated the same way, last in the table
     untrained = saved["untrained"]
     assert untrained["method"] == "untrained network" and untrained["steps"] == 0

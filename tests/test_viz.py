@@ -53,6 +53,25 @@ def test_run_figures_of_a_clustering_method_include_the_entropy_with_the_rule_of
     assert drawn["batch_entropy"] == [r["occupancy"]["batch_entropy_ratio"] for r in run.history]
 
 
+def test_per_batch_entropy_of_several_series_is_dotted_in_each_series_colour():
+    balanced, collapsed = [[25, 25, 25, 25]] * 3, [[97, 1, 1, 1]] * 3
+    fig = viz.entropy_curve({"excb": balanced, "naive": collapsed},
+                            batch_entropy={"excb": [0.2, 0.4, 0.6], "naive": None, "not drawn": [0.5, 0.5, 0.5]})
+    solid = {line.get_label(): line for line in fig.axes[0].lines if line.get_linestyle() == "-"}
+    dotted = [line for line in fig.axes[0].lines if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert len(dotted) == 1, "one dotted line: the series that has per-batch values (and only a drawn series)"
+    assert dotted[0].get_color() == solid["excb"].get_color()
+    assert list(dotted[0].get_ydata()) == [0.2, 0.4, 0.6]
+    assert list(solid["naive"].get_ydata()) == pytest.approx([viz_entropy([97, 1, 1, 1])] * 3)
+    assert "dotted: one batch alone" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    viz._plt().close(fig)
+
+
+def viz_entropy(counts):
+    p = np.asarray(counts, dtype=float) / sum(counts)
+    return float(-(p * np.log(p)).sum() / np.log(len(counts)))
+
+
 def test_a_full_disk_while_drawing_keeps_the_run_and_leaves_no_empty_image(tmp_path, monkeypatch):
     import errno
 

@@ -33,10 +33,11 @@ itself collapses); kNN top-1 and the clustering scores of `api.evaluate` (the me
 has one, else k-means with K = C on the backbone features: the `clustering from` column says which) and the
 wall-clock minutes. Written to OUT:
 results.md (with a last row for the untrained network, the reference every run must beat), results.json,
-figures/comparison.png (entropy over epochs, with and without the rule, + sorted-occupancy heatmap per method,
-one row per batch size; the first seed's runs), figures/batch_size_sweep.png (with several batch sizes) and one
-run directory per (method, batch size), or per (method, batch size, seed) with several seeds. With several
-seeds a table cell that differs between seeds reads mean ± sample standard deviation.
+figures/comparison.png (entropy over epochs, with and without the rule, one batch alone dotted, + the
+sorted-occupancy heatmap per method, one row per batch size; the first seed's runs),
+figures/batch_size_sweep.png (with several batch sizes) and one run directory per (method, batch size), or per
+(method, batch size, seed) with several seeds. With several seeds a table cell that differs between seeds reads
+mean ± sample standard deviation.
 """
 from __future__ import annotations
 
@@ -111,12 +112,13 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def comparison_figure(occupancy: dict, methods: list[str], batch_sizes: list[int], title: str = "",
-                      without_rule: dict | None = None):
+                      without_rule: dict | None = None, per_batch: dict | None = None):
     """One row per batch size: the entropy of every method over epochs, then each method's sorted occupancy.
 
     `occupancy` and `without_rule` map (method, batch size) to per-epoch count vectors (the trainer's
     occupancy_log "epochs" and "epochs_without_rule"). With `without_rule`, a second entropy panel shows the
-    same heads with the balancing rule switched off, in the same colours.
+    same heads with the balancing rule switched off, in the same colours. `per_batch` maps (method, batch
+    size) to the history's per-epoch `batch_entropy_ratio` (one batch alone), drawn dotted in the first panel.
     """
     from .. import viz
 
@@ -126,7 +128,8 @@ def comparison_figure(occupancy: dict, methods: list[str], batch_sizes: list[int
     fig, axes = plt.subplots(len(batch_sizes), cols, figsize=(3.3 * cols, 2.9 * len(batch_sizes)), squeeze=False)
     for row, batch_size in zip(axes, batch_sizes):
         series = {m: occupancy[(m, batch_size)] for m in methods if occupancy.get((m, batch_size))}
-        viz.entropy_curve(series, ax=row[0], title=f"B = {batch_size}: H / log K per epoch")
+        batches = {m: (per_batch or {}).get((m, batch_size)) for m in series}
+        viz.entropy_curve(series, ax=row[0], title=f"B = {batch_size}: H / log K per epoch", batch_entropy=batches)
         if without_rule:
             plain = {m: without_rule.get((m, batch_size)) or [] for m in series}  # keeps each method's colour
             viz.entropy_curve(plain, ax=row[1], title=f"B = {batch_size}: the same, balancing rule off")
@@ -214,7 +217,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
         return f"{folder_name(label)}-b{batch_size}" + (f"-s{seed}" if len(seeds) > 1 else "")
 
-    runs, failed, occupancy, without_rule = [], [], {}, {}
+    runs, failed, occupancy, without_rule, per_batch = [], [], {}, {}, {}
     start = time.perf_counter()
     for seed in seeds:
         for batch_size in batch_sizes:
@@ -244,6 +247,8 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                       f"empty, kNN {shown['knn_top1']} ({minutes * 60:.0f} s)", flush=True)
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
                 without_rule[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs_without_rule", [])
+                batch_curve = [r.get("occupancy", {}).get("batch_entropy_ratio") for r in run.history]
+                per_batch[(label, batch_size, seed)] = batch_curve if None not in batch_curve else None
     rows = [aggregate_seeds([r for r in runs if r["method"] == label and r["batch_size"] == b])
             for b in batch_sizes for label in labels]
     untrained = aggregate_seeds([{**untrained_row(dataset, seed, {"batch_size": min(batch_sizes), **train_options}),
@@ -260,8 +265,9 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
     first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
     first_seed_plain = {(m, b): counts for (m, b, seed), counts in without_rule.items() if seed == seeds[0]}
-    figures = [(comparison_figure(first_seed, labels, batch_sizes, title=title, without_rule=first_seed_plain),
-                "comparison.png")]
+    first_seed_batches = {(m, b): curve for (m, b, seed), curve in per_batch.items() if seed == seeds[0]}
+    figures = [(comparison_figure(first_seed, labels, batch_sizes, title=title, without_rule=first_seed_plain,
+                                  per_batch=first_seed_batches), "comparison.png")]
     if len(batch_sizes) > 1:
         figures.append((sweep_figure(rows, labels, title=title), "batch_size_sweep.png"))
     for fig, filename in figures:
