@@ -765,7 +765,11 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
 
             if rule == "coke":
                 with torch.no_grad():
-                    f = F.normalize(f1 + f2, dim=1)  # the two-view variant clusters the mean feature
+                    # The two-view variant clusters the views' mean. The toy re-normalises it so that f·c is a
+                    # cosine for every point and η means the same for all; methods/coke.py clusters the plain
+                    # mean (f1 + f2) / 2 as METHODS.md §4.4 writes it. (Tried plain in this toy: notebook 03's
+                    # η sweep becomes irregular, η = 1 worse than both 0.5 and 3.)
+                    f = F.normalize(f1 + f2, dim=1)
                     hard = balancing.coke_assign(f, prototypes, state["duals"])
                     batch_counts = torch.bincount(hard, minlength=K)
                     state["duals"] = balancing.coke_dual_step(state["duals"], batch_counts, B, p.coke_ratio / K,
