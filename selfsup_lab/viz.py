@@ -261,9 +261,10 @@ def _scatter_rows(ax, rows, xkey, ykey):
     ax.grid(alpha=0.3)
 
 
-def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int, epsilon: float = 0.05, ax=None):
+def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int, epsilon: float | None = 0.05,
+                                ax=None):
     """Per anchor, how many of its B − 1 negatives share its class: one histogram per sampler, against the
-    Binomial(B − 1, 1/C) model and the rank rule's r_lo (P(X ≥ r_lo) ≤ ε)."""
+    Binomial(B − 1, 1/C) model and the triplet rank rule's r_lo (P(X ≥ r_lo) ≤ ε; `epsilon=None` leaves it out)."""
     from .analysis import binomial_pmf
     from .methods.triplet import rank_window
 
@@ -275,8 +276,9 @@ def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int,
         ax.hist(np.asarray(c), bins=bins, density=True, histtype="step", lw=1.5, label=f"{name} batches")
     shown = pmf[:top]  # the pmf has B entries (0 … B − 1 negatives); `top` may reach past them for small B
     ax.plot(np.arange(len(shown)), shown, "k.", ms=4, label=f"Binomial({batch_size - 1}, 1/{num_classes})")
-    r_lo, _ = rank_window(batch_size, num_classes, epsilon)
-    ax.axvline(r_lo, color="tab:red", ls="--", lw=1, label=f"rank rule r_lo = {r_lo} (ε = {epsilon})")
+    if epsilon is not None:
+        r_lo, _ = rank_window(batch_size, num_classes, epsilon)
+        ax.axvline(r_lo, color="tab:red", ls="--", lw=1, label=f"rank rule r_lo = {r_lo} (ε = {epsilon})")
     ax.set_xlabel("same-class negatives per anchor")
     ax.set_ylabel("share of anchors")
     ax.set_title(f"false negatives in a batch of {batch_size}", fontsize=10)

@@ -67,6 +67,17 @@ def test_per_batch_entropy_of_several_series_is_dotted_in_each_series_colour():
     viz._plt().close(fig)
 
 
+def test_same_class_negatives_figure_draws_the_rank_rule_only_when_asked():
+    counts = {"random": np.array([0, 1, 1, 2, 3])}
+    with_rule = viz.same_class_negatives_figure(counts, 32, 10)
+    without = viz.same_class_negatives_figure(counts, 32, 10, epsilon=None)
+    labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in (with_rule, without)]
+    assert any(label.startswith("rank rule r_lo") for label in labels[0])
+    assert not any(label.startswith("rank rule") for label in labels[1]) and "random batches" in labels[1]
+    for fig in (with_rule, without):
+        viz._plt().close(fig)
+
+
 def viz_entropy(counts):
     p = np.asarray(counts, dtype=float) / sum(counts)
     return float(-(p * np.log(p)).sum() / np.log(len(counts)))
