@@ -178,17 +178,21 @@ def make_config(method: str = "simclr", dataset: str = "digits", **options) -> T
     return TrainConfig(method=method, dataset=dataset, method_options=method_options, **config_values)
 
 
-def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callback] | None = None,
+def train(method: str | None = None, dataset: str | None = None, callbacks: list[Callback] | None = None,
           resume: bool = False, overwrite: bool = True, **options) -> Run:
-    """Train `method` on `dataset`, evaluate, write figures; returns the `Run`.
+    """Train `method` (default simclr) on `dataset` (default digits), evaluate, write figures; returns the `Run`.
 
     A fresh start replaces a run already in `out` (re-running a notebook cell trains again); with
     `overwrite=False`, as the command line uses, it refuses instead.
 
     A run stopped early (a callback's `request_stop()`, e.g. the dashboard's stop button) is returned
-    without final metrics; its last checkpoint is kept and `resume=True` continues it.
+    without final metrics; its last checkpoint is kept and `resume=True` continues it: with the run's own
+    settings (method, dataset, epochs, options, ...), so `train(resume=True, out=...)` is enough; what is
+    given on top must be a change a resumed run may make (`train.RESUMABLE_CHANGES`, e.g. epochs or device).
     """
-    config = make_config(method, dataset, **options)
+    if resume:
+        method, dataset, options = resume_settings(method, dataset, options)
+    config = make_config(method or "simclr", dataset or "digits", **options)
     trainer = Trainer(config, callbacks=callbacks, resume=resume, overwrite=overwrite).fit()
     run = Run(trainer)
     if trainer.status == "finished":
@@ -200,6 +204,25 @@ def train(method: str = "simclr", dataset: str = "digits", callbacks: list[Callb
                 warnings.warn(f"the figures were not drawn: {err}; the checkpoint and metrics.json are saved, and "
                               f"selfsup_lab.load_run({str(run.out)!r}).figures() draws them later", stacklevel=2)
     return run
+
+
+def resume_settings(method: str | None, dataset: str | None, options: dict) -> tuple[str, str, dict]:
+    """The settings of the run to resume in options["out"] (default runs/<method>-<dataset>), with the given
+    ones on top; the trainer then refuses any change a resumed run may not make."""
+    from .train import run_directory
+
+    out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
+    saved = dict(load_checkpoint(out / CHECKPOINT)["config"])
+    saved_method, saved_dataset = saved.pop("method", None), saved.pop("dataset", None)
+    if not isinstance(saved_method, str) or not isinstance(saved_dataset, str):
+        raise UserError(f"the checkpoint in {out} names no method or dataset, so it is not a checkpoint of this lab "
+                        f"(or it is damaged); start a new run with another --out")
+    given_method_options = options.get("method_options", {}) if isinstance(options.get("method_options"), dict) else {}
+    method_options = {**(saved.pop("method_options", None) or {}), **given_method_options}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = {**{k: v for k, v in saved.items() if k in fields}, **options, "out": str(out),
+                "method_options": method_options}
+    return method or saved_method, dataset or saved_dataset, settings
 
 
 def load_run(out: str | Path, device: str = "auto") -> Run:

@@ -41,7 +41,7 @@ def _summary(run) -> str:
 
 def cmd_train(args) -> int:
     from . import api, distributed
-    from .train import CHECKPOINT, TrainConfig, load_checkpoint, run_directory
+    from .train import CHECKPOINT, TrainConfig, run_directory
 
     options = dict(epochs=args.epochs, batch_size=args.batch_size, backbone=args.backbone, device=args.device,
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
@@ -50,32 +50,31 @@ def cmd_train(args) -> int:
                    eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=args.progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
-    method, dataset, method_options = args.method or "simclr", args.dataset or "digits", _parse_set(args.set)
+    method, dataset, method_options = args.method, args.dataset, _parse_set(args.set)
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out pointing at the run directory to continue")
-        # The run's own settings, with what was given on top: the trainer refuses a change that would make
-        # the continued run a different one (train.RESUMABLE_CHANGES lists what may change).
-        saved = dict(load_checkpoint(Path(args.out) / CHECKPOINT)["config"])
-        saved_method, saved_dataset = saved.pop("method"), saved.pop("dataset")
-        method, dataset = args.method or saved_method, args.dataset or saved_dataset
-        method_options = {**saved.pop("method_options", {}), **method_options}
-        options = {**saved, **options}
+        if args.overwrite:
+            raise UserError("--resume continues the run in --out and --overwrite starts it over; give one of them")
+
+    def continue_command(out) -> str:  # an extension (--resume --epochs N) reaches the checkpoint only with an epoch
+        return f"selfsup-lab train --resume --out {out}" + (f" --epochs {args.epochs}" if args.resume and args.epochs
+                                                             else "")
+
     try:
         run = api.train(method, dataset, resume=args.resume, overwrite=args.overwrite, method_options=method_options,
                         **options)
     except KeyboardInterrupt:
-        out = run_directory(TrainConfig(method=method, dataset=dataset, out=options.get("out")))
+        out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
         if (out / CHECKPOINT).exists():  # the newline ends a progress bar's line
-            print(f"\ninterrupted; the checkpoint of the last completed epoch is kept — continue with: selfsup-lab "
-                  f"train --resume --out {out}", file=sys.stderr)
+            print(f"\ninterrupted; the checkpoint of the last completed epoch is kept — continue with: "
+                  f"{continue_command(out)}", file=sys.stderr)
         else:
             print("\ninterrupted before the first epoch ended; no checkpoint was written", file=sys.stderr)
         return 130
     if distributed.is_main_process():
         if run.status != "finished":
-            print(f"{run.status}; the last checkpoint is in {run.out} — continue with: selfsup-lab train --resume --out "
-                  f"{run.out}")
+            print(f"{run.status}; the last checkpoint is in {run.out} — continue with: {continue_command(run.out)}")
         else:
             print(f"done: {run.out}\n  {_summary(run)}")
             if run.figure_files:  # drawn now: not older ones left in figures/ by an earlier run

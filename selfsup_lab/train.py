@@ -110,8 +110,14 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device '{name}'; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no GPU is visible; use --device cpu or auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no GPU is visible; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name} was asked for but only {torch.cuda.device_count()} GPU(s) are visible "
+                            f"(cuda:0 … cuda:{torch.cuda.device_count() - 1}); use one of those, or auto")
+    elif device.type != "cpu":  # mps, xpu, meta, ...: the lab is written and tested for CPU and CUDA only
+        raise UserError(f"--device {name} is not supported; use auto, cpu or cuda")
     return device
 
 

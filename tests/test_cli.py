@@ -92,7 +92,12 @@ def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypat
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"")
     assert main(["train", "--out", str(out), "--overwrite"]) == 130
-    assert f"continue with: selfsup-lab train --resume --out {out}" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(f"continue with: selfsup-lab train --resume --out {out}")
+    # interrupting an extension: the checkpoint still holds the old --epochs, so the command must repeat it
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "6"]) == 130
+    assert capsys.readouterr().err.strip().endswith(f"continue with: selfsup-lab train --resume --out {out} --epochs 6")
+    assert main(["train", "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "--resume continues the run in --out and --overwrite starts it over" in capsys.readouterr().err
 
 
 def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):

@@ -189,6 +189,40 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
         selfsup_lab.train("simclr", epochs=1, out=out, resume=True, **QUICK)  # would train nothing
 
 
+def test_resume_from_python_takes_the_runs_own_settings(tmp_path):
+    out = str(tmp_path / "r")
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train("simclr", epochs=3, out=out, callbacks=[InterruptAt(epoch=1, step=1)],
+                          **{**QUICK, "batch_size": 16, "temperature": 0.5})
+    # only `out`: the method, data, batch size, epochs and options are the run's (not this function's defaults)
+    run = selfsup_lab.train(resume=True, out=out, progress=False)
+    assert run.status == "finished" and run.trainer.epoch == 3 and run.trainer.config.batch_size == 16
+    assert run.trainer.config.dataset == QUICK["dataset"] and run.method.options.temperature == 0.5
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["epochs"] == 3
+    extended = selfsup_lab.train(resume=True, out=out, epochs=4, progress=False)  # a change a resume may make
+    assert extended.trainer.epoch == 4
+
+
+def test_resume_of_a_checkpoint_without_method_or_dataset_is_one_sentence(tmp_path):
+    selfsup_lab.train("simclr", epochs=1, out=str(tmp_path), **QUICK)
+    checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    torch.save({**checkpoint, "config": {}}, tmp_path / CHECKPOINT)  # e.g. written by hand
+    with pytest.raises(UserError, match="names no method or dataset"):
+        selfsup_lab.train(resume=True, out=str(tmp_path))
+
+
+def test_unsupported_devices_are_refused_in_one_sentence():
+    from selfsup_lab.train import resolve_device
+
+    for name in ("mps", "meta", "xpu"):
+        with pytest.raises(UserError, match=f"--device {name} is not supported; use auto, cpu or cuda"):
+            resolve_device(name)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda:5 was asked for but no GPU is visible"):
+            resolve_device("cuda:5")
+    assert resolve_device("cpu").type == "cpu"
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
