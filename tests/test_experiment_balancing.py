@@ -157,7 +157,10 @@ def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monk
 
     options = {k: v for k, v in TINY.items() if k != "epochs"}
     compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=1, out=tmp_path, **options)
-    (tmp_path / "naive-b16" / "metrics.json").unlink()  # as if stopped after epoch 1: a checkpoint, no metrics
+    # as if a 2-epoch run had stopped after epoch 1: a checkpoint, its config, no metrics
+    (tmp_path / "naive-b16" / "metrics.json").unlink()
+    config_path = tmp_path / "naive-b16" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "epochs": 2}))
     result = compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
     metrics = json.loads((tmp_path / "naive-b16" / "metrics.json").read_text())
     assert metrics["resumed"] is True and metrics["epochs_trained"] == 2
@@ -168,7 +171,6 @@ def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monk
     again = compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True, **options)
     assert again["rows"][0]["knn_top1"] == result["rows"][0]["knn_top1"]
     # a run written before a setting existed (crop_scale here) used its default: still reused
-    config_path = tmp_path / "naive-b16" / "config.json"
     saved = json.loads(config_path.read_text())
     del saved["crop_scale"]
     config_path.write_text(json.dumps(saved))
@@ -177,3 +179,38 @@ def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monk
     with pytest.raises(pytest.fail.Exception, match="trained again"):
         compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=2, out=tmp_path, reuse=True,
                           crop_scale=(0.3, 1.0), **options)
+
+
+def test_reuse_trains_a_run_with_other_settings_again_instead_of_continuing_it(tmp_path, capsys):
+    options = {k: v for k, v in TINY.items() if k != "epochs"}
+    compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=1, out=tmp_path, **options)
+    for changed, said in (({"epochs": 2}, "epochs 1 → 2"), ({"epochs": 1, "lr": 0.5}, "epochs 2 → 1, lr None → 0.5")):
+        capsys.readouterr()
+        compare_balancing(methods=("naive",), batch_sizes=(16,), out=tmp_path, reuse=True, **changed, **options)
+        assert f"was trained with other settings ({said}): training it again" in capsys.readouterr().out
+        metrics = json.loads((tmp_path / "naive-b16" / "metrics.json").read_text())
+        assert metrics["resumed"] is False and metrics["epochs_trained"] == changed["epochs"]
+        config = json.loads((tmp_path / "naive-b16" / "config.json").read_text())
+        assert config["epochs"] == changed["epochs"] and config["lr"] == changed.get("lr")
+
+
+def test_an_out_with_runs_is_refused_on_the_command_line_unless_reuse_or_overwrite(tmp_path, capsys):
+    from selfsup_lab.cli import main
+
+    command = ["compare-balancing", "--methods", "naive", "--dataset", TINY["dataset"], "--epochs", "1",
+               "--batch-sizes", "16", "--backbone", "convnet", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]
+    (tmp_path / "naive-b16").mkdir(parents=True)
+    (tmp_path / "naive-b16" / "checkpoint.pt").write_bytes(b"an earlier run")
+    assert main(command) == 2
+    assert "already holds the runs of a comparison; add --reuse" in capsys.readouterr().err
+    assert (tmp_path / "naive-b16" / "checkpoint.pt").read_bytes() == b"an earlier run"  # untouched
+    assert main(command + ["--reuse", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_a_diverging_method_is_reported_and_the_others_still_run(tmp_path):
+    result = compare_balancing(methods=("naive:student_temperature=1e-30", "coke:num_clusters=3"), batch_sizes=(16,),
+                               out=tmp_path, **TINY)
+    assert [f["method"] for f in result["failed"]] == ["naive:student_temperature=1e-30"]
+    assert "became" in result["failed"][0]["error"]
+    assert [r["method"] for r in result["rows"] if not r.get("error")] == ["coke:num_clusters=3"]

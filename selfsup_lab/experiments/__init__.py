@@ -121,21 +121,49 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^\w=.-]+", "_", label)
 
 
-def finished_run(config) -> bool:
-    """Whether config.out holds a finished run (metrics.json written) trained with exactly these settings."""
+def changed_settings(config) -> list[str] | None:
+    """The settings in which the run in config.out differs from `config` ("lr 0.1 → 0.5"; [] if none), or None
+    when config.out holds no run's config.json."""
     import dataclasses
     import json
     from pathlib import Path
 
-    folder = Path(config.out)
-    if not (folder / "metrics.json").exists() or not (folder / "config.json").exists():
-        return False
-    saved = json.loads((folder / "config.json").read_text())
+    try:
+        saved = json.loads((Path(config.out) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
     ignore = {"out", "progress", "figures", "device"}
     wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     # A setting missing from an older config.json did not exist then: that run used today's default.
     defaults = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=str))
-    return all(saved.get(k, defaults.get(k)) == v for k, v in wanted.items() if k not in ignore)
+    return [f"{k} {saved.get(k, defaults.get(k))} → {v}" for k, v in wanted.items()
+            if k not in ignore and saved.get(k, defaults.get(k)) != v]
+
+
+def finished_run(config) -> bool:
+    """Whether config.out holds a finished run (metrics.json written) trained with exactly these settings."""
+    from pathlib import Path
+
+    return (Path(config.out) / "metrics.json").exists() and changed_settings(config) == []
+
+
+def refuse_to_replace(out, reuse: bool, overwrite: bool | None) -> None:
+    """A comparison never replaces earlier runs by accident (as `selfsup-lab train` never replaces a run):
+    OUT holding run checkpoints needs --reuse (keep them) or --overwrite (train them all again). From Python
+    `overwrite=None` means "unless reuse", so that re-running a notebook cell trains again, as `api.train` does."""
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..train import CHECKPOINT
+
+    if overwrite is None:
+        overwrite = not reuse
+    if reuse and overwrite:
+        raise UserError("--reuse keeps the runs in --out and --overwrite trains them again; give one of them")
+    if not reuse and not overwrite and any(Path(out).glob(f"**/{CHECKPOINT}")):
+        raise UserError(f"{out} already holds the runs of a comparison; add --reuse to keep the finished ones with the "
+                        f"same settings and continue the rest, --overwrite to train them all again, or choose "
+                        f"another --out")
 
 
 def train_or_reuse(config, reuse: bool = False, linear: bool = True):
@@ -157,6 +185,10 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
         return api.load_run(config.out, device=config.device)
     t0 = time.perf_counter()
     resume = reuse and (Path(config.out) / CHECKPOINT).exists()
+    if resume and changed_settings(config):  # another run's checkpoint: continuing it would report wrong numbers
+        print(f"[reuse] {config.out} was trained with other settings ({', '.join(changed_settings(config))}): "
+              f"training it again", flush=True)
+        resume = False
     run = api.Run(Trainer(config, resume=resume).fit())
     run.metrics = api.evaluate(run.trainer, linear=linear)
     run.metrics.update(wall_seconds=time.perf_counter() - t0, resumed=resume)

@@ -66,7 +66,7 @@ COLUMNS = [  # (key, header, format)
 
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    folder_name, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -174,7 +174,7 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
                       batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seeds=(0,),
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
-                      progress: bool = True, steps: int | None = None, reuse: bool = False, **train_options) -> dict:
+                      progress: bool = True, steps: int | None = None, reuse: bool = False, overwrite: bool | None = None, **train_options) -> dict:
     """Train every method at every batch size under one budget; write the table and the comparison figures.
 
     `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
@@ -189,10 +189,12 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     `seeds`: one run per seed for every (method, batch size); "rows" then hold the mean over seeds (KEY_std:
     the standard deviation) and "runs" every single run. `reuse=True` loads finished runs with identical
     settings from OUT and continues interrupted ones from their last epoch (`train_or_reuse`), so a long
-    comparison can be run in pieces; the `min` column is then the time of the invocation that finished a run.
+    comparison can be run in pieces; the `min` column is then the time of the invocation that finished a run (a
+    run found with other settings is trained again). An OUT that already holds runs is refused unless `reuse` or
+    `overwrite` says what to do with them; from Python, `overwrite=None` means "unless reuse".
     """
     from .. import api, distributed
-    from ..errors import UserError
+    from ..errors import TrainingDiverged, UserError
     from ..methods import get_method_class
     from ..train import TrainConfig, make_output_dir
 
@@ -212,6 +214,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                         "spec such as 'coke:dual_lr=1'")
     classes = {name: get_method_class(name) for _, name, _ in specs}  # unknown names fail before any training
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
+    refuse_to_replace(out, reuse, overwrite)
     out = make_output_dir(Path(out))
 
     def run_name(label: str, batch_size: int, seed: int) -> str:  # one seed keeps the short name
@@ -230,6 +233,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                                          progress=progress, method_options=options, **train_options)
                 try:
                     run = train_or_reuse(config, reuse)
+                except TrainingDiverged as err:  # this method's loss became NaN: the others may still train
+                    failed.append({"method": label, "batch_size": batch_size, "seed": seed, "error": str(err)})
+                    runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": str(err)})
+                    print(f"[compare-balancing] {label} B={batch_size} seed={seed}: {err}", flush=True)
+                    continue
                 except UserError:
                     raise  # a mistake in the arguments: every run would hit it
                 except Exception as err:  # a bug in one method should not cost the others' results
@@ -242,9 +250,11 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 runs.append(row)
                 shown = {key: "–" if row[key] is None else format(row[key], fmt) for key, fmt in
                          (("entropy_ratio", ".2f"), ("max_share", ".1%"), ("empty", "d"), ("knn_top1", ".3f"))}
-                print(f"[compare-balancing] {label} B={batch_size} seed={seed}: occupancy entropy "
-                      f"{shown['entropy_ratio']}, largest cluster {shown['max_share']}, {shown['empty']} of {row['k']} "
-                      f"empty, kNN {shown['knn_top1']} ({minutes * 60:.0f} s)", flush=True)
+                occupancy_text = "no clusters" if row["k"] is None else (
+                    f"occupancy entropy {shown['entropy_ratio']}, largest cluster {shown['max_share']}, "
+                    f"{shown['empty']} of {row['k']} empty")
+                print(f"[compare-balancing] {label} B={batch_size} seed={seed}: {occupancy_text}, "
+                      f"kNN {shown['knn_top1']} ({minutes * 60:.0f} s)", flush=True)
                 occupancy[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs", [])
                 without_rule[(label, batch_size, seed)] = run.trainer.occupancy_log.get("epochs_without_rule", [])
                 batch_curve = [r.get("occupancy", {}).get("batch_entropy_ratio") for r in run.history]
@@ -310,6 +320,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs with identical settings found in OUT and continue interrupted "
                              "ones, instead of training them again (a long comparison in pieces)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train every run again in an OUT that already holds runs (without it, such an OUT is refused)")
 
 
 @says_how_to_continue
@@ -317,7 +329,7 @@ def run_cli(args) -> int:
     train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
-                               progress=args.progress, steps=args.steps, reuse=args.reuse, **train_options)
+                               progress=args.progress, steps=args.steps, reuse=args.reuse, overwrite=args.overwrite, **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
     print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "

@@ -50,7 +50,7 @@ COLUMNS = [  # (key, header, format)
 
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, parse_methods, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    folder_name, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse, training_options,
 )
 
 
@@ -119,7 +119,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                       epochs: int | None = None, out: str | Path = "runs/compare-negatives",
                       seeds=(0,), method_options: dict | None = None, progress: bool = False,
                       linear: bool = True, alignment_images: int = 1000, reuse: bool = False,
-                      steps: int | None = None, **train_options) -> dict:
+                      overwrite: bool | None = None, steps: int | None = None, **train_options) -> dict:
     """Train every method at every batch size (and seed) under one budget; write the table and figures.
 
     `method_options` maps a method name to options for it only (e.g. {"gsimclr": {"ae_epochs": 5}});
@@ -129,7 +129,9 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     `linear=False` skips the linear probe (the slowest part of the evaluation at CI scale). `reuse=True`
     takes finished runs with identical settings from OUT/runs instead of training them again and continues
     interrupted ones from their last epoch (add seeds or methods to a comparison, or finish one that was
-    interrupted; `train_or_reuse`).
+    interrupted; `train_or_reuse`; a run found with other settings is trained again). An OUT that already
+    holds runs is refused unless `reuse` or `overwrite` says what to do with them; from Python,
+    `overwrite=None` means "unless reuse".
     Returns {"rows": [one aggregated row per method × batch size], "untrained": the same measurements of the
     untrained backbone every run starts from (`api.untrained_run`; the table's last row), "runs": [every run],
     "out", "figures", "markdown"}.
@@ -140,6 +142,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
 
     batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
+    refuse_to_replace(out, reuse, overwrite)
     out = Path(out)
     make_output_dir(out / "figures")
     specs = parse_methods(methods)
@@ -238,6 +241,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs with identical settings found in OUT/runs and continue "
                              "interrupted ones, instead of training them again")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train every run again in an OUT that already holds runs (without it, such an OUT is refused)")
 
 
 @says_how_to_continue
@@ -250,7 +255,7 @@ def run_cli(args) -> int:
         settings.update({k: v for k, v in QUICK.items() if k not in skip})
         options.setdefault("train_subset", QUICK["train_subset"])
     result = compare_negatives(methods=tuple(args.methods), dataset=args.dataset, out=args.out,
-                               progress=args.progress, reuse=args.reuse, **settings, **options)
+                               progress=args.progress, reuse=args.reuse, overwrite=args.overwrite, **settings, **options)
     print(result["markdown"])
     print(f"written: {Path(result['out']) / 'results.md'}, results.json and {len(result['figures'])} figures")
     return 0
