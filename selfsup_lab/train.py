@@ -258,8 +258,13 @@ def _write_atomically(path: Path, write) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        raise UserError(f"cannot write {path} ({reason}); free some disk space or choose a writable place "
-                        f"with --out") from None
+        advice = "choose a writable place with --out" if isinstance(err, PermissionError) else \
+            "free some disk space or choose a writable place with --out"
+        raise UserError(f"cannot write {path} ({reason}); {advice}") from None
+    except BaseException:  # Ctrl-C mid-write: the previous file stays, and no half-written temporary
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -613,10 +618,14 @@ class Trainer:
                                 f"{self.out}, train it again from scratch with --overwrite, or choose another --out")
             if distributed.is_main_process():
                 make_output_dir(self.out)
-                for stale in ("metrics.json", "history.jsonl", CHECKPOINT):
-                    (self.out / stale).unlink(missing_ok=True)
-                for stale in (self.out / "figures").glob("*.png"):  # a replaced run's pictures are not this run's
-                    stale.unlink()
+                stale_files = [self.out / name for name in ("metrics.json", "history.jsonl", CHECKPOINT)]
+                stale_files += (self.out / "figures").glob("*.png")  # a replaced run's pictures are not this run's
+                for stale in stale_files:
+                    try:
+                        stale.unlink(missing_ok=True)
+                    except OSError as err:
+                        raise UserError(f"cannot replace the run in {self.out}: {stale.name} cannot be deleted "
+                                        f"({err.strerror}); make the folder writable or choose another --out") from None
             self.method.on_train_start(self)
         if distributed.is_main_process():
             self.write_config()

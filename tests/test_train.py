@@ -223,6 +223,44 @@ def test_unsupported_devices_are_refused_in_one_sentence():
     assert resolve_device("cpu").type == "cpu"
 
 
+def test_ctrl_c_while_writing_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    from selfsup_lab.train import _write_atomically
+
+    target = tmp_path / CHECKPOINT
+    target.write_bytes(b"epoch 1")
+
+    def interrupted_write(tmp):
+        tmp.write_bytes(b"half of epo")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomically(target, interrupted_write)
+    assert target.read_bytes() == b"epoch 1" and sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+
+    def no_permission(tmp):
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(UserError, match=r"\(Permission denied\); choose a writable place with --out$"):
+        _write_atomically(target, no_permission)  # not "free some disk space"
+
+
+def test_replacing_a_run_whose_files_cannot_be_deleted_is_one_sentence(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    real_unlink = Path.unlink
+
+    def read_only(path, missing_ok=False):
+        if path.parent == out:
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)  # as in a read-only folder (root ignores chmod)
+    with pytest.raises(UserError, match="cannot replace the run in .*: metrics.json cannot be deleted"):
+        selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
