@@ -19,6 +19,8 @@ def _parse_set(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise UserError(f"--set expects key=value, got '{pair}'")
         key, value = pair.split("=", 1)
+        if key.strip() in options:  # which one was meant? Say so rather than keep the last silently
+            raise UserError(f"--set gives '{key.strip()}' twice ({options[key.strip()]} and {value}); give it once")
         options[key.strip()] = value
     return options
 

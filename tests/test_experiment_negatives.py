@@ -56,6 +56,8 @@ def test_method_spec_parsing():
     assert parse_method("byol") == ("byol", {})
     with pytest.raises(UserError, match="not key=value"):
         parse_method("triplet:median")
+    with pytest.raises(UserError, match="gives 'temperature' twice"):  # the label would name one, the run use the other
+        parse_method("swav:temperature=0.5,temperature=0.2")
 
 
 def test_steps_budget_equalises_optimiser_steps_across_batch_sizes(tmp_path):

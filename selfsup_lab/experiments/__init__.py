@@ -100,6 +100,8 @@ def parse_method(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"method spec '{spec}': '{item}' is not key=value (write e.g. coke:dual_lr=1)")
+        if key.strip() in options:
+            raise UserError(f"method spec '{spec}' gives '{key.strip()}' twice; give it once")
         options[key.strip()] = value.strip()
     return name.strip(), options
 
