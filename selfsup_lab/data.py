@@ -169,7 +169,7 @@ class ImageDataset:
 
         Computed exactly from a 256-bin histogram per channel (built in chunks, so no float copy of the
         whole dataset is made; ~0.1 s for CIFAR-10) and cached; if you modify `images` in place, build a
-        new ImageDataset.
+        new ImageDataset. A constant channel gets a deviation of 1 (centred only, not divided by 0).
         """
         if self._stats is None:
             hist = torch.zeros(3, 256, dtype=torch.float64)
@@ -180,7 +180,11 @@ class ImageDataset:
             count = hist.sum(dim=1).clamp_min(1)
             mean = (hist * values).sum(dim=1) / count
             var = (hist * values**2).sum(dim=1) / count - mean**2
-            self._stats = (tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist()))
+            std = var.clamp_min(0).sqrt()
+            # A constant channel (e.g. images with no blue at all) carries nothing to scale: only centre it,
+            # rather than divide by 0 (or blow up the colour jitter's tiny changes by dividing by almost 0).
+            std = torch.where(std < 1e-3, torch.ones_like(std), std)
+            self._stats = (tuple(mean.tolist()), tuple(std.tolist()))
         return self._stats
 
     def to(self, device: torch.device | str) -> ImageDataset:
@@ -301,6 +305,18 @@ def load_splits(spec: str, data_dir: str | os.PathLike | None = None, **options)
         load_dataset(spec, "train", data_dir, **options),
         load_dataset(spec, "test", data_dir, **options),
     )
+
+
+def absolute_spec(spec: str) -> str:
+    """'imagefolder:data/x' -> 'imagefolder:/home/me/data/x': the form a run records, so that the run can be
+    evaluated, resumed or reopened from any working directory. Other specs are returned unchanged."""
+    try:
+        name, arg = _parse_spec(spec)
+    except UserError:
+        return spec  # loading says what is wrong with it
+    if name == "imagefolder" and arg.strip():
+        return f"imagefolder:{Path(arg.strip()).expanduser().absolute()}"
+    return spec
 
 
 def display_name(spec: str) -> str:

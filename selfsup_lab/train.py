@@ -393,6 +393,7 @@ class Trainer:
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
         check_config_types(config)
+        config.dataset = data.absolute_spec(config.dataset)  # recorded so: the run reopens from any directory
         self.epochs = config.resolved_epochs()
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
@@ -563,6 +564,7 @@ class Trainer:
     def _check_resume_matches(self, checkpoint: dict) -> None:
         """A resumed run continues with the settings it was started with: refuse any other change, so that
         "--resume" never quietly trains something else (only `RESUMABLE_CHANGES` may differ)."""
+        from . import data
         from .methods import parse_options
 
         saved, now = checkpoint["config"], dataclasses.asdict(self.config)
@@ -570,7 +572,8 @@ class Trainer:
         for name, value in now.items():
             if name in RESUMABLE_CHANGES or name == "method_options" or name not in saved:
                 continue
-            if _comparable(saved[name]) != _comparable(value):
+            recorded = data.absolute_spec(saved[name]) if name == "dataset" else saved[name]  # older runs: relative
+            if _comparable(recorded) != _comparable(value):
                 changed.append(f"{_FLAGS.get(name, name)} is {value!r} here and {saved[name]!r} in the run")
         if saved["method"] == self.config.method:
             saved_options = dataclasses.asdict(parse_options(type(self.method.options), saved.get("method_options"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def test_channel_stats_exact():
     images[0, 0] = 255  # red channel: half the pixels 1.0, half 0.0
     ds = ImageDataset(images, torch.zeros(2, dtype=torch.int64), ["a"], "toy", "train")
     mean, std = ds.channel_stats()
-    assert mean == pytest.approx((0.5, 0.0, 0.0)) and std == pytest.approx((0.5, 0.0, 0.0))
+    # green and blue are constant: centred only (a deviation of 0 would divide by 0 when normalising)
+    assert mean == pytest.approx((0.5, 0.0, 0.0)) and std == pytest.approx((0.5, 1.0, 1.0))
 
 
 def test_imagedataset_rejects_wrong_dtype():
@@ -172,6 +174,26 @@ def test_imagefolder_plain_folder_holds_out_20_percent(tmp_path):
     check_labels_match_pixels(test)
     again = load_dataset(f"imagefolder:{src}", "test", data_dir=tmp_path / "cache")
     assert torch.equal(again.images, test.images)  # deterministic holdout
+
+
+def test_a_run_on_a_relative_imagefolder_path_reopens_from_any_directory(tmp_path, monkeypatch):
+    import selfsup_lab
+
+    make_folder(tmp_path / "pets", per_class=10)
+    monkeypatch.chdir(tmp_path)
+    options = dict(epochs=1, batch_size=8, backbone="convnet", device="cpu", progress=False, figures=False,
+                   data_dir=str(tmp_path / "cache"), proj_hidden=32, proj_dim=16)
+    selfsup_lab.train("simclr", "imagefolder:pets", out="run", **options)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    assert recorded == f"imagefolder:{tmp_path / 'pets'}"  # absolute: the run does not depend on the directory
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert selfsup_lab.load_run(tmp_path / "run", device="cpu").evaluate()["knn_top1"] >= 0
+    resumed = selfsup_lab.train(resume=True, out=str(tmp_path / "run"), epochs=2, progress=False)
+    assert resumed.trainer.epoch == 2
+    monkeypatch.chdir(tmp_path)  # the same relative spec as at the start is the same data set, not a change
+    assert selfsup_lab.train("simclr", "imagefolder:pets", resume=True, out="run", **{**options, "epochs": 3}).trainer.epoch == 3
 
 
 def test_imagefolder_folder_with_train_and_test(tmp_path):

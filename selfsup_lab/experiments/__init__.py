@@ -130,12 +130,15 @@ def changed_settings(config) -> list[str] | None:
     import json
     from pathlib import Path
 
+    from .. import data
+
     try:
         saved = json.loads((Path(config.out) / "config.json").read_text())
     except (OSError, ValueError):
         return None
     ignore = {"out", "progress", "figures", "device"}
     wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    saved["dataset"], wanted["dataset"] = (data.absolute_spec(d) for d in (saved.get("dataset", ""), wanted["dataset"]))
     # A setting missing from an older config.json did not exist then: that run used today's default.
     defaults = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=str))
     return [f"{k} {saved.get(k, defaults.get(k))} → {v}" for k, v in wanted.items()
