@@ -421,6 +421,10 @@ def _synthetic_options(arg: str, options: dict) -> dict[str, int]:
             f"synthetic needs classes >= 1, n >= 4 * classes and size >= 4 "
             f"(got n={merged['n']}, classes={merged['classes']}, size={merged['size']})"
         )
+    gigabytes = merged["n"] * 3 * merged["size"] ** 2 / 1e9  # uint8 images, made at once
+    if gigabytes > 8:
+        raise UserError(f"synthetic:n={merged['n']},size={merged['size']} would be {gigabytes:,.0f} GB of images; "
+                        f"synthetic data is for tests and toys: keep n·3·size² under 8 GB (e.g. size=32)")
     return merged
 
 
@@ -736,6 +740,11 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
     log.info("decoding the images in %s once; the result is cached in %s", source, cache)
     items = _read_archive(source) if files is None else [(rel, p.read_bytes()) for rel, p in files]
     splits = {split: _decode_part(source, split, members) for split, members in _group(source, items).items()}
+    sizes = {split: tuple(part["images"].shape[2:]) for split, part in splits.items()}
+    if len(set(sizes.values())) > 1:  # the splits are one data set: one network must take both
+        found = ", ".join(f"{split} {w}x{h}" for split, (h, w) in sizes.items())
+        raise UserError(f"the splits in {source} have images of different sizes ({found}); resize them all to one "
+                        f"size first, e.g. `mogrify -resize 32x32! */*/*.jpg`")
     # Store the parts back to back in one tensor so the cache file is a handful of tensors, not thousands.
     offsets, start = {}, 0
     for split, part in splits.items():

@@ -145,6 +145,8 @@ def test_synthetic_determinism_and_options():
         load_dataset("synthetic:colour=3")
     with pytest.raises(UserError, match="whole number"):
         load_dataset("synthetic:n=many")
+    with pytest.raises(UserError, match="would be 15,360 GB of images"):  # refused before allocating
+        load_dataset("synthetic:size=100000")
 
 
 def test_synthetic_classes_are_learnable_but_not_by_pixels():
@@ -298,6 +300,10 @@ def test_imagefolder_errors(tmp_path):
     Image.new("RGB", (12, 10)).save(src / "dog" / "big.png")
     with pytest.raises(UserError, match=r"different sizes \(8x8 \(9 images\), 12x10 \(1 images\)\); resize"):
         load_dataset(f"imagefolder:{src}", data_dir=tmp_path)
+    splits = make_folder(tmp_path / "two-sizes", per_class=2, splits=("train",))
+    make_folder(splits, per_class=2, size=12, splits=("test",))
+    with pytest.raises(UserError, match=r"the splits in .* have images of different sizes \(test 12x12, train 8x8\)"):
+        load_dataset(f"imagefolder:{splits}", data_dir=tmp_path)
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.new("RGB", (8, 8)).save(loose / "a.png")
