@@ -629,6 +629,11 @@ def _imagefolder(path_arg: str, data_dir: Path) -> tuple[ImageDataset, ImageData
         raise UserError(f"the test images of {path} include an unlabelled/ folder, but test images need a class to "
                         f"be scored against; move it into the training images")
     classes = sorted(set(train["classes"]) | set(test["classes"]))  # one label space for both splits
+    unseen = sorted(set(test["classes"]) - set(train["classes"]))
+    if unseen:  # evaluation predicts training classes only: these test images are scored wrong whatever is learnt
+        warnings.warn(f"the test images of {path} have classes the training images lack ({', '.join(unseen[:5])}"
+                      f"{', …' if len(unseen) > 5 else ''}): kNN and the linear probe can never predict them, so "
+                      f"the accuracies are capped; check the class folders of both splits", stacklevel=3)
     return _as_dataset(train, classes, name, "train"), _as_dataset(test, classes, name, "test")
 
 

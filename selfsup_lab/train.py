@@ -281,10 +281,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated file, not a torch file, ...
-        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); delete it and train again "
-                        "without --resume") from None
+        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}); it cannot be used: train the run "
+                        "again (--overwrite) or into another --out") from None
     if not isinstance(checkpoint, dict) or "method" not in checkpoint or "config" not in checkpoint:
-        raise UserError(f"{path} is not a selfsup-lab checkpoint; delete it and train again without --resume")
+        raise UserError(f"{path} is not a selfsup-lab checkpoint; train the run again (--overwrite) or into "
+                        "another --out")
     return checkpoint
 
 
@@ -602,6 +603,10 @@ class Trainer:
             detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__)[:200]
             raise UserError(f"checkpoint in {self.out} does not match this method/backbone ({detail}); "
                             "resume with the run's original settings or start a new --out") from None
+        damaged = _first_non_finite(self.method)
+        if damaged:  # the trainer never saves non-finite weights (see _diverged), so the file itself is damaged
+            raise UserError(f"the checkpoint in {self.out} holds NaN or infinite values ({damaged}), which training "
+                            f"never saves: the file is damaged; train the run again (--overwrite) or into another --out")
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
         self.history = checkpoint["history"]

@@ -205,6 +205,15 @@ def test_imagefolder_folder_with_train_and_test(tmp_path):
     check_labels_match_pixels(test)
 
 
+def test_imagefolder_warns_when_test_classes_are_missing_from_training(tmp_path):
+    src = make_folder(tmp_path / "pets", per_class=2, splits=("train", "test"))
+    (src / "test" / "owl").mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(src / "test" / "owl" / "0.png")
+    with pytest.warns(UserWarning, match=r"classes the training images lack \(owl\).*can never predict them"):
+        train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "cache")
+    assert test.classes == train.classes == sorted([*CLASSES, "owl"])
+
+
 def add_unlabelled(folder: Path, count: int, name: str = "unlabelled", size: int = 8) -> None:
     (folder / name).mkdir(parents=True)
     for i in range(count):

@@ -261,6 +261,18 @@ def test_replacing_a_run_whose_files_cannot_be_deleted_is_one_sentence(tmp_path,
         selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
 
 
+def test_a_checkpoint_damaged_into_nan_weights_is_called_damaged_not_diverged(tmp_path):
+    selfsup_lab.train("simclr", epochs=1, out=str(tmp_path), **QUICK)
+    checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    name = next(k for k, v in checkpoint["method"].items() if v.is_floating_point() and v.numel() > 10)
+    checkpoint["method"][name].view(-1)[:5] = float("nan")  # as flipped bits on a disk would
+    torch.save(checkpoint, tmp_path / CHECKPOINT)
+    for reopen in (lambda: selfsup_lab.train(resume=True, out=str(tmp_path), epochs=2),
+                   lambda: selfsup_lab.load_run(tmp_path, device="cpu")):
+        with pytest.raises(UserError, match=f"holds NaN or infinite values \\(\\w+ {name}\\).*the file is damaged"):
+            reopen()
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
