@@ -35,6 +35,10 @@ def evaluate(trainer: Trainer, linear: bool = True) -> dict:
         raise UserError(f"the features of the run in {trainer.out} are NaN or infinite, so there is nothing to evaluate: "
                         f"its training diverged; train again with a lower learning rate (--lr)")
     train_y, test_y = train_set.labels.to(train_x.device), trainer.test_set.labels.to(test_x.device)
+    if config.knn_k >= len(train_y) // 2:  # most of the bank votes for every query: kNN tends to the majority class
+        warnings.warn(f"kNN takes k = {config.knn_k} neighbours from a bank of only {len(train_y)} labelled training "
+                      f"images, so most of them vote for every test image and kNN says little; use fewer "
+                      f"neighbours (--knn-k 20, or knn_k=20 from Python)", stacklevel=2)
     metrics = {
         "knn_top1": knn_accuracy(train_x, train_y, test_x, test_y, k=config.knn_k, temperature=config.knn_temperature),
     }

@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
                    out=args.out, seed=args.seed, optimizer=args.optimizer, lr=args.lr,
                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, crop_scale=args.crop_scale,
                    augmentation=args.augmentation, compile=args.compile,
-                   eval_every=args.eval_every, data_dir=args.data_dir, train_subset=args.train_subset,
+                   eval_every=args.eval_every, knn_k=args.knn_k, data_dir=args.data_dir, train_subset=args.train_subset,
                    figures=not args.no_figures, progress=args.progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
     method, dataset, method_options = args.method, args.dataset, _parse_set(args.set)
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
                    help="torch.compile the backbone; MODE reduce-overhead also replays it as CUDA graphs (GPU)")
     t.add_argument("--eval-every", type=int, help="kNN every N epochs (default: at the end only)")
+    t.add_argument("--knn-k", type=int, help="neighbours of the kNN evaluation (default 200, METHODS.md §5; fewer for "
+                                            "a small training set)")
     t.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
     t.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
     t.add_argument("--resume", action="store_true",

@@ -315,7 +315,7 @@ CONFIG_BOUNDS: Bounds = [
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
           "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
           "augmentation": "--augmentation", "warmup_epochs": "--warmup-epochs",
-          "batch_size": "--batch-size", "seed": "--seed"}
+          "batch_size": "--batch-size", "seed": "--seed", "knn_k": "--knn-k"}
 
 
 # Setting types, checked before anything else so that a wrong one from Python (lr="0.1") gets a sentence, not a
@@ -604,9 +604,10 @@ class Trainer:
             raise UserError(f"checkpoint in {self.out} does not match this method/backbone ({detail}); "
                             "resume with the run's original settings or start a new --out") from None
         damaged = _first_non_finite(self.method)
-        if damaged:  # the trainer never saves non-finite weights (see _diverged), so the file itself is damaged
+        if damaged:  # the trainer never saves non-finite weights (see _diverged): the file is damaged, or very old
             raise UserError(f"the checkpoint in {self.out} holds NaN or infinite values ({damaged}), which training "
-                            f"never saves: the file is damaged; train the run again (--overwrite) or into another --out")
+                            f"does not save: the file is damaged (or from a diverged run of an early version); train "
+                            f"the run again (--overwrite, with a lower --lr if it diverged) or into another --out")
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
         self.history = checkpoint["history"]

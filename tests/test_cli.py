@@ -42,6 +42,7 @@ def test_augmentation_choices_offered_are_the_augmenters_that_exist(capsys):
     (["train", "--set", "temperature=0.5", "--set", "temperature=0.7"],
      "--set gives 'temperature' twice (0.5 and 0.7); give it once"),
     (["train", "--device", "mps"], "--device mps is not supported; use auto, cpu or cuda"),
+    (["train", "--knn-k", "0"], "--knn-k must be 1 or more, got 0"),
     (["eval", "/no/such/run"], "does not exist"),
     (["train", "--lr", "-1"], "--lr must be above 0, got -1.0"),
     (["train", "--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),

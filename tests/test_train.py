@@ -273,6 +273,16 @@ def test_a_checkpoint_damaged_into_nan_weights_is_called_damaged_not_diverged(tm
             reopen()
 
 
+def test_evaluation_warns_when_k_is_most_of_the_knn_bank(tmp_path):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"kNN takes k = 200 neighbours from a bank of only \d+ labelled"):
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "a"), **QUICK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # k = 20 of the same bank: no warning
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "b"), knn_k=20, **QUICK)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
@@ -451,12 +461,12 @@ def test_compile_modes_are_named_and_checked():
     assert not uses_cuda_graphs("default", cuda) and not uses_cuda_graphs("max-autotune", cpu)
 
 
-def test_evaluating_a_run_whose_features_are_not_finite_is_one_sentence(tmp_path):
+def test_reopening_a_run_whose_weights_are_not_finite_is_one_sentence(tmp_path):
     out = tmp_path / "run"
     selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
     checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
     first_weight = next(k for k in checkpoint["method"] if k.startswith("backbone.") and k.endswith("weight"))
     checkpoint["method"][first_weight].fill_(float("inf"))  # as from an older run that diverged unnoticed
     torch.save(checkpoint, out / CHECKPOINT)
-    with pytest.raises(UserError, match="features of the run in .* are NaN or infinite.*diverged"):
+    with pytest.raises(UserError, match="holds NaN or infinite values .*diverged run"):
         selfsup_lab.load_run(out, device="cpu").evaluate()

@@ -50,7 +50,8 @@ def table_cell(row: dict, key: str, fmt: str) -> str:
 
 
 # Training settings every comparison passes unchanged to all its runs (TrainConfig fields; None = its default).
-TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "augmentation", "train_subset", "data_dir")
+TRAINING_FLAGS = ("backbone", "device", "lr", "weight_decay", "crop_scale", "augmentation", "train_subset", "knn_k",
+                  "data_dir")
 
 # The choices of --augmentation: augment.AUGMENTERS' keys (a test keeps them equal), named here so that the
 # command line's --help does not have to import torch.
@@ -74,6 +75,8 @@ def add_training_arguments(parser, explicit_auto: bool = False) -> None:
     parser.add_argument("--weight-decay", type=float,
                         help="weight decay for every run (default 5e-4, none on batch-norm weights and biases)")
     parser.add_argument("--train-subset", type=int, help="train on a seeded subset of N images")
+    parser.add_argument("--knn-k", type=int, help="neighbours of the kNN evaluation (default 200; fewer for a small "
+                                                  "training set)")
     parser.add_argument("--data-dir", help="dataset cache (default ~/.cache/selfsup-lab)")
 
 

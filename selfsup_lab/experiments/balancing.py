@@ -52,7 +52,8 @@ DEFAULT_METHODS = ("naive", "swav", "deepcluster", "coke", "excb")
 # measurement, on a CPU that other jobs kept ~5× oversubscribed, took 17 min (benchmarks/results_balancing.md).
 DEFAULT_EPOCHS = 5
 # CI scale: a 128-image subset, 2 epochs of B = 32, narrow heads — seconds of compute per method.
-QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, shared_options={"proj_hidden": 64, "pred_hidden": 64})
+QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, knn_k=20,  # a bank of 128 images: 20 neighbours
+             shared_options={"proj_hidden": 64, "pred_hidden": 64})
 
 COLUMNS = [  # (key, header, format)
     ("k", "K", "d"), ("epochs", "epochs", "d"), ("steps", "steps", "d"), ("entropy_ratio", "H/log K", ".3f"),
@@ -204,6 +205,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
         batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
         train_options.setdefault("train_subset", QUICK["train_subset"])
+        train_options.setdefault("knn_k", QUICK["knn_k"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
     batch_sizes = distinct(batch_sizes, "--batch-sizes")
     seeds = distinct(seeds, "--seeds")

@@ -254,6 +254,7 @@ def run_cli(args) -> int:
         skip = {"train_subset", "epochs"} if args.steps else {"train_subset"}  # --steps replaces QUICK's epochs
         settings.update({k: v for k, v in QUICK.items() if k not in skip})
         options.setdefault("train_subset", QUICK["train_subset"])
+        options.setdefault("knn_k", 20)  # a bank of 128 images: 20 neighbours, not 200
     result = compare_negatives(methods=tuple(args.methods), dataset=args.dataset, out=args.out,
                                progress=args.progress, reuse=args.reuse, overwrite=args.overwrite, **settings, **options)
     print(result["markdown"])
