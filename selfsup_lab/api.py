@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -231,6 +232,8 @@ def resume_settings(method: str | None, dataset: str | None, options: dict) -> t
 
 def load_run(out: str | Path, device: str = "auto") -> Run:
     """Reopen a run directory from its checkpoint (for evaluation, embedding, plots)."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise UserError(f"load_run takes the path of a run directory such as 'runs/excb', got {out!r}")
     out = Path(out)
     if not out.is_dir():
         what = "is a file, not a run directory" if out.exists() else "does not exist"

@@ -104,6 +104,8 @@ def uses_cuda_graphs(compile_mode: str | None, device: torch.device) -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not isinstance(name, str):  # torch.device objects included: a name keeps config.json readable
+        raise UserError(f"--device must be a name such as 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -348,6 +350,13 @@ def check_config_types(config: TrainConfig) -> None:
     for name in ("method_options", "sampler_options"):
         if not isinstance(getattr(config, name), dict):
             raise UserError(f"{name} must be a dict such as {{'temperature': 0.5}}, got {getattr(config, name)!r}")
+    for name in ("out", "data_dir"):  # paths: text or a pathlib.Path (None: the default place)
+        if getattr(config, name) is not None and not isinstance(getattr(config, name), (str, os.PathLike)):
+            raise UserError(f"{name} must be a path such as 'runs/my-run', got {getattr(config, name)!r}")
+    crop = config.crop_scale
+    if isinstance(crop, (tuple, list)) and not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                   for v in crop):
+        raise UserError(f"--crop-scale must be two numbers such as (0.08, 1.0), got {crop!r}")
 
 
 # What a resumed run may change: where and how it runs, what it shows and evaluates, how far it goes (a larger
@@ -492,6 +501,8 @@ class Trainer:
         self.occupancy_log: dict = {"epochs": [], "steps": [], "epochs_without_rule": []}
         self.status = "created"
         self._stop_requested = False
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise UserError(f"callbacks must be a list such as [LiveDashboard()], got {callbacks!r}")
         self.callbacks = list(callbacks) if callbacks is not None else []
         if config.progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.insert(0, ProgressBar())

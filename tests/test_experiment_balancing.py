@@ -152,6 +152,12 @@ def test_a_repeated_batch_size_or_seed_is_refused_before_training(tmp_path, repe
     assert not (tmp_path / "out").exists()
 
 
+def test_a_batch_size_below_two_is_named_by_the_comparisons_own_flag(tmp_path):
+    with pytest.raises(UserError, match="--batch-sizes must each be at least 2"):
+        compare_balancing(methods=("naive",), out=tmp_path / "out", **{**TINY, "batch_sizes": (1, 32)})
+    assert not (tmp_path / "out").exists()
+
+
 def test_reuse_loads_finished_runs_and_continues_interrupted_ones(tmp_path, monkeypatch):
     from selfsup_lab.train import Trainer
 

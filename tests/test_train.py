@@ -283,6 +283,26 @@ def test_evaluation_warns_when_k_is_most_of_the_knn_bank(tmp_path):
         selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "b"), knn_k=20, **QUICK)
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"crop_scale": (0.5, "a")}, "--crop-scale must be two numbers"),
+    ({"out": 123}, "out must be a path such as 'runs/my-run', got 123"),
+    ({"data_dir": 5}, "data_dir must be a path"),
+    ({"callbacks": 5}, "callbacks must be a list such as"),
+    ({"device": None}, "--device must be a name such as 'auto', 'cpu' or 'cuda', got None"),
+])
+def test_python_arguments_of_the_wrong_type_are_one_sentence(option, message):
+    with pytest.raises(UserError, match=message):
+        selfsup_lab.train("simclr", **{**QUICK, **option})
+
+
+def test_load_run_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
+    with pytest.raises(UserError, match="load_run takes the path of a run directory"):
+        selfsup_lab.load_run(None)
+    selfsup_lab.train("simclr", epochs=1, out=str(tmp_path), **QUICK)
+    with pytest.raises(UserError, match="--device must be a name"):
+        selfsup_lab.load_run(tmp_path, device=None)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):

@@ -244,6 +244,9 @@ def distinct(values, flag: str) -> list[int]:
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise UserError(f"{flag} lists {repeated[0]} twice; give each value once")
+    if flag == "--batch-sizes" and min(values) < 2:  # named here: the trainer would say --batch-size
+        raise UserError(f"--batch-sizes must each be at least 2 (self-supervised losses compare images), "
+                        f"got {min(values)}")
     return values
 
 
