@@ -273,7 +273,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         return result
     from .. import data, viz
 
-    (out / "figures").mkdir(exist_ok=True)
+    make_output_dir(out / "figures")  # one sentence if it cannot be made (e.g. a file of that name)
     title = f"{data.display_name(dataset)}, {budget}, seed {seeds[0]}"
     first_seed = {(m, b): counts for (m, b, seed), counts in occupancy.items() if seed == seeds[0]}
     first_seed_plain = {(m, b): counts for (m, b, seed), counts in without_rule.items() if seed == seeds[0]}
