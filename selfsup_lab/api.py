@@ -213,17 +213,26 @@ def train(method: str | None = None, dataset: str | None = None, callbacks: list
 
 def resume_settings(method: str | None, dataset: str | None, options: dict) -> tuple[str, str, dict]:
     """The settings of the run to resume in options["out"] (default runs/<method>-<dataset>), with the given
-    ones on top; the trainer then refuses any change a resumed run may not make."""
+    ones on top; the trainer then refuses any change a resumed run may not make. Where no GPU is visible, a run
+    from a GPU machine continues on the CPU: its "cuda" device and compile mode are not taken over."""
     from .train import run_directory
 
+    if options.get("out") is not None and not isinstance(options["out"], (str, os.PathLike)):
+        raise UserError(f"out must be a path such as 'runs/my-run', got {options['out']!r}")
+    if not isinstance(options.get("method_options", {}), dict):
+        raise UserError(f"method_options must be a dict such as {{'temperature': 0.5}}, "
+                        f"got {options['method_options']!r}")
     out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
     saved = dict(load_checkpoint(out / CHECKPOINT)["config"])
+    if not torch.cuda.is_available():
+        if str(saved.get("device", "")).startswith("cuda"):
+            saved.pop("device")
+        saved.pop("compile", None)
     saved_method, saved_dataset = saved.pop("method", None), saved.pop("dataset", None)
     if not isinstance(saved_method, str) or not isinstance(saved_dataset, str):
         raise UserError(f"the checkpoint in {out} names no method or dataset, so it is not a checkpoint of this lab "
                         f"(or it is damaged); start a new run with another --out")
-    given_method_options = options.get("method_options", {}) if isinstance(options.get("method_options"), dict) else {}
-    method_options = {**(saved.pop("method_options", None) or {}), **given_method_options}
+    method_options = {**(saved.pop("method_options", None) or {}), **options.get("method_options", {})}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {**{k: v for k, v in saved.items() if k in fields}, **options, "out": str(out),
                 "method_options": method_options}

@@ -59,9 +59,11 @@ def cmd_train(args) -> int:
         if args.overwrite:
             raise UserError("--resume continues the run in --out and --overwrite starts it over; give one of them")
 
-    def continue_command(out) -> str:  # an extension (--resume --epochs N) reaches the checkpoint only with an epoch
-        return f"selfsup-lab train --resume --out {out}" + (f" --epochs {args.epochs}" if args.resume and args.epochs
-                                                             else "")
+    def continue_command(out) -> str:
+        # What a resume changed (--epochs N, --lr X) reaches the checkpoint only with an epoch: repeat it.
+        changes = [f"--{flag} {value}" for flag, value in (("epochs", args.epochs), ("lr", args.lr))
+                   if args.resume and value is not None]
+        return " ".join([f"selfsup-lab train --resume --out {out}", *changes])
 
     try:
         run = api.train(method, dataset, resume=args.resume, overwrite=args.overwrite, method_options=method_options,

@@ -307,16 +307,17 @@ def load_splits(spec: str, data_dir: str | os.PathLike | None = None, **options)
     )
 
 
-def absolute_spec(spec: str) -> str:
-    """'imagefolder:data/x' -> 'imagefolder:/home/me/data/x': the form a run records, so that the run can be
-    evaluated, resumed or reopened from any working directory. Other specs are returned unchanged."""
+def canonical_spec(spec: str) -> str:
+    """The form a run records: the dataset's name as the lab spells it ('CIFAR10' -> 'cifar10', 'ImageFolder:x'
+    -> 'imagefolder:x') and an imagefolder path made absolute ('imagefolder:../x' -> 'imagefolder:/home/me/x'),
+    so that one data set has one name and a run can be evaluated, resumed or reopened from any directory."""
     try:
         name, arg = _parse_spec(spec)
     except UserError:
         return spec  # loading says what is wrong with it
     if name == "imagefolder" and arg.strip():
-        return f"imagefolder:{Path(arg.strip()).expanduser().absolute()}"
-    return spec
+        return f"imagefolder:{Path(arg.strip()).expanduser().resolve()}"
+    return f"{name}:{arg}" if arg else name
 
 
 def display_name(spec: str) -> str:

@@ -368,7 +368,11 @@ RESUMABLE_CHANGES = {"epochs", "device", "out", "progress", "figures", "data_dir
 
 def run_directory(config: TrainConfig) -> Path:
     """Where a run writes: --out, or runs/<method>-<dataset>."""
-    return Path(config.out) if config.out else Path("runs") / f"{config.method}-{config.dataset.split(':')[0]}"
+    from .data import canonical_spec
+
+    if config.out:
+        return Path(config.out)
+    return Path("runs") / f"{config.method}-{canonical_spec(config.dataset).split(':')[0]}"
 
 
 def _first_non_finite(module: torch.nn.Module) -> str | None:
@@ -403,7 +407,7 @@ class Trainer:
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
         check_config_types(config)
-        config.dataset = data.absolute_spec(config.dataset)  # recorded so: the run reopens from any directory
+        config.dataset = data.canonical_spec(config.dataset)  # one name per data set; reopens from any directory
         self.epochs = config.resolved_epochs()
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
@@ -584,7 +588,7 @@ class Trainer:
         for name, value in now.items():
             if name in RESUMABLE_CHANGES or name == "method_options" or name not in saved:
                 continue
-            recorded = data.absolute_spec(saved[name]) if name == "dataset" else saved[name]  # older runs: relative
+            recorded = data.canonical_spec(saved[name]) if name == "dataset" else saved[name]  # older runs: as given
             if _comparable(recorded) != _comparable(value):
                 changed.append(f"{_FLAGS.get(name, name)} is {value!r} here and {saved[name]!r} in the run")
         if saved["method"] == self.config.method:

@@ -164,7 +164,8 @@ def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str
     colours = {}
     for name, rows in series.items():
         ys = [occupancy_stats(torch.as_tensor(r))["entropy_ratio"] for r in rows]
-        colours[name] = ax.plot(range(1, len(ys) + 1), ys, label=name)[0].get_color()
+        colours[name] = ax.plot(range(1, len(ys) + 1), ys, label=name,
+                                marker="o" if len(ys) == 1 else None)[0].get_color()  # one epoch: a visible point
     if isinstance(batch_entropy, dict):
         # One batch alone can be far less balanced than the epoch (batches that take turns): same colour, dotted.
         batch_entropy = {name: values for name, values in batch_entropy.items() if values and name in colours}

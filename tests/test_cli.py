@@ -100,6 +100,8 @@ def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypat
     # interrupting an extension: the checkpoint still holds the old --epochs, so the command must repeat it
     assert main(["train", "--out", str(out), "--resume", "--epochs", "6"]) == 130
     assert capsys.readouterr().err.strip().endswith(f"continue with: selfsup-lab train --resume --out {out} --epochs 6")
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.01"]) == 130
+    assert capsys.readouterr().err.strip().endswith(f"continue with: selfsup-lab train --resume --out {out} --lr 0.01")
     assert main(["train", "--out", str(out), "--resume", "--overwrite"]) == 2
     assert "--resume continues the run in --out and --overwrite starts it over" in capsys.readouterr().err
 
@@ -169,12 +171,18 @@ def test_every_subcommand_takes_progress_and_no_progress(command, module, functi
 def test_ctrl_c_in_a_comparison_says_how_to_continue(command, module, function, monkeypatch, capsys):
     import importlib
 
+    received = {}
+
     def interrupted(*args, **kwargs):
+        received.update(kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib.import_module(module), function, interrupted)
     assert main([command, "--quick"]) == 130
-    assert "re-run the same command with --reuse" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith("re-run the same command with --reuse to continue")
+    assert main([command, "--quick", "--overwrite", "--batch-sizes", "16"]) == 130  # --reuse with it would be refused
+    assert "re-run the same command with --reuse instead of --overwrite" in capsys.readouterr().err
+    assert tuple(received["batch_sizes"]) == (16,)  # --quick keeps batch sizes given on the command line
 
 
 def test_the_summary_line_gives_the_occupancy_per_epoch_per_batch_and_without_the_rule():

@@ -194,6 +194,8 @@ def test_a_run_on_a_relative_imagefolder_path_reopens_from_any_directory(tmp_pat
     assert selfsup_lab.load_run(tmp_path / "run", device="cpu").evaluate()["knn_top1"] >= 0
     resumed = selfsup_lab.train(resume=True, out=str(tmp_path / "run"), epochs=2, progress=False)
     assert resumed.trainer.epoch == 2
+    elsewhere_spec = "ImageFolder:../pets"  # another spelling and another path to the same folder
+    assert data.canonical_spec(elsewhere_spec) == recorded
     monkeypatch.chdir(tmp_path)  # the same relative spec as at the start is the same data set, not a change
     assert selfsup_lab.train("simclr", "imagefolder:pets", resume=True, out="run", **{**options, "epochs": 3}).trainer.epoch == 3
 

@@ -220,3 +220,18 @@ def test_a_diverging_method_is_reported_and_the_others_still_run(tmp_path):
     assert [f["method"] for f in result["failed"]] == ["naive:student_temperature=1e-30"]
     assert "became" in result["failed"][0]["error"]
     assert [r["method"] for r in result["rows"] if not r.get("error")] == ["coke:num_clusters=3"]
+
+
+def test_reuse_with_another_knn_k_evaluates_again_without_training(tmp_path, monkeypatch):
+    from selfsup_lab.train import Trainer
+
+    options = {k: v for k, v in TINY.items() if k != "epochs"}
+    compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=1, out=tmp_path, **options)
+    assert "kNN k=200 τ=0.1" in (tmp_path / "results.md").read_text()
+    weights = (tmp_path / "naive-b16" / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("an evaluation setting made the run train again"))
+    compare_balancing(methods=("naive",), batch_sizes=(16,), epochs=1, out=tmp_path, reuse=True, knn_k=5, **options)
+    assert (tmp_path / "naive-b16" / "checkpoint.pt").read_bytes() == weights
+    assert "k=5 " in json.loads((tmp_path / "naive-b16" / "metrics.json").read_text())["protocol"]
+    assert json.loads((tmp_path / "naive-b16" / "config.json").read_text())["knn_k"] == 5
+    assert "kNN k=5 τ=0.1" in (tmp_path / "results.md").read_text()

@@ -203,6 +203,19 @@ def test_resume_from_python_takes_the_runs_own_settings(tmp_path):
     assert extended.trainer.epoch == 4
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does")
+def test_a_run_from_a_gpu_machine_resumes_on_a_machine_without_one(tmp_path):
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
+    checkpoint["config"].update(device="cuda", compile="reduce-overhead")  # as written on a GPU machine
+    torch.save(checkpoint, out / CHECKPOINT)
+    run = selfsup_lab.train(resume=True, out=str(out), epochs=2, progress=False)
+    assert run.trainer.device.type == "cpu" and run.trainer.epoch == 2
+    with pytest.raises(UserError, match="no GPU is visible"):  # asked for explicitly: refused as before
+        selfsup_lab.train(resume=True, out=str(out), epochs=3, device="cuda", progress=False)
+
+
 def test_resume_of_a_checkpoint_without_method_or_dataset_is_one_sentence(tmp_path):
     selfsup_lab.train("simclr", epochs=1, out=str(tmp_path), **QUICK)
     checkpoint = torch.load(tmp_path / CHECKPOINT, weights_only=False)

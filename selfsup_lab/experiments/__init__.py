@@ -126,9 +126,13 @@ def folder_name(label: str) -> str:
     return re.sub(r"[^\w=.-]+", "_", label)
 
 
-def changed_settings(config) -> list[str] | None:
-    """The settings in which the run in config.out differs from `config` ("lr 0.1 → 0.5"; [] if none), or None
-    when config.out holds no run's config.json."""
+# Settings that change how a run is evaluated, not what is trained: a reused run is evaluated again with them.
+EVALUATION_ONLY = ("knn_k", "knn_temperature", "eval_every")
+
+
+def changed_settings(config, ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """The settings in which the run in config.out differs from `config` ("lr 0.1 → 0.5"; [] if none; `ignore`
+    leaves some out), or None when config.out holds no run's config.json."""
     import dataclasses
     import json
     from pathlib import Path
@@ -139,9 +143,9 @@ def changed_settings(config) -> list[str] | None:
         saved = json.loads((Path(config.out) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    ignore = {"out", "progress", "figures", "device"}
+    ignore = {"out", "progress", "figures", "device", *ignore}
     wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    saved["dataset"], wanted["dataset"] = (data.absolute_spec(d) for d in (saved.get("dataset", ""), wanted["dataset"]))
+    saved["dataset"], wanted["dataset"] = (data.canonical_spec(d) for d in (saved.get("dataset", ""), wanted["dataset"]))
     # A setting missing from an older config.json did not exist then: that run used today's default.
     defaults = json.loads(json.dumps(dataclasses.asdict(type(config)()), default=str))
     return [f"{k} {saved.get(k, defaults.get(k))} → {v}" for k, v in wanted.items()
@@ -149,10 +153,11 @@ def changed_settings(config) -> list[str] | None:
 
 
 def finished_run(config) -> bool:
-    """Whether config.out holds a finished run (metrics.json written) trained with exactly these settings."""
+    """Whether config.out holds a finished run (metrics.json written) trained with exactly these settings (it may
+    have been evaluated otherwise: EVALUATION_ONLY)."""
     from pathlib import Path
 
-    return (Path(config.out) / "metrics.json").exists() and changed_settings(config) == []
+    return (Path(config.out) / "metrics.json").exists() and changed_settings(config, EVALUATION_ONLY) == []
 
 
 def refuse_to_replace(out, reuse: bool, overwrite: bool | None) -> None:
@@ -177,9 +182,10 @@ def refuse_to_replace(out, reuse: bool, overwrite: bool | None) -> None:
 def train_or_reuse(config, reuse: bool = False, linear: bool = True):
     """One run of an experiment, evaluated, with metrics.json written; returns the `api.Run`.
 
-    With `reuse`, a finished run with the same settings in config.out is loaded instead of trained again, and
-    an interrupted one (a checkpoint but no metrics.json) is continued from its last epoch — so a comparison
-    can be run in pieces, e.g. under a time limit per command. metrics.json records "wall_seconds" (training +
+    With `reuse`, a finished run with the same settings in config.out is loaded instead of trained again (and
+    evaluated again if only EVALUATION_ONLY settings differ), and an interrupted one (a checkpoint but no
+    metrics.json) is continued from its last epoch — so a comparison can be run in pieces, e.g. under a time
+    limit per command; a run trained with other settings is trained again. metrics.json records "wall_seconds" (training +
     evaluation in the invocation that finished the run) and whether it was "resumed".
     """
     import json
@@ -190,11 +196,23 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
     from ..train import CHECKPOINT, Trainer, _atomic_write_text
 
     if reuse and finished_run(config):
-        return api.load_run(config.out, device=config.device)
+        run = api.load_run(config.out, device=config.device)
+        if changed_settings(config):  # evaluated otherwise (e.g. another --knn-k): the same weights, new metrics
+            for key in EVALUATION_ONLY:
+                setattr(run.trainer.config, key, getattr(config, key))
+            kept = {key: run.metrics.get(key) for key in ("wall_seconds", "resumed")} if run.metrics else {}
+            run.metrics = {**api.evaluate(run.trainer, linear=linear), **kept}
+            if distributed.is_main_process():
+                _atomic_write_text(run.out / "metrics.json", json.dumps(run.metrics, indent=2))
+                recorded = json.loads((run.out / "config.json").read_text())  # the run's own, with the new keys
+                recorded.update({key: getattr(config, key) for key in EVALUATION_ONLY})
+                _atomic_write_text(run.out / "config.json", json.dumps(recorded, indent=2, default=str))
+        return run
     t0 = time.perf_counter()
     resume = reuse and (Path(config.out) / CHECKPOINT).exists()
-    if resume and changed_settings(config):  # another run's checkpoint: continuing it would report wrong numbers
-        print(f"[reuse] {config.out} was trained with other settings ({', '.join(changed_settings(config))}): "
+    trained_otherwise = changed_settings(config, EVALUATION_ONLY) if resume else []
+    if trained_otherwise:  # another run's checkpoint: continuing it would report wrong numbers
+        print(f"[reuse] {config.out} was trained with other settings ({', '.join(trained_otherwise)}): "
               f"training it again", flush=True)
         resume = False
     run = api.Run(Trainer(config, resume=resume).fit())
@@ -277,7 +295,8 @@ def says_how_to_continue(run_cli):
         try:
             return run_cli(args)
         except KeyboardInterrupt:
-            print("interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same "
-                  "command with --reuse to continue", file=sys.stderr)
+            how = "with --reuse instead of --overwrite" if getattr(args, "overwrite", False) else "with --reuse"
+            print(f"interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same "
+                  f"command {how} to continue", file=sys.stderr)
             return 130
     return wrapper

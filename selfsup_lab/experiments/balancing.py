@@ -285,11 +285,13 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     for fig, filename in figures:
         result["figures"].append(str(viz.save_figure(fig, out / "figures" / filename)))
 
+    knn_k, knn_tau = (train_options.get(key, getattr(TrainConfig, key)) for key in ("knn_k", "knn_temperature"))
+    knn = f"kNN k={knn_k} τ={knn_tau}"
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "
                 "last epoch; 'without rule' = the same head's plain argmax (no Sinkhorn, duals or size estimate) "
-                "in the same training steps; kNN k=200 τ=0.1 cosine on backbone features (train split without "
+                f"in the same training steps; {knn} cosine on backbone features (train split without "
                 "augmentation as bank, test split as queries, final epoch); NMI/ACC/ARI on the test split")
     (out / "results.md").write_text(f"# compare-balancing\n\n{protocol}\n\n{markdown_table(rows + [untrained])}\n\n"
                                     f"{UNTRAINED_NOTE}\n\nTotal: {minutes:.1f} minutes.\n")

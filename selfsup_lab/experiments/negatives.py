@@ -138,7 +138,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     """
     from .. import analysis, api, distributed, viz
     from ..methods import get_method_class
-    from ..train import make_output_dir
+    from ..train import TrainConfig, make_output_dir
 
     batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
@@ -210,9 +210,11 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     notes = f"- {UNTRAINED_NOTE}\n" + "\n".join(
         f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for any batch "
         f"composition {v['floor']:.4f}" for b, v in reference.items())
+    knn_k, knn_tau = (train_options.get(key, getattr(TrainConfig, key)) for key in ("knn_k", "knn_temperature"))
+    knn = f"kNN k={knn_k} τ={knn_tau}"
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
                 "same budget for all methods "
-                f"(options: {json.dumps(train_options)}); kNN k=200 τ=0.1 cosine, train bank / test queries, final "
+                f"(options: {json.dumps(train_options)}); {knn} cosine, train bank / test queries, final "
                 "epoch; clustering = spherical k-means K = C on test backbone features; fragmentation/mixing at 90% "
                 "coverage; alignment = two augmented views of each test image; same-class negatives = mean over "
                 "training epochs")
@@ -252,6 +254,8 @@ def run_cli(args) -> int:
                     seeds=tuple(args.seeds))
     if args.quick:
         skip = {"train_subset", "epochs"} if args.steps else {"train_subset"}  # --steps replaces QUICK's epochs
+        if tuple(args.batch_sizes) != (64, 256):  # batch sizes given on the command line win over QUICK's
+            skip.add("batch_sizes")
         settings.update({k: v for k, v in QUICK.items() if k not in skip})
         options.setdefault("train_subset", QUICK["train_subset"])
         options.setdefault("knn_k", 20)  # a bank of 128 images: 20 neighbours, not 200
