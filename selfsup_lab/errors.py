@@ -19,7 +19,12 @@ class DataUnavailableError(UserError):
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint is kept. `what` says what went wrong without
+    the advice for `selfsup-lab train`, for callers (the comparisons) that advise otherwise."""
+
+    def __init__(self, message: str, what: str = ""):
+        super().__init__(message)
+        self.what = what or message
 
 
 # A range rule: (setting names, test a value must pass, what the value must be — for the message).

@@ -575,7 +575,7 @@ class Trainer:
             advice = "lower the learning rate (--lr; with --resume to continue from the checkpoint)"
         else:
             kept, advice = "no checkpoint was written yet", "lower the learning rate (--lr)"
-        raise TrainingDiverged(f"{what}; {kept} — {advice} or check the method's options")
+        raise TrainingDiverged(f"{what}; {kept} — {advice} or check the method's options", what=what)
 
     def _check_resume_matches(self, checkpoint: dict) -> None:
         """A resumed run continues with the settings it was started with: refuse any other change, so that

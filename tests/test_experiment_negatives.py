@@ -89,3 +89,11 @@ def test_measure_leaves_the_same_class_rate_empty_when_no_epoch_could_measure_it
         del record["same_class_neg_rate"]
     row, _ = negatives.measure(run, alignment_images=16)
     assert row["same_class_neg_rate"] is None and 0.0 <= row["knn_top1"] <= 1.0
+
+
+def test_a_diverging_method_stops_the_comparison_in_one_sentence_keeping_finished_runs(tmp_path):
+    with pytest.raises(UserError, match=r"simclr:temperature=1e-30 at B = 16, seed 0 diverged \(the simclr loss became "
+                                        r".*re-run with --reuse to keep the others"):
+        compare_negatives(methods=("byol", "simclr:temperature=1e-30"), batch_sizes=(16,), out=tmp_path,
+                          method_options=SMALL_HEADS, **TINY)
+    assert (tmp_path / "runs" / "byol-b16-s0" / "metrics.json").exists()  # finished before: kept for --reuse

@@ -236,9 +236,10 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
                 try:
                     run = train_or_reuse(config, reuse)
                 except TrainingDiverged as err:  # this method's loss became NaN: the others may still train
-                    failed.append({"method": label, "batch_size": batch_size, "seed": seed, "error": str(err)})
-                    runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": str(err)})
-                    print(f"[compare-balancing] {label} B={batch_size} seed={seed}: {err}", flush=True)
+                    error = f"diverged: {err.what}"
+                    failed.append({"method": label, "batch_size": batch_size, "seed": seed, "error": error})
+                    runs.append({"method": label, "batch_size": batch_size, "seed": seed, "error": error})
+                    print(f"[compare-balancing] {label} B={batch_size} seed={seed}: {error}", flush=True)
                     continue
                 except UserError:
                     raise  # a mistake in the arguments: every run would hit it

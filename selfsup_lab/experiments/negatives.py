@@ -138,6 +138,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     """
     from .. import analysis, api, distributed, viz
     from ..methods import get_method_class
+    from ..errors import TrainingDiverged, UserError
     from ..train import TrainConfig, make_output_dir
 
     batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
@@ -157,7 +158,12 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
                                          seed=seed, figures=False, progress=progress,
                                          out=str(out / "runs" / f"{folder_name(label)}-b{batch_size}-s{seed}"),
                                          **train_options, **{**per_method.get(name, {}), **options})
-                run = train_or_reuse(config, reuse, linear)
+                try:
+                    run = train_or_reuse(config, reuse, linear)
+                except TrainingDiverged as err:  # the figures need every run: stop, keeping what is finished
+                    raise UserError(f"{label} at B = {batch_size}, seed {seed} diverged ({err.what}); the runs finished "
+                                    f"so far are kept in {out}: change that method's options or leave it out, and "
+                                    f"re-run with --reuse to keep the others") from None
                 seconds = run.metrics.get("wall_seconds")
                 row, extra = measure(run, seed, alignment_images)
                 epochs_run = epochs_for[batch_size]
