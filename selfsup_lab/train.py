@@ -408,6 +408,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         check_config_types(config)
         config.dataset = data.canonical_spec(config.dataset)  # one name per data set; reopens from any directory
+        if config.data_dir is not None:  # the same cache whichever directory the run is resumed from
+            config.data_dir = str(Path(config.data_dir).expanduser().resolve())
         self.epochs = config.resolved_epochs()
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")

@@ -184,16 +184,18 @@ def test_a_run_on_a_relative_imagefolder_path_reopens_from_any_directory(tmp_pat
     make_folder(tmp_path / "pets", per_class=10)
     monkeypatch.chdir(tmp_path)
     options = dict(epochs=1, batch_size=8, backbone="convnet", device="cpu", progress=False, figures=False,
-                   data_dir=str(tmp_path / "cache"), proj_hidden=32, proj_dim=16)
+                   data_dir="cache", proj_hidden=32, proj_dim=16)
     selfsup_lab.train("simclr", "imagefolder:pets", out="run", **options)
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    recorded = config["dataset"]
     assert recorded == f"imagefolder:{tmp_path / 'pets'}"  # absolute: the run does not depend on the directory
+    assert config["data_dir"] == str(tmp_path / "cache")  # and neither does its data cache
     elsewhere = tmp_path / "notebooks"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert selfsup_lab.load_run(tmp_path / "run", device="cpu").evaluate()["knn_top1"] >= 0
     resumed = selfsup_lab.train(resume=True, out=str(tmp_path / "run"), epochs=2, progress=False)
-    assert resumed.trainer.epoch == 2
+    assert resumed.trainer.epoch == 2 and not (elsewhere / "cache").exists()  # the run's cache, not a new one
     elsewhere_spec = "ImageFolder:../pets"  # another spelling and another path to the same folder
     assert data.canonical_spec(elsewhere_spec) == recorded
     monkeypatch.chdir(tmp_path)  # the same relative spec as at the start is the same data set, not a change

@@ -143,7 +143,7 @@ def changed_settings(config, ignore: tuple[str, ...] = ()) -> list[str] | None:
         saved = json.loads((Path(config.out) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    ignore = {"out", "progress", "figures", "device", *ignore}
+    ignore = {"out", "progress", "figures", "device", "data_dir", *ignore}  # where it ran, not what it trained
     wanted = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     saved["dataset"], wanted["dataset"] = (data.canonical_spec(d) for d in (saved.get("dataset", ""), wanted["dataset"]))
     # A setting missing from an older config.json did not exist then: that run used today's default.
