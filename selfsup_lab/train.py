@@ -218,7 +218,13 @@ class ProgressBar(Callback):
                                  views_s=f"{logs['views_per_s']:.0f}", refresh=False)
 
     def on_train_end(self, trainer):
-        self.bar.close()
+        self.close()
+
+    def close(self):
+        """Also called when training stops with an exception (Ctrl-C, divergence): a bar left open would be
+        redrawn below the message that says what happened."""
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()  # tqdm: a second close does nothing
 
 
 class HistoryWriter(Callback):
@@ -664,6 +670,9 @@ class Trainer:
         finally:  # finished, stopped, diverged or interrupted: torchvision's worker processes are not left idle
             self.augment.close()
             self.augment_small.close()
+            for cb in self.callbacks:
+                if isinstance(cb, ProgressBar):
+                    cb.close()
         if self.epoch >= self.epochs:
             self.status = "finished"
         for cb in self.callbacks:

@@ -316,6 +316,16 @@ def test_load_run_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
         selfsup_lab.load_run(tmp_path, device=None)
 
 
+def test_ctrl_c_closes_the_progress_bar_before_the_message_is_printed(tmp_path):
+    from selfsup_lab.train import ProgressBar
+
+    bar = ProgressBar()
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train("simclr", epochs=2, out=str(tmp_path), callbacks=[bar, InterruptAt(epoch=0, step=2)],
+                          **{**QUICK, "progress": True})
+    assert bar.bar.disable and bar.bar.n == 2  # closed where it stopped: nothing redraws it below the message
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
