@@ -214,7 +214,8 @@ def train(method: str | None = None, dataset: str | None = None, callbacks: list
 def resume_settings(method: str | None, dataset: str | None, options: dict) -> tuple[str, str, dict]:
     """The settings of the run to resume in options["out"] (default runs/<method>-<dataset>), with the given
     ones on top; the trainer then refuses any change a resumed run may not make. Where no GPU is visible, a run
-    from a GPU machine continues on the CPU: its "cuda" device and compile mode are not taken over."""
+    from a GPU machine continues on the CPU: its "cuda" device and compile mode are not taken over, and
+    `--backbone auto` keeps the network the run was built with."""
     from .train import run_directory
 
     if options.get("out") is not None and not isinstance(options["out"], (str, os.PathLike)):
@@ -223,7 +224,10 @@ def resume_settings(method: str | None, dataset: str | None, options: dict) -> t
         raise UserError(f"method_options must be a dict such as {{'temperature': 0.5}}, "
                         f"got {options['method_options']!r}")
     out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
-    saved = dict(load_checkpoint(out / CHECKPOINT)["config"])
+    checkpoint = load_checkpoint(out / CHECKPOINT)
+    saved = dict(checkpoint["config"])
+    if saved.get("backbone", "auto") == "auto" and checkpoint.get("backbone"):
+        saved["backbone"] = checkpoint["backbone"]  # "auto" follows the device: keep the network the run has
     if not torch.cuda.is_available():
         if str(saved.get("device", "")).startswith("cuda"):
             saved.pop("device")

@@ -596,6 +596,8 @@ class Trainer:
         for name, value in now.items():
             if name in RESUMABLE_CHANGES or name == "method_options" or name not in saved:
                 continue
+            if name == "backbone" and saved[name] == "auto":  # compared below as the network auto chose
+                continue
             recorded = data.canonical_spec(saved[name]) if name == "dataset" else saved[name]  # older runs: as given
             if _comparable(recorded) != _comparable(value):
                 changed.append(f"{_FLAGS.get(name, name)} is {value!r} here and {saved[name]!r} in the run")

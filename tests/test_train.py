@@ -208,8 +208,11 @@ def test_a_run_from_a_gpu_machine_resumes_on_a_machine_without_one(tmp_path):
     out = tmp_path / "r"
     selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
     checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
-    checkpoint["config"].update(device="cuda", compile="reduce-overhead")  # as written on a GPU machine
+    checkpoint["config"].update(device="cuda", compile="reduce-overhead", backbone="auto")  # as on a GPU machine
     torch.save(checkpoint, out / CHECKPOINT)
+    # "auto" would follow this machine's device: the run keeps the network it was built with instead
+    _, _, settings = selfsup_lab.api.resume_settings(None, None, {"out": str(out)})
+    assert settings["backbone"] == checkpoint["backbone"] == "convnet" and "device" not in settings
     run = selfsup_lab.train(resume=True, out=str(out), epochs=2, progress=False)
     assert run.trainer.device.type == "cpu" and run.trainer.epoch == 2
     with pytest.raises(UserError, match="no GPU is visible"):  # asked for explicitly: refused as before
