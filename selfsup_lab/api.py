@@ -216,14 +216,12 @@ def resume_settings(method: str | None, dataset: str | None, options: dict) -> t
     ones on top; the trainer then refuses any change a resumed run may not make. Where no GPU is visible, a run
     from a GPU machine continues on the CPU: its "cuda" device and compile mode are not taken over, and
     `--backbone auto` keeps the network the run was built with."""
-    from .train import run_directory
+    from .train import check_config_types, run_directory
 
-    if options.get("out") is not None and not isinstance(options["out"], (str, os.PathLike)):
-        raise UserError(f"out must be a path such as 'runs/my-run', got {options['out']!r}")
-    if not isinstance(options.get("method_options", {}), dict):
-        raise UserError(f"method_options must be a dict such as {{'temperature': 0.5}}, "
-                        f"got {options['method_options']!r}")
-    out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
+    given = TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out"),
+                        method_options=options.get("method_options", {}))
+    check_config_types(given)  # a wrong-typed out or method_options: the sentence a fresh start gives
+    out = run_directory(given)
     checkpoint = load_checkpoint(out / CHECKPOINT)
     saved = dict(checkpoint["config"])
     if saved.get("backbone", "auto") == "auto" and checkpoint.get("backbone"):

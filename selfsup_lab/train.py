@@ -413,6 +413,8 @@ class Trainer:
         distributed.init_from_environment()
         self.device = resolve_device(config.device)
         check_config_types(config)
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):  # before any data is loaded
+            raise UserError(f"callbacks must be a list such as [LiveDashboard()], got {callbacks!r}")
         config.dataset = data.canonical_spec(config.dataset)  # one name per data set; reopens from any directory
         if config.data_dir is not None:  # the same cache whichever directory the run is resumed from
             config.data_dir = str(Path(config.data_dir).expanduser().resolve())
@@ -513,8 +515,6 @@ class Trainer:
         self.occupancy_log: dict = {"epochs": [], "steps": [], "epochs_without_rule": []}
         self.status = "created"
         self._stop_requested = False
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise UserError(f"callbacks must be a list such as [LiveDashboard()], got {callbacks!r}")
         self.callbacks = list(callbacks) if callbacks is not None else []
         if config.progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.insert(0, ProgressBar())

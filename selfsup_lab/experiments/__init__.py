@@ -93,6 +93,14 @@ def training_options(args) -> dict:
     return {k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None}
 
 
+def knn_protocol(train_options: dict) -> str:
+    """How the comparison's runs were scored by kNN, for its results.md ("kNN k=200 τ=0.1")."""
+    from ..train import TrainConfig
+
+    k, tau = (train_options.get(key, getattr(TrainConfig, key)) for key in ("knn_k", "knn_temperature"))
+    return f"kNN k={k} τ={tau}"
+
+
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method with options in one word: 'triplet:deputy=rank-rule,r_hi=12' → ('triplet', {...})."""
     from ..errors import UserError

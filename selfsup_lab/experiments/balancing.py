@@ -67,7 +67,8 @@ COLUMNS = [  # (key, header, format)
 
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse,
+    training_options,
 )
 
 
@@ -286,8 +287,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     for fig, filename in figures:
         result["figures"].append(str(viz.save_figure(fig, out / "figures" / filename)))
 
-    knn_k, knn_tau = (train_options.get(key, getattr(TrainConfig, key)) for key in ("knn_k", "knn_temperature"))
-    knn = f"kNN k={knn_k} τ={knn_tau}"
+    knn = knn_protocol(train_options)
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {seeds}; "
                 f"training options {train_options or 'defaults'}; "
                 "occupancy = hard assignments of the tracked head (K = C head if the method has one) over the "

@@ -50,7 +50,8 @@ COLUMNS = [  # (key, header, format)
 
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse, training_options,
+    folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse,
+    training_options,
 )
 
 
@@ -139,7 +140,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     from .. import analysis, api, distributed, viz
     from ..methods import get_method_class
     from ..errors import TrainingDiverged, UserError
-    from ..train import TrainConfig, make_output_dir
+    from ..train import make_output_dir
 
     batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
@@ -216,8 +217,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     notes = f"- {UNTRAINED_NOTE}\n" + "\n".join(
         f"- B = {b}: same-class negative rate of random batches {v['random_expected']:.4f}, floor for any batch "
         f"composition {v['floor']:.4f}" for b, v in reference.items())
-    knn_k, knn_tau = (train_options.get(key, getattr(TrainConfig, key)) for key in ("knn_k", "knn_temperature"))
-    knn = f"kNN k={knn_k} τ={knn_tau}"
+    knn = knn_protocol(train_options)
     protocol = (f"dataset {dataset}; {budget} (epochs per batch size: {epochs_for}); seeds {list(seeds)}; "
                 "same budget for all methods "
                 f"(options: {json.dumps(train_options)}); {knn} cosine, train bank / test queries, final "
