@@ -262,17 +262,15 @@ def _write_atomically(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch.save reports file errors as RuntimeError
+    except BaseException as err:  # a write error or Ctrl-C mid-write: the previous file stays, no temporary
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(err, (OSError, RuntimeError)):  # torch.save reports file errors as RuntimeError
+            raise
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
         advice = "choose a writable place with --out" if isinstance(err, PermissionError) else \
             "free some disk space or choose a writable place with --out"
         raise UserError(f"cannot write {path} ({reason}); {advice}") from None
-    except BaseException:  # Ctrl-C mid-write: the previous file stays, and no half-written temporary
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

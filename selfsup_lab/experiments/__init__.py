@@ -259,9 +259,10 @@ def _steps_budget(steps: int, batch_sizes, dataset: str, train_options: dict) ->
     return epochs, taken
 
 
-def distinct(values, flag: str) -> list[int]:
+def distinct(values, flag: str, at_least: int | None = None) -> list[int]:
     """Batch sizes or seeds as whole numbers, each once: a repeated one would train the same run twice into one
-    folder and show a spread over seeds that is not there."""
+    folder and show a spread over seeds that is not there. `at_least`: the smallest value allowed, checked here
+    so that the message names the comparison's own flag."""
     from ..errors import UserError
 
     values = [int(v) for v in values]
@@ -270,9 +271,8 @@ def distinct(values, flag: str) -> list[int]:
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise UserError(f"{flag} lists {repeated[0]} twice; give each value once")
-    if flag == "--batch-sizes" and min(values) < 2:  # named here: the trainer would say --batch-size
-        raise UserError(f"--batch-sizes must each be at least 2 (self-supervised losses compare images), "
-                        f"got {min(values)}")
+    if at_least is not None and min(values) < at_least:
+        raise UserError(f"{flag} must each be at least {at_least}, got {min(values)}")
     return values
 
 

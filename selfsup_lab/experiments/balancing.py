@@ -208,7 +208,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         train_options.setdefault("train_subset", QUICK["train_subset"])
         train_options.setdefault("knn_k", QUICK["knn_k"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
-    batch_sizes = distinct(batch_sizes, "--batch-sizes")
+    batch_sizes = distinct(batch_sizes, "--batch-sizes", at_least=2)  # self-supervised losses compare images
     seeds = distinct(seeds, "--seeds")
     fields = {f for f in TrainConfig.__dataclass_fields__}
     unknown = sorted(set(train_options) - fields)

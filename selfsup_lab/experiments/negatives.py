@@ -142,7 +142,7 @@ def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_si
     from ..errors import TrainingDiverged, UserError
     from ..train import make_output_dir
 
-    batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes"), distinct(seeds, "--seeds")
+    batch_sizes, seeds = distinct(batch_sizes, "--batch-sizes", at_least=2), distinct(seeds, "--seeds")
     epochs_for, budget = epoch_budget(epochs, steps, batch_sizes, dataset, train_options, DEFAULT_EPOCHS)
     refuse_to_replace(out, reuse, overwrite)
     out = Path(out)
