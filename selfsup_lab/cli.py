@@ -192,9 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """The lab's own warnings as one line, "warning: ..."; other libraries' as Python shows them."""
+    """The lab's own warnings as one line, "warning: ..."; other libraries' as Python shows them. Under torchrun
+    only rank 0 shows the lab's: every rank runs the same settings on the same data and would repeat them."""
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
-        return f"warning: {message}\n"
+        from . import distributed
+
+        return f"warning: {message}\n" if distributed.is_main_process() else ""
     return _python_formatwarning(message, category, filename, lineno, line)
 
 

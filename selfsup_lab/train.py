@@ -201,6 +201,10 @@ class Callback:
     def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
+    def close(self) -> None:
+        """Called whenever training stops, also by an exception (Ctrl-C, divergence) that skips on_train_end:
+        release what the callback holds open (a progress bar left open is redrawn below the error message)."""
+
 
 class ProgressBar(Callback):
     """A tqdm bar over all steps with loss, learning rate and throughput."""
@@ -221,8 +225,6 @@ class ProgressBar(Callback):
         self.close()
 
     def close(self):
-        """Also called when training stops with an exception (Ctrl-C, divergence): a bar left open would be
-        redrawn below the message that says what happened."""
         if getattr(self, "bar", None) is not None:
             self.bar.close()  # tqdm: a second close does nothing
 
@@ -413,6 +415,10 @@ class Trainer:
         check_config_types(config)
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):  # before any data is loaded
             raise UserError(f"callbacks must be a list such as [LiveDashboard()], got {callbacks!r}")
+        for cb in callbacks or []:  # the trainer calls every hook, close() included, on each of them
+            if not isinstance(cb, Callback):
+                raise UserError(f"callbacks must be selfsup_lab.Callback objects (subclass it and override the hooks "
+                                f"you need), got {cb!r}")
         config.dataset = data.canonical_spec(config.dataset)  # one name per data set; reopens from any directory
         if config.data_dir is not None:  # the same cache whichever directory the run is resumed from
             config.data_dir = str(Path(config.data_dir).expanduser().resolve())
@@ -671,8 +677,7 @@ class Trainer:
             self.augment.close()
             self.augment_small.close()
             for cb in self.callbacks:
-                if isinstance(cb, ProgressBar):
-                    cb.close()
+                cb.close()
         if self.epoch >= self.epochs:
             self.status = "finished"
         for cb in self.callbacks:

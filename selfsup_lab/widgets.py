@@ -274,9 +274,12 @@ class LiveDashboard(Callback):
         if self.mode == "widget":
             self.refresh()
 
+    def close(self) -> None:
+        if self._fallback is not None:  # the trainer closes the callbacks it was given, not the bar made here
+            self._fallback.close()
+
     def on_train_end(self, trainer) -> None:
-        if self._fallback is not None:
-            self._fallback.on_train_end(trainer)
+        self.close()
         status = getattr(trainer, "status", "")
         if self.mode == "text" and status.startswith("stopped"):  # the widget's header says it there
             print(f"{status}: {_kept_checkpoint(trainer)}", file=sys.stderr)

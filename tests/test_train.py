@@ -304,6 +304,7 @@ def test_evaluation_warns_when_k_is_most_of_the_knn_bank(tmp_path):
     ({"out": 123}, "out must be a path such as 'runs/my-run', got 123"),
     ({"data_dir": 5}, "data_dir must be a path"),
     ({"callbacks": 5}, "callbacks must be a list such as"),
+    ({"callbacks": [print]}, r"callbacks must be selfsup_lab.Callback objects \(subclass it"),
     ({"device": None}, "--device must be a name such as 'auto', 'cpu' or 'cuda', got None"),
 ])
 def test_python_arguments_of_the_wrong_type_are_one_sentence(option, message):

@@ -206,6 +206,18 @@ def test_dashboard_stop_button_ends_real_training_cleanly_and_keeps_the_checkpoi
     assert "resume=True" in dash.header.value
 
 
+def test_ctrl_c_closes_the_text_mode_progress_bar(tmp_path):
+    class CtrlCAtStep(Callback):
+        def on_step_end(self, trainer, logs):
+            if trainer.global_step == 2:
+                raise KeyboardInterrupt
+
+    dash = LiveDashboard(mode="text")
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train("naive", epochs=1, out=str(tmp_path / "r"), callbacks=[dash, CtrlCAtStep()], **TINY)
+    assert dash._fallback.bar.n == 2 and dash._fallback.bar.disable  # closed where it stopped, not left to redraw
+
+
 @pytest.fixture(scope="module")
 def text_mode_run(tmp_path_factory):
     """One finished tiny run, trained with a LiveDashboard in mode "auto" outside Jupyter (shared by tests)."""
