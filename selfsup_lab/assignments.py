@@ -20,6 +20,7 @@ Outside Jupyter, grade a submitted notebook (runs its cells tagged `setup` and `
 exit status 0 = all checks pass, 1 = some failed, 2 = the notebook could not be graded):
 
     python -m selfsup_lab.assignments check submissions/alice/sinkhorn.ipynb
+    python -m selfsup_lab.assignments check --csv submissions/*/*.ipynb > grades.csv   # checks passed per notebook
     python -m selfsup_lab.assignments list                  # the exercises
     python -m selfsup_lab.assignments solve NB.ipynb -o OUT.ipynb   # instructor: fill in the model answer
 
@@ -34,8 +35,9 @@ With pytest (one test per submitted notebook; the AssertionError message is the 
         grade_notebook(notebook, strict=True)
 
 The model answers are kept here as source text (`SOLUTIONS[name]`), not as importable functions, so that
-`from selfsup_lab.assignments import *` hands a student nothing to copy; the notebooks are committed as the
-student version and the test-suite fills the model answer in (`fill_solution`).
+`from selfsup_lab.assignments import *` hands a student nothing to copy (the package's references can be
+imported, of course: every check fails a function that uses them); the notebooks are committed as the student
+version and the test-suite fills the model answer in (`fill_solution`).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import argparse
 import ast
 import contextlib
 import copy
+import csv
 import html
 import inspect
 import linecache
@@ -151,9 +154,10 @@ class CheckResult:
                 f"<div style='color:{colour};font-weight:bold;margin-bottom:4px'>{html.escape(self.summary())}</div>"
                 + "".join(rows) + "</div>")
 
-    def raise_if_failed(self) -> "CheckResult":
+    def raise_if_failed(self, source: str = "") -> "CheckResult":
+        """Raise AssertionError with the report (headed by `source`, e.g. the notebook graded) unless all passed."""
         if not self.passed:
-            raise AssertionError("\n" + self.report())
+            raise AssertionError("\n" + (f"{source}\n" if source else "") + self.report())
         return self
 
 
@@ -164,14 +168,35 @@ class _NotImplemented(Exception):
 
 
 class _StudentError(Exception):
-    """The student's function raised: carries a readable message pointing at their line."""
+    """The student's function raised: carries a readable message pointing at their line, and a hint."""
+
+    def __init__(self, message: str, hint: str = "run your function on a small input in a cell of its own and "
+                                                 "read the traceback"):
+        super().__init__(message)
+        self.hint = hint
+
+
+SIGNATURE_HINT = ("keep the scaffold's `def` line as it was (the names and order of its parameters): the check "
+                  "calls your function with those names, e.g. `epsilon=...`")
+
+
+def _student_error(exc: Exception) -> _StudentError:
+    """What the student's function raised, as a report line; a TypeError raised by the call itself (no line of
+    the student's code in the traceback) means the function does not take the scaffold's arguments."""
+    called_only = not _student_frames(exc)
+    return _StudentError(_describe_exception(exc), SIGNATURE_HINT) if isinstance(exc, TypeError) and called_only \
+        else _StudentError(_describe_exception(exc))
+
+
+def _student_frames(exc: BaseException) -> list:
+    """The traceback's frames in the student's code (not this checker's, not torch's or another library's)."""
+    here = Path(__file__).resolve().as_posix()
+    return [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve().as_posix() != here
+            and "site-packages" not in f.filename and "/torch/" not in f.filename]
 
 
 def _describe_exception(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    here = str(Path(__file__).resolve())
-    own = [f for f in frames if Path(f.filename).resolve().as_posix() != Path(here).as_posix()
-           and "site-packages" not in f.filename and "/torch/" not in f.filename]
+    own = _student_frames(exc)
     where = ""
     if own:
         f = own[-1]
@@ -207,7 +232,7 @@ class _Runner:
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
         except Exception as exc:  # the student's bug, reported as such
-            raise _StudentError(_describe_exception(exc)) from exc
+            raise _student_error(exc) from exc
         for i, (a, b) in enumerate(zip(call_args, before)):
             if isinstance(a, torch.Tensor) and (a.shape != b.shape or not torch.equal(a.detach(), b)):
                 self.mutated.append(f"`{self.names[i]}`" if i < len(self.names) else f"argument {i + 1}")
@@ -233,7 +258,7 @@ def _as_tensor_problem(got) -> str | None:
         return "your function returned None — did you forget the `return`?"
     kind = type(got).__name__
     if kind == "ndarray":
-        return "your function returned a numpy array; return a torch.Tensor (stay in torch so gradients flow)"
+        return "your function returned a numpy array; return a torch.Tensor (stay in torch: no .numpy())"
     if isinstance(got, float):
         return "your function returned a Python float (`.item()`?); return the torch.Tensor itself"
     return f"your function returned a {kind}; expected a torch.Tensor"
@@ -303,7 +328,7 @@ class _Check:
             self.stopped = True
             return
         except _StudentError as exc:
-            outcome = (str(exc), "run your function on a small input in a cell of its own and read the traceback")
+            outcome = (str(exc), exc.hint)
         except Exception as exc:  # the check itself tripped over the output (an odd dtype, say): fail this case only
             outcome = (f"the check could not use what your function returned ({type(exc).__name__}: {exc})",
                        "compare the type, shape and dtype of your result with the docstring's `Returns`")
@@ -314,27 +339,65 @@ class _Check:
         else:
             self.result.cases.append(Case(name, False, outcome))
 
-    def finish(self, strict: bool, no_mutation_hint: str) -> CheckResult:
+    def finish(self, strict: bool, why_inputs_matter: str) -> CheckResult:
         if not self.stopped:
+            borrowed = _lab_code_in(self.run.fn)
+            self.result.cases.insert(0, Case(
+                "your own code (it does not call the lab's reference)", borrowed is None,
+                f"your function uses {borrowed} from the lab" if borrowed else "",
+                "the exercise is to write it yourself from the equation, with torch operations" if borrowed else ""))
             mutated = sorted(set(self.run.mutated))
             self.result.cases.append(Case(
                 "leaves its inputs unchanged", not mutated,
                 f"your function modified {', '.join(mutated)} in place" if mutated else "",
-                no_mutation_hint if mutated else ""))
+                f"compute new tensors instead of changing {', '.join(mutated)} (no `+=`, `/=`, `.clamp_()` or "
+                f"`x[...] = `; `.float()` of a float32 tensor is that same tensor, not a copy): {why_inputs_matter}"
+                if mutated else ""))
         if strict:
             self.result.raise_if_failed()
         return self.result
+
+
+def _lab_code_in(fn) -> str | None:
+    """The lab function or module that `fn` is, or that its code uses (a global name such as an imported
+    reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, or a helper
+    of the student's that does so); None if none. Wrapping the reference would pass every other check."""
+    student_scope = getattr(inspect.unwrap(fn), "__globals__", None)
+    seen, stack = set(), [fn]
+    while stack:
+        f = stack.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        f = inspect.unwrap(f) if callable(f) else f  # under @torch.no_grad() and the like: the function itself
+        owner = f.__name__ if inspect.ismodule(f) else getattr(f, "__module__", None)
+        if isinstance(owner, str) and owner.split(".")[0] == "selfsup_lab":
+            return f"`{owner}`" if inspect.ismodule(f) else f"`{owner}.{getattr(f, '__qualname__', f)}`"
+        if getattr(f, "__globals__", None) is not student_scope or not hasattr(f, "__code__"):
+            continue  # torch's or another library's code: not the student's to read
+        codes = [f.__code__]
+        while codes:
+            code = codes.pop()
+            for name in code.co_names:
+                if name.split(".")[0] == "selfsup_lab":  # `import selfsup_lab...` inside the function
+                    return f"`{name}`"
+                if name in student_scope:
+                    stack.append(student_scope[name])
+            codes.extend(c for c in code.co_consts if inspect.iscode(c))
+    return None
 
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _diagnose(got, variants: list[tuple[str, Callable[[], torch.Tensor]]], rtol: float, atol: float,
+def _diagnose(got, shape: tuple, variants: list[tuple[str, Callable[[], torch.Tensor]]], rtol: float, atol: float,
               default: str) -> str:
-    """If the student's output equals a known wrong variant, say which mistake that is."""
-    if not isinstance(got, torch.Tensor):
-        return default
+    """If the student's output equals a known wrong variant, say which mistake that is. An output that is not a
+    tensor of the expected `shape` gets a hint about that: its values were never compared."""
+    if _output_problem(got, shape):
+        return ("return what the docstring's `Returns` says: one torch.Tensor of that shape (not a tuple, a numpy "
+                "array or a transposed matrix); the values are compared after that")
     for hint, variant in variants:
         try:
             v = variant()
@@ -401,7 +464,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
                     "average over the 2B anchors, e.g. F.cross_entropy(...) with the default reduction")
         if problem is None:
             return None
-        hint = _diagnose(got, _nt_xent_mistakes(z1, z2, t), 1e-4, 1e-5,
+        hint = _diagnose(got, (), _nt_xent_mistakes(z1, z2, t), 1e-4, 1e-5,
                          "compare with the equation term by term on B = 2, where you can write out the "
                          "4×4 similarity matrix by hand")
         return (f"input: z1, z2 of shape {tuple(z1.shape)}, temperature {t}\n{problem}", hint)
@@ -430,7 +493,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
         except Exception as exc:
-            raise _StudentError(_describe_exception(exc)) from exc
+            raise _student_error(exc) from exc
         if isinstance(loss, (tuple, list)):
             loss = loss[0]
         problem = _output_problem(loss, ())
@@ -500,8 +563,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         return None
 
     chk.case("property: symmetric in the two views", symmetric)
-    return chk.finish(strict, "compute new tensors (F.normalize(z, dim=1)) instead of changing z1/z2 in place "
-                              "(e.g. no `z1 /= ...`)")
+    return chk.finish(strict, "the embeddings belong to the model (F.normalize(z, dim=1) returns a new tensor)")
 
 
 # --- 2. Sinkhorn-Knopp ----------------------------------------------------------------------------------------
@@ -542,7 +604,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
             ("ε multiplies instead of divides: Q = exp(S / ε)",
              lambda: ref(scores * eps * eps, epsilon=eps, iterations=iters)),
         ]
-        hint = _diagnose(got, variants, 1e-4, 1e-6,
+        hint = _diagnose(got, expected.shape, variants, 1e-4, 1e-6,
                          "write the loop out on a 3×2 matrix by hand: scale columns to 1/K of the mass, then "
                          "rows to 1/B, `iterations` times; return rows rescaled to sum to 1")
         if isinstance(got, torch.Tensor) and not torch.isfinite(got.detach().float()).all():
@@ -558,8 +620,15 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
                  lambda s=s, eps=eps, iters=iters: compare(s, eps, iters))
 
     s_half = _cosines(32, 6, 8, 5).half()
-    chk.case("edge case: float16 scores (exp(1/0.05) = 5e8 overflows float16)",
-             lambda: compare(s_half, 0.05, 3, (1e-3, 1e-5)))
+    def half_precision():
+        problem = compare(s_half, 0.05, 3, (1e-3, 1e-5))
+        got = chk.run(s_half, epsilon=0.05, iterations=3)
+        if problem is None and got.dtype in (torch.float16, torch.bfloat16):
+            return (f"the targets came back as {str(got.dtype).replace('torch.', '')}",
+                    "compute in float32 (scores.float()) and return float32 targets, as the docstring's `Returns` says")
+        return problem
+
+    chk.case("edge case: float16 scores (exp(1/0.05) = 5e8 overflows float16)", half_precision)
     s_sharp = 0.5 + 0.5 * torch.rand(24, 5, generator=_generator(6))
     chk.case("edge case: ε = 0.01 and scores in [0.5, 1] (exp(100) overflows float32)",
              lambda: compare(s_sharp, 0.01, 3))
@@ -617,15 +686,14 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
         except Exception as exc:
-            raise _StudentError(_describe_exception(exc)) from exc
+            raise _student_error(exc) from exc
         if isinstance(q, torch.Tensor) and q.requires_grad:
             return ("the targets carry a gradient (requires_grad is True)",
                     "targets are a stop-gradient: decorate the function with @torch.no_grad() (or detach)")
         return None
 
     chk.case("property: the targets carry no gradient", no_gradient)
-    return chk.finish(strict, "the scores belong to the model: compute new tensors instead of dividing `scores` "
-                              "in place (no `scores /= ...`, no `.exp_()`)")
+    return chk.finish(strict, "the scores belong to the model, which still needs them")
 
 
 # --- 3. CoKe dual step ---------------------------------------------------------------------------------------
@@ -656,8 +724,8 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
              lambda: (duals + eta * (gamma - torch.div(counts, batch, rounding_mode="floor"))).clamp_min(0)),
             ("the step size η is missing", lambda: (duals + (gamma - n / batch)).clamp_min(0)),
         ]
-        hint = _diagnose(got, variants, 1e-5, 1e-6, "ρ_k ← max(0, ρ_k + η·(γ − n_k/B)), elementwise over the K "
-                                                    "clusters")
+        hint = _diagnose(got, expected.shape, variants, 1e-5, 1e-6,
+                         "ρ_k ← max(0, ρ_k + η·(γ − n_k/B)), elementwise over the K clusters")
         return (f"input: K={duals.numel()}, duals {_fmt(duals)}, counts {_fmt(counts)}, batch_size={batch}, "
                 f"min_fraction={gamma:.4g}, step_size={eta}\n{problem}", hint)
 
@@ -721,20 +789,21 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
 
     def monotone():
         duals = torch.zeros(6)
-        counts = torch.tensor([0, 1, 2, 3, 4, 5])  # shortfall decreasing along k
+        counts = torch.tensor([0, 1, 2, 3, 4, 90])  # shortfall decreasing along k; the batch's counts add up to B
         new = chk.run(duals, counts, 100, 0.1, 2.0)
         problem = _output_problem(new, duals.shape)
         if problem:
             return problem
         rise = new.detach().float()
         if not all(a > b for a, b in zip(rise.tolist(), rise.tolist()[1:])):
-            return (f"counts {counts.tolist()} of B=100 with γ=0.1 (shortfalls 10%, 9%, … 5%): the rises should "
-                    f"strictly decrease, got {_fmt(rise)}", "the step is proportional to the shortfall γ − n_k/B")
+            return (f"counts {counts.tolist()} of B=100 with γ=0.1 (shortfalls 10%, 9%, … 6%, then over-filled): "
+                    f"the rises should strictly decrease, got {_fmt(rise)}",
+                    "the step is proportional to the shortfall γ − n_k/B")
         return None
 
     chk.case("property: the rise is monotone in the shortfall", monotone)
-    return chk.finish(strict, "return a new tensor (`duals + ...`) instead of updating `duals` in place (`+=`): "
-                              "the caller decides when to copy it into its buffer")
+    return chk.finish(strict, "return the new duals (`duals + ...`): the caller decides when to copy them into "
+                              "its buffer, and its counts are logged after the step")
 
 
 # --- 4. ExCB balancing --------------------------------------------------------------------------------------
@@ -777,7 +846,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
                  1, z.argmax(1, keepdim=True),
                  torch.where(r < 1, small, big).gather(1, z.argmax(1, keepdim=True)) * boost).clamp(-1, 1)),
         ]
-        hint = _diagnose(got, variants, 1e-5, 1e-6,
+        hint = _diagnose(got, expected.shape, variants, 1e-5, 1e-6,
                          "apply the formula per column (ρ_k < 1 or > 1), then boost each row's maximum, then clamp")
         return (f"input: scores of shape {tuple(scores.shape)}, relative sizes {_fmt(rho)}, boost={boost}\n{problem}",
                 hint)
@@ -795,6 +864,9 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
              lambda: compare(s, torch.ones(4), 1.01))
     chk.case("edge case: a never-visited cluster (ρ_k ≈ 1e-8 from excb_relative_sizes)",
              lambda: compare(s, excb_relative_sizes(torch.tensor([0.0, 0.5, 0.3, 0.2])), 1.01))
+    negative = torch.tensor([[-0.3, -0.6, -0.9], [0.4, -0.2, -0.5]])
+    chk.case("edge case: a row whose best score is negative (×boost applies to it as to any other: it goes down)",
+             lambda: compare(negative, torch.ones(3), 1.05))
 
     def direction():
         scores = _cosines(30, 6, 8, 21)
@@ -850,8 +922,7 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         return None
 
     chk.case("property: keeps the order of images within a cluster", order_within_cluster)
-    return chk.finish(strict, "return a new tensor instead of writing into `scores` (no `scores[...] = ...`): the "
-                              "raw scores are still needed elsewhere")
+    return chk.finish(strict, "the raw scores are still needed elsewhere")
 
 
 # --- the exercises, their model answers, and grading notebooks ---------------------------------------------
@@ -1010,6 +1081,24 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
         raise UserError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from exc
     ex = _exercise_of(nb, path, exercise)
     namespace: dict = {"__name__": "__submission__"}
+    cells = _grading_cells(nb, ex, path)
+    graded = ", ".join(str(index + 1) for index, _ in cells)
+    # Jupyter ran every cell; the grader runs these only: a name defined elsewhere is missing here.
+    only_these = (f"the grader runs only the cells tagged '{SETUP_TAG}' and '{SOLUTION_TAG}' (here cells {graded}), "
+                  f"in order: import or define what your function uses in the solution cell")
+
+    def finish(result: CheckResult) -> CheckResult:
+        for case in result.cases:
+            if case.detail.startswith("NameError"):
+                case.hint = only_these
+        return result.raise_if_failed(str(path)) if strict else result
+
+    defining = [index + 1 for index, source in cells if f"def {ex.function}(" in source]
+    if len(defining) > 1:  # a copied cell keeps its tag: the last copy, perhaps still the scaffold, would count
+        return finish(CheckResult(ex.name, ex.report_title, [Case(
+            f"one graded cell defines `{ex.function}`", False,
+            f"cells {' and '.join(map(str, defining))} both define it and both are graded: the last one counts",
+            "delete the copy you are not submitting (a copied cell keeps the 'solution' tag)")]))
 
     use_alarm = timeout and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     if use_alarm:
@@ -1018,7 +1107,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.alarm(int(math.ceil(timeout)))
     try:
-        for index, source in _grading_cells(nb, ex, path):
+        for index, source in cells:
             filename = f"{path.name} [cell {index + 1}]"
             # Registered so that a traceback (and _describe_exception) can quote the line that failed.
             linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
@@ -1032,22 +1121,19 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             except NotImplementedError:
                 continue  # e.g. a scaffold that raises at import time: reported by the check below
             except Exception as exc:
-                result = CheckResult(ex.name, ex.report_title, [Case(
+                return finish(CheckResult(ex.name, ex.report_title, [Case(
                     f"cell {index + 1} of the notebook runs", False, _describe_exception(exc),
-                    "run the notebook top to bottom in Jupyter and fix the first error")])
-                return result.raise_if_failed() if strict else result
+                    "run the notebook top to bottom in Jupyter and fix the first error")]))
         fn = namespace.get(ex.function)
         if fn is None:
-            result = CheckResult(ex.name, ex.report_title, [Case(
+            return finish(CheckResult(ex.name, ex.report_title, [Case(
                 f"the notebook defines `{ex.function}`", False, "no function of that name after running the cells",
-                f"keep the name and signature of the scaffold: def {ex.function}(...)")])
-            return result.raise_if_failed() if strict else result
-        return ex.check(fn, strict=strict)
+                f"keep the name and signature of the scaffold: def {ex.function}(...)")]))
+        return finish(ex.check(fn))
     except _Timeout:
-        result = CheckResult(ex.name, ex.report_title, [Case(
+        return finish(CheckResult(ex.name, ex.report_title, [Case(
             f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
-            "look for a loop that never ends, or work on a huge tensor")])
-        return result.raise_if_failed() if strict else result
+            "look for a loop that never ends, or work on a huge tensor")]))
     finally:
         if use_alarm:
             signal.alarm(0)
@@ -1081,6 +1167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exercise", choices=sorted(EXERCISES), help="default: read from the notebook")
     p.add_argument("--timeout", type=float, default=120, help="seconds per notebook (default 120)")
     p.add_argument("--quiet", action="store_true", help="one summary line per notebook")
+    p.add_argument("--csv", action="store_true",
+                   help="a table instead of reports: notebook, exercise, checks passed, checks run, summary")
     sub.add_parser("list", help="the exercises and the function each asks for")
     p = sub.add_parser("solve", help="instructor: write a copy of a notebook with the model answer filled in")
     p.add_argument("notebook", type=Path)
@@ -1117,15 +1205,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     status = 0
+    table = csv.writer(sys.stdout) if args.csv else None
+    if table:
+        table.writerow(["notebook", "exercise", "passed", "checks", "summary"])
     for path in args.notebooks:
         try:
             result = grade_notebook(path, exercise=args.exercise, timeout=args.timeout)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            if table:  # a row all the same, so that no submission goes missing from the grade sheet
+                table.writerow([path, "", 0, 0, f"not graded: {exc}"])
             status = 2
             continue
         prefix = f"{path}: " if len(args.notebooks) > 1 or args.quiet else ""
-        print(prefix + (result.summary() if args.quiet else result.report()))
+        if table:
+            table.writerow([path, result.exercise, len(result.cases) - len(result.failures), len(result.cases),
+                            result.summary()])
+        else:
+            print(prefix + (result.summary() if args.quiet else result.report()))
         if not result.passed:
             status = max(status, 1)
     return status

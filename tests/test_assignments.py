@@ -3,6 +3,7 @@
 Fast (a few seconds): everything runs in-process except one `python -m selfsup_lab.assignments` call.
 The notebooks themselves are executed end to end in tests/test_notebooks.py.
 """
+import copy
 import subprocess
 import sys
 import textwrap
@@ -46,8 +47,45 @@ def test_model_answer_passes(name):
     ("coke_dual_step", balancing.coke_dual_step),
     ("excb_balancing", balancing.excb_balance_scores),
 ])
-def test_package_reference_passes_its_own_check(name, reference):
-    A.EXERCISES[name].check(reference, strict=True)
+def test_package_reference_passes_every_check_but_is_not_a_submission(name, reference):
+    result = A.EXERCISES[name].check(reference)
+    assert [case.name for case in result.failures] == ["your own code (it does not call the lab's reference)"]
+    assert f"`{reference.__module__}.{reference.__name__}` from the lab" in result.failures[0].detail
+
+
+REFERENCE_IN_DISGUISE = [  # (exercise, how, source): each used to pass every check
+    ("nt_xent", "a wrapper", """
+        from selfsup_lab.methods.simclr import nt_xent_loss
+
+        def nt_xent(z1, z2, temperature):
+            return nt_xent_loss(z1, z2, temperature)[0]
+        """),
+    ("sinkhorn", "an attribute path", """
+        import selfsup_lab.balancing
+
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            return selfsup_lab.balancing.sinkhorn(scores, epsilon, iterations)
+        """),
+    ("coke_dual_step", "the reference itself, imported", """
+        from selfsup_lab.balancing import coke_dual_step
+        """),
+    ("excb_balancing", "an import inside a helper", """
+        def helper(scores, relative_sizes, boost):
+            from selfsup_lab import balancing
+            return balancing.excb_balance_scores(scores, relative_sizes, boost)
+
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            return helper(scores, relative_sizes, boost)
+        """),
+]
+
+
+@pytest.mark.parametrize("name, how, source", REFERENCE_IN_DISGUISE, ids=[f"{r[0]}:{r[1]}" for r in REFERENCE_IN_DISGUISE])
+def test_calling_the_lab_reference_fails(name, how, source):
+    result = A.EXERCISES[name].check(student(name, source))
+    assert [case.name for case in result.failures] == ["your own code (it does not call the lab's reference)"]
+    assert "write it yourself" in result.report()
 
 
 # --- typical mistakes fail, and the report names the mistake ------------------------------------------------
@@ -172,7 +210,75 @@ MISTAKES = [
             z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
             return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
         """, "AFTER balancing"),
+    ("excb_balancing", "a negative winner boosted upwards", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            best = z.gather(1, top)
+            return z.scatter(1, top, best + best.abs() * (boost - 1)).clamp(-1, 1)
+        """, "✗ edge case: a row whose best score is negative"),
+    ("excb_balancing", "returns a tuple", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1), top
+        """, "one torch.Tensor of that shape (not a tuple"),
+    ("coke_dual_step", "float counts divided in place", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            counts = counts.float()
+            counts /= batch_size
+            return (duals + step_size * (min_fraction - counts)).clamp_min(0)
+        """, "instead of changing `counts` (no `+=`, `/=`, `.clamp_()` or `x[...] = `; `.float()` of a float32"),
+    ("sinkhorn", "renamed parameters", """
+        @torch.no_grad()
+        def sinkhorn(S, eps=0.05, n_iter=3):
+            s = S.float() / eps
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(n_iter):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "keep the scaffold's `def` line as it was"),
+    ("sinkhorn", "float16 targets for float16 scores", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.double() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return (q * B).to(scores.dtype)
+        """, "return float32 targets"),
 ]
+
+
+EQUIVALENT = [  # (exercise, how, source): right answers written differently from the model answer
+    ("coke_dual_step", "counts.sum() for B (the batch's counts add up to B)", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return torch.relu(duals + step_size * (min_fraction - counts / counts.sum()))
+        """),
+    ("sinkhorn", "log space", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            log_q = scores.float() / epsilon
+            B, K = log_q.shape
+            for _ in range(iterations):
+                log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
+                log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+            return log_q.exp()
+        """),
+]
+
+
+@pytest.mark.parametrize("name, how, source", EQUIVALENT, ids=[f"{e[0]}:{e[1]}" for e in EQUIVALENT])
+def test_equivalent_answers_pass(name, how, source):
+    A.EXERCISES[name].check(student(name, source), strict=True)
 
 
 @pytest.mark.parametrize("name, mistake, source, hint", MISTAKES, ids=[f"{m[0]}:{m[1]}" for m in MISTAKES])
@@ -250,7 +356,7 @@ def test_wrong_shape_is_reported_in_every_case_not_raised(name, returned, source
     result = A.EXERCISES[name].check(student(name, source))  # used to raise out of the property checks
     assert not result.passed
     said = [case for case in result.failures if "shape" in case.detail or "returned a" in case.detail]
-    assert len(said) >= len(result.cases) - 2  # besides, at most "leaves its inputs unchanged" or "no gradient"
+    assert len(said) >= len(result.cases) - 3  # besides "your own code", "leaves its inputs unchanged", "no gradient"
 
 
 def test_an_output_the_check_cannot_read_fails_the_case_instead_of_raising():
@@ -260,7 +366,7 @@ def test_an_output_the_check_cannot_read_fails_the_case_instead_of_raising():
             return torch.empty(scores.shape, device="meta")
         """)
     result = A.check_excb_balance(fn)
-    assert not result.passed and len(result.failures) >= len(result.cases) - 1
+    assert not result.passed and len(result.failures) >= len(result.cases) - 2  # not "your own code", "inputs unchanged"
     assert "the check could not use what your function returned" in result.report()
 
 
@@ -370,6 +476,35 @@ def test_grading_quotes_the_failing_line_of_the_cell_and_keeps_prints_out(solved
     assert "debugging output" not in capsys.readouterr().out
 
 
+def test_grading_says_that_only_the_tagged_cells_run(solved, tmp_path):
+    nb = nbformat.read(solved("nt_xent"), as_version=4)
+    (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    index = nb.cells.index(solution)
+    nb.cells.insert(index, nbformat.v4.new_code_cell("def normalised(z):\n    return F.normalize(z, dim=1)"))
+    solution.source = solution.source.replace("z = F.normalize(torch.cat([z1, z2]), dim=1)",
+                                              "z = normalised(torch.cat([z1, z2]))")
+    assert "normalised(" in solution.source
+    nbformat.write(nb, str(tmp_path / "helper.ipynb"))  # runs in Jupyter; the helper's cell has no tag
+    result = A.grade_notebook(tmp_path / "helper.ipynb")
+    assert not result.passed and "NameError: name 'normalised' is not defined" in result.report()
+    assert "the grader runs only the cells tagged 'setup' and 'solution' (here cells " in result.report()
+
+
+def test_grading_refuses_two_graded_definitions_and_names_the_notebook_when_strict(solved, tmp_path):
+    nb = nbformat.read(ASSIGNMENTS / "sinkhorn.ipynb", as_version=4)
+    (scaffold,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    index = nb.cells.index(scaffold)
+    written = nbformat.from_dict(copy.deepcopy(dict(scaffold)))  # copy/paste keeps the cell's tags
+    written.source, written.id = A.SOLUTIONS["sinkhorn"], "pasted"
+    nb.cells.insert(index, written)  # the student's answer above, the untouched scaffold below
+    nbformat.write(nb, str(tmp_path / "copied.ipynb"))
+    result = A.grade_notebook(tmp_path / "copied.ipynb")
+    assert [c.name for c in result.cases] == ["one graded cell defines `sinkhorn`"]
+    assert f"cells {index + 1} and {index + 2} both define it" in result.report()
+    with pytest.raises(AssertionError, match=f"^\n{tmp_path / 'copied.ipynb'}\n✗ Sinkhorn-Knopp"):
+        A.grade_notebook(tmp_path / "copied.ipynb", strict=True)
+
+
 def test_grading_times_out_on_an_endless_loop(tmp_path):
     nb = nbformat.read(ASSIGNMENTS / "coke_dual_step.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
@@ -395,6 +530,18 @@ def test_cli_check(solved, capsys, tmp_path):
     # the report heads the same whether the check ran or the notebook never got that far
     assert A.main(["check", "--quiet", str(ASSIGNMENTS / "excb_balancing.ipynb")]) == 1
     assert "✗ ExCB balancing: not implemented yet" in capsys.readouterr().out
+
+
+def test_cli_check_csv_has_a_row_per_notebook(solved, tmp_path, capsys):
+    import csv
+
+    notebooks = [solved("coke_dual_step"), ASSIGNMENTS / "nt_xent.ipynb", tmp_path / "missing.ipynb"]
+    assert A.main(["check", "--csv", *map(str, notebooks)]) == 2
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [row["notebook"] for row in rows] == list(map(str, notebooks))
+    assert rows[0]["exercise"] == "coke_dual_step" and rows[0]["passed"] == rows[0]["checks"] != "0"
+    assert (rows[1]["passed"], rows[1]["checks"]) == ("0", "1") and "not implemented" in rows[1]["summary"]
+    assert rows[2]["summary"].startswith("not graded:") and "no such notebook" in rows[2]["summary"]
 
 
 def test_cli_grades_every_notebook_even_after_a_broken_one(solved, tmp_path, capsys):
