@@ -203,6 +203,7 @@ def train_and_evaluate(args) -> dict:
     knn = {label: knn_accuracy(train_features, train_set.labels, test_features, test_set.labels, k=k, temperature=t)
            for label, k, t in PROTOCOLS}
     return {"settings": settings, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "trained_in": "bf16 autocast, channels_last" if bf16 else "fp32",  # --precision bf16 is fp32 on a CPU
             "lr": base_lr, "epoch_losses": losses, "train_seconds": round(train_seconds, 1), "knn_top1": knn}
 
 

@@ -48,6 +48,7 @@ import datetime
 import os
 import platform
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -287,7 +288,7 @@ def main(argv=None):
         dataset = data.ImageDataset(dataset.images.repeat(repeats, 1, 1, 1), dataset.labels.repeat(repeats),
                                     dataset.classes, dataset.name, dataset.split)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # the trainer leaves it off: its rows may be a little faster than training
         name = torch.cuda.get_device_name(device)
     else:
         name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -311,7 +312,7 @@ def main(argv=None):
     pipelines["(h) model alone, both views in one pass"] = \
         lambda: run_model_only(args, dataset, device, cuda, cuda, None, one_pass=True)
     # (i)-(k): SimCLR's one_pass option end to end, and CUDA graphs (the step is launch-bound on an H100).
-    pipelines["(i) as (c), both views in one pass"] = \
+    pipelines["(i) as (c), both views in one pass" if cuda else "(i) as (b), both views in one pass"] = \
         lambda: run_device(args, dataset, device, cuda, cuda, None, one_pass=True)
     if cuda:
         pipelines["(j) (i) + torch.compile reduce-overhead (CUDA graphs)"] = \
@@ -327,6 +328,10 @@ def main(argv=None):
             lambda: run_model_only(args, dataset, device, True, True, "reduce-overhead", one_pass=True, scope="step")
     if args.only:  # (a) always runs: every row is reported as a multiple of it
         wanted = {"a", *args.only.replace(",", "")}
+        skipped = sorted(wanted - {label[1] for label in pipelines})
+        if skipped:  # asked for, but not run on this device: say so rather than leave the rows out silently
+            print(f"not run on {device.type}: ({'), ('.join(skipped)}) — see the list at the top of this file; "
+                  f"CUDA rows need a GPU, (d)/(g) on a CPU need --cpu-compile", file=sys.stderr)
         pipelines = {label: build for label, build in pipelines.items() if label[1] in wanted}
 
     # A GPU session is short and time-limited: a pipeline that fails (say, a compile error on another torch) is

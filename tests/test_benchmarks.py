@@ -52,13 +52,14 @@ def test_throughput_profile_writes_one_table_per_pipeline(tmp_path):
     assert "convolution" in model
 
 
-def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path):
+def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path, capsys):
     throughput = load_benchmark("throughput")
     results = tmp_path / "RESULTS.md"
     throughput.main(["--dataset", "synthetic", "--device", "cpu", "--backbone", "convnet", "--batch-size", "16",
-                     "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "f,i"])
+                     "--steps", "1", "--warmup", "1", "--workers", "0", "--results", str(results), "--only", "f,i,c"])
     rows = [line for line in results.read_text().splitlines() if line.startswith("| (")]
     assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(f)", "(i)"]
+    assert "not run on cpu: (c)" in capsys.readouterr().err  # (c) needs CUDA: said, not silently left out
 
 
 def test_rows_replayed_as_cuda_graphs_are_marked_and_explained(tmp_path, monkeypatch):
@@ -274,6 +275,7 @@ def test_reference_recipe_trains_evaluates_and_writes_its_results(tmp_path):
     assert list(result["knn_top1"]) == [label for label, _, _ in bench.PROTOCOLS]
     assert all(0.0 <= accuracy <= 1.0 for accuracy in result["knn_top1"].values())
     assert result["settings"]["temperature"] == 0.5 and result["settings"]["decay_all"] is True
+    assert result["settings"]["precision"] == "bf16" and result["trained_in"] == "fp32"  # bf16 is for a GPU only
 
 
 def test_reference_recipe_flags_reach_the_model_optimiser_schedule_and_views():

@@ -15,6 +15,13 @@ def run_cli(*args, cwd=None):
                           cwd=cwd)
 
 
+def test_python_dash_m_selfsup_lab_is_the_command(tmp_path):
+    # How a source tree that is not pip-installed runs the lab (PYTHONPATH=. python -m selfsup_lab ...).
+    done = subprocess.run([sys.executable, "-m", "selfsup_lab", "train", "--method", "nope"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: unknown method 'nope'")
+
+
 def test_methods_and_datasets_list(capsys):
     assert main(["methods", "-v"]) == 0
     out = capsys.readouterr().out
