@@ -327,7 +327,11 @@ def main(argv=None):
         pipelines["(n) model alone at (m)'s settings"] = \
             lambda: run_model_only(args, dataset, device, True, True, "reduce-overhead", one_pass=True, scope="step")
     if args.only:  # (a) always runs: every row is reported as a multiple of it
-        wanted = {"a", *args.only.replace(",", "")}
+        wanted = {"a", *args.only.replace(",", "").replace(" ", "")}
+        unknown = sorted(wanted - set("abcdefghijklmn"))
+        if unknown:
+            raise SystemExit(f"error: --only {args.only!r} names no row ({'), ('.join(unknown)}); the rows are (a) to "
+                             f"(n), listed at the top of benchmarks/throughput.py")
         skipped = sorted(wanted - {label[1] for label in pipelines})
         if skipped:  # asked for, but not run on this device: say so rather than leave the rows out silently
             print(f"not run on {device.type}: ({'), ('.join(skipped)}) — see the list at the top of this file; "

@@ -46,6 +46,8 @@ import ast
 import contextlib
 import copy
 import csv
+import dis
+import functools
 import html
 import inspect
 import linecache
@@ -359,30 +361,36 @@ class _Check:
 
 
 def _lab_code_in(fn) -> str | None:
-    """The lab function or module that `fn` is, or that its code uses (a global name such as an imported
-    reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, or a helper
-    of the student's that does so); None if none. Wrapping the reference would pass every other check."""
-    student_scope = getattr(inspect.unwrap(fn), "__globals__", None)
+    """The lab function or module that `fn` is, or that its code uses — a global name such as an imported
+    reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, a
+    variable it closes over, functools.partial, or a helper function of the student's that does so; None if
+    none. Wrapping the reference would pass every other check."""
+    student_scope = getattr(inspect.unwrap(getattr(fn, "func", fn)), "__globals__", None)
     seen, stack = set(), [fn]
     while stack:
         f = stack.pop()
         if id(f) in seen:
             continue
         seen.add(id(f))
+        if isinstance(f, functools.partial):
+            stack.append(f.func)
+            continue
         f = inspect.unwrap(f) if callable(f) else f  # under @torch.no_grad() and the like: the function itself
         owner = f.__name__ if inspect.ismodule(f) else getattr(f, "__module__", None)
         if isinstance(owner, str) and owner.split(".")[0] == "selfsup_lab":
             return f"`{owner}`" if inspect.ismodule(f) else f"`{owner}.{getattr(f, '__qualname__', f)}`"
         if getattr(f, "__globals__", None) is not student_scope or not hasattr(f, "__code__"):
             continue  # torch's or another library's code: not the student's to read
+        stack.extend(cell.cell_contents for cell in f.__closure__ or () if cell.cell_contents is not None)
         codes = [f.__code__]
         while codes:
             code = codes.pop()
-            for name in code.co_names:
-                if name.split(".")[0] == "selfsup_lab":  # `import selfsup_lab...` inside the function
-                    return f"`{name}`"
-                if name in student_scope:
-                    stack.append(student_scope[name])
+            for step in dis.get_instructions(code):
+                # Names looked up as globals (not attributes: `scores.data` is no use of a global `data`).
+                if step.opname == "IMPORT_NAME" and str(step.argval).split(".")[0] == "selfsup_lab":
+                    return f"`{step.argval}`"  # `import selfsup_lab...` inside the function
+                if step.opname in ("LOAD_GLOBAL", "LOAD_NAME") and step.argval in student_scope:
+                    stack.append(student_scope[step.argval])
             codes.extend(c for c in code.co_consts if inspect.iscode(c))
     return None
 
@@ -1044,6 +1052,28 @@ def _grading_cells(nb, exercise: Exercise, path: Path) -> list[tuple[int, str]]:
     return chosen
 
 
+def _names_bound_outside(nb, graded: set[int]) -> set[str]:
+    """Names that the code cells not run by the grader define at their top level (imports, functions, classes,
+    assignments)."""
+    names = set()
+    for index, cell in enumerate(nb.cells):
+        if cell.get("cell_type") != "code" or index in graded:
+            continue
+        try:
+            body = ast.parse(_source(cell)).body
+        except SyntaxError:
+            continue
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
 def _only_imports(source: str) -> bool:
     """True for a cell of import statements (and comments) only: safe to run, needed by the cells after it."""
     try:
@@ -1083,17 +1113,21 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
     only_these = (f"the grader runs only the cells tagged '{SETUP_TAG}' and '{SOLUTION_TAG}' (here cells {graded}), "
                   f"in order: import or define what your function uses in the solution cell")
 
+    elsewhere = _names_bound_outside(nb, {index for index, _ in cells})
+
     def finish(result: CheckResult) -> CheckResult:
-        for case in result.cases:
-            if case.detail.startswith("NameError"):
-                case.hint = only_these
+        for case in result.cases:  # a name Jupyter had from a cell the grader does not run (not a mere typo)
+            missing = case.detail.split("'")[1] if case.detail.startswith("NameError: name '") else None
+            if missing in elsewhere:
+                case.hint = f"`{missing}` comes from a cell the grader does not run: {only_these}"
         return result.raise_if_failed(str(path)) if strict else result
 
     defining = [index + 1 for index, source in cells if f"def {ex.function}(" in source]
     if len(defining) > 1:  # a copied cell keeps its tag: the last copy, perhaps still the scaffold, would count
         return finish(CheckResult(ex.name, ex.report_title, [Case(
             f"one graded cell defines `{ex.function}`", False,
-            f"cells {' and '.join(map(str, defining))} both define it and both are graded: the last one counts",
+            f"cells {', '.join(map(str, defining))} each define it, and the grader runs every graded cell: only "
+            f"the last definition would count",
             "delete the copy you are not submitting (a copied cell keeps the 'solution' tag)")]))
 
     use_alarm = timeout and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
@@ -1125,7 +1159,9 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             return finish(CheckResult(ex.name, ex.report_title, [Case(
                 f"the notebook defines `{ex.function}`", False, "no function of that name after running the cells",
                 f"keep the name and signature of the scaffold: def {ex.function}(...)")]))
-        return finish(ex.check(fn))
+        with open(os.devnull, "w") as discard, contextlib.redirect_stdout(discard):  # prints in the function
+            result = ex.check(fn)
+        return finish(result)
     except _Timeout:
         return finish(CheckResult(ex.name, ex.report_title, [Case(
             f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",

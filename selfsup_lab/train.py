@@ -21,6 +21,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,8 +203,9 @@ class Callback:
     def on_train_end(self, trainer: "Trainer") -> None: ...
 
     def close(self) -> None:
-        """Called whenever training stops, also by an exception (Ctrl-C, divergence) that skips on_train_end:
-        release what the callback holds open (a progress bar left open is redrawn below the error message)."""
+        """Called last whenever training stops: after on_train_end, or instead of it when an exception (Ctrl-C,
+        divergence) ends training. Release what the callback holds open (a progress bar left open would be
+        redrawn below the error message)."""
 
 
 class ProgressBar(Callback):
@@ -673,15 +675,22 @@ class Trainer:
         self.status = "running"
         try:
             self._loop()
+        except BaseException:  # diverged or interrupted: on_train_end will not run, close() still does
+            for cb in self.callbacks:
+                try:
+                    cb.close()
+                except Exception as err:  # the error that stopped training is the one to report
+                    warnings.warn(f"{type(cb).__name__}.close() failed while training stopped: {err}")
+            raise
         finally:  # finished, stopped, diverged or interrupted: torchvision's worker processes are not left idle
             self.augment.close()
             self.augment_small.close()
-            for cb in self.callbacks:
-                cb.close()
         if self.epoch >= self.epochs:
             self.status = "finished"
         for cb in self.callbacks:
             cb.on_train_end(self)
+        for cb in self.callbacks:
+            cb.close()
         return self
 
     def _loop(self) -> None:

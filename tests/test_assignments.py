@@ -70,6 +70,22 @@ REFERENCE_IN_DISGUISE = [  # (exercise, how, source): each used to pass every ch
     ("coke_dual_step", "the reference itself, imported", """
         from selfsup_lab.balancing import coke_dual_step
         """),
+    ("sinkhorn", "functools.partial", """
+        import functools
+        from selfsup_lab import balancing
+
+        sinkhorn = functools.partial(balancing.sinkhorn, epsilon=0.05)
+        """),
+    ("coke_dual_step", "a closure", """
+        def make():
+            from selfsup_lab.balancing import coke_dual_step as reference
+
+            def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+                return reference(duals, counts, batch_size, min_fraction, step_size)
+            return coke_dual_step
+
+        coke_dual_step = make()
+        """),
     ("excb_balancing", "an import inside a helper", """
         def helper(scores, relative_sizes, boost):
             from selfsup_lab import balancing
@@ -86,6 +102,16 @@ def test_calling_the_lab_reference_fails(name, how, source):
     result = A.EXERCISES[name].check(student(name, source))
     assert [case.name for case in result.failures] == ["your own code (it does not call the lab's reference)"]
     assert "write it yourself" in result.report()
+
+
+def test_an_attribute_named_like_a_lab_import_is_not_the_lab():
+    # `scores.data` is the tensor's attribute, whatever the notebook bound to a global `data`.
+    import selfsup_lab.data
+
+    namespace = {"torch": torch, "data": selfsup_lab.data}
+    exec(textwrap.dedent(A.SOLUTIONS["excb_balancing"]).replace("z = scores.float()", "z = scores.data.float()"),
+         namespace)
+    assert A.check_excb_balance(namespace["excb_balance_scores"], strict=True).passed
 
 
 # --- typical mistakes fail, and the report names the mistake ------------------------------------------------
@@ -487,7 +513,17 @@ def test_grading_says_that_only_the_tagged_cells_run(solved, tmp_path):
     nbformat.write(nb, str(tmp_path / "helper.ipynb"))  # runs in Jupyter; the helper's cell has no tag
     result = A.grade_notebook(tmp_path / "helper.ipynb")
     assert not result.passed and "NameError: name 'normalised' is not defined" in result.report()
-    assert "the grader runs only the cells tagged 'setup' and 'solution' (here cells " in result.report()
+    assert "`normalised` comes from a cell the grader does not run: the grader runs only the cells tagged " \
+           "'setup' and 'solution' (here cells " in result.report()
+
+    solution.source = solution.source.replace("normalised(", "F.normalise(")  # a typo: not about the cells
+    nb.cells.pop(index)
+    nbformat.write(nb, str(tmp_path / "typo.ipynb"))
+    assert "AttributeError" in A.grade_notebook(tmp_path / "typo.ipynb").report()
+    solution.source = solution.source.replace("F.normalise(", "normalize(")
+    nbformat.write(nb, str(tmp_path / "typo.ipynb"))
+    report = A.grade_notebook(tmp_path / "typo.ipynb").report()
+    assert "NameError: name 'normalize' is not defined" in report and "grader does not run" not in report
 
 
 def test_grading_refuses_two_graded_definitions_and_names_the_notebook_when_strict(solved, tmp_path):
@@ -500,7 +536,7 @@ def test_grading_refuses_two_graded_definitions_and_names_the_notebook_when_stri
     nbformat.write(nb, str(tmp_path / "copied.ipynb"))
     result = A.grade_notebook(tmp_path / "copied.ipynb")
     assert [c.name for c in result.cases] == ["one graded cell defines `sinkhorn`"]
-    assert f"cells {index + 1} and {index + 2} both define it" in result.report()
+    assert f"cells {index + 1}, {index + 2} each define it, and the grader runs every graded cell" in result.report()
     with pytest.raises(AssertionError, match=f"^\n{tmp_path / 'copied.ipynb'}\n✗ Sinkhorn-Knopp"):
         A.grade_notebook(tmp_path / "copied.ipynb", strict=True)
 
@@ -535,7 +571,13 @@ def test_cli_check(solved, capsys, tmp_path):
 def test_cli_check_csv_has_a_row_per_notebook(solved, tmp_path, capsys):
     import csv
 
-    notebooks = [solved("coke_dual_step"), ASSIGNMENTS / "nt_xent.ipynb", tmp_path / "missing.ipynb"]
+    chatty = solved("coke_dual_step")
+    nb = nbformat.read(chatty, as_version=4)
+    (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    solution.source = solution.source.replace("    shortfall =", "    print('debugging', duals.shape)\n    shortfall =")
+    assert "print(" in solution.source
+    nbformat.write(nb, str(chatty))  # what the function prints must not land in the grade sheet
+    notebooks = [chatty, ASSIGNMENTS / "nt_xent.ipynb", tmp_path / "missing.ipynb"]
     assert A.main(["check", "--csv", *map(str, notebooks)]) == 2
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [row["notebook"] for row in rows] == list(map(str, notebooks))

@@ -60,6 +60,8 @@ def test_only_runs_the_chosen_pipelines_and_always_the_baseline(tmp_path, capsys
     rows = [line for line in results.read_text().splitlines() if line.startswith("| (")]
     assert [r.split("|")[1].strip()[:3] for r in rows] == ["(a)", "(f)", "(i)"]
     assert "not run on cpu: (c)" in capsys.readouterr().err  # (c) needs CUDA: said, not silently left out
+    with pytest.raises(SystemExit, match=r"--only 'f, z' names no row \(z\); the rows are \(a\) to \(n\)"):
+        throughput.main(["--dataset", "synthetic", "--device", "cpu", "--only", "f, z", "--results", str(results)])
 
 
 def test_rows_replayed_as_cuda_graphs_are_marked_and_explained(tmp_path, monkeypatch):

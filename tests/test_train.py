@@ -330,6 +330,33 @@ def test_ctrl_c_closes_the_progress_bar_before_the_message_is_printed(tmp_path):
     assert bar.bar.disable and bar.bar.n == 2  # closed where it stopped: nothing redraws it below the message
 
 
+def test_callbacks_are_closed_last_and_a_failing_close_does_not_hide_ctrl_c(tmp_path):
+    from selfsup_lab.train import ProgressBar
+
+    calls = []
+
+    class Recorder(Callback):
+        def on_train_end(self, trainer):
+            calls.append("on_train_end")
+
+        def close(self):
+            calls.append("close")
+
+    selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "a"), callbacks=[Recorder()], **QUICK)
+    assert calls == ["on_train_end", "close"]  # a finished run may still use in on_train_end what close releases
+
+    class BrokenClose(Callback):
+        def close(self):
+            raise RuntimeError("cannot close")
+
+    bar, calls[:] = ProgressBar(), []
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match=r"BrokenClose.close\(\) failed"):
+        selfsup_lab.train("simclr", epochs=2, out=str(tmp_path / "b"), overwrite=True,
+                          callbacks=[BrokenClose(), Recorder(), bar, InterruptAt(epoch=0, step=2)],
+                          **{**QUICK, "progress": True})
+    assert calls == ["close"] and bar.bar.disable  # the others are closed all the same; on_train_end never ran
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="unreadable"):
