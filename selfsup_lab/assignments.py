@@ -365,7 +365,8 @@ def _lab_code_in(fn) -> str | None:
     reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, a
     variable it closes over, functools.partial, or a helper function of the student's that does so; None if
     none. Wrapping the reference would pass every other check."""
-    student_scope = getattr(inspect.unwrap(getattr(fn, "func", fn)), "__globals__", None)
+    own = fn.func if isinstance(fn, functools.partial) else fn
+    student_scope = getattr(inspect.unwrap(own), "__globals__", None)  # where the student's own names live
     seen, stack = set(), [fn]
     while stack:
         f = stack.pop()
