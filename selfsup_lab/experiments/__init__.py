@@ -88,6 +88,16 @@ def add_progress_argument(parser, what: str) -> None:
                         help=f"{what} (default: shown)")
 
 
+def add_reuse_arguments(parser, where: str) -> None:
+    """--reuse and --overwrite, what a comparison does with the runs already in `where` (see refuse_to_replace)."""
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"reuse finished runs with identical settings found in {where} and continue interrupted "
+                             "ones, instead of training them again (a long comparison in pieces)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train every run again in an OUT that already holds runs (without it, such an OUT is "
+                             "refused)")
+
+
 def training_options(args) -> dict:
     """The TRAINING_FLAGS the user set (or that have a command default), as TrainConfig keyword arguments."""
     return {k: getattr(args, k) for k in TRAINING_FLAGS if getattr(args, k) is not None}

@@ -66,9 +66,9 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse,
-    training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_reuse_arguments, add_training_arguments, aggregate_seeds, distinct,
+    epoch_budget, folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell,
+    train_or_reuse, training_options,
 )
 
 
@@ -176,7 +176,8 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
                       batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seeds=(0,),
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
-                      progress: bool = True, steps: int | None = None, reuse: bool = False, overwrite: bool | None = None, **train_options) -> dict:
+                      progress: bool = True, steps: int | None = None, reuse: bool = False,
+                      overwrite: bool | None = None, **train_options) -> dict:
     """Train every method at every batch size under one budget; write the table and the comparison figures.
 
     `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
@@ -322,11 +323,7 @@ def add_arguments(parser) -> None:
     add_training_arguments(parser, explicit_auto=True)
     parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
     add_progress_argument(parser, "a progress bar per run")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished runs with identical settings found in OUT and continue interrupted "
-                             "ones, instead of training them again (a long comparison in pieces)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="train every run again in an OUT that already holds runs (without it, such an OUT is refused)")
+    add_reuse_arguments(parser, "OUT")
 
 
 @says_how_to_continue
@@ -334,7 +331,8 @@ def run_cli(args) -> int:
     train_options = training_options(args)
     result = compare_balancing(methods=args.methods, dataset=args.dataset, epochs=args.epochs,
                                batch_sizes=args.batch_sizes, out=args.out, seeds=args.seeds, quick=args.quick,
-                               progress=args.progress, steps=args.steps, reuse=args.reuse, overwrite=args.overwrite, **train_options)
+                               progress=args.progress, steps=args.steps, reuse=args.reuse, overwrite=args.overwrite,
+                               **train_options)
     print(markdown_table(result["rows"] + [result["untrained"]]))
     print(UNTRAINED_NOTE)
     print(f"\n{result['minutes']:.1f} minutes; written to {result['out']}: results.md, results.json, "

@@ -49,9 +49,9 @@ COLUMNS = [  # (key, header, format)
 
 
 from . import (  # noqa: E402  (shared by both experiments)
-    UNTRAINED_NOTE, add_progress_argument, add_training_arguments, aggregate_seeds, distinct, epoch_budget,
-    folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell, train_or_reuse,
-    training_options,
+    UNTRAINED_NOTE, add_progress_argument, add_reuse_arguments, add_training_arguments, aggregate_seeds, distinct,
+    epoch_budget, folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell,
+    train_or_reuse, training_options,
 )
 
 
@@ -246,11 +246,7 @@ def add_arguments(parser) -> None:
     add_training_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 128 images, B = 32 and 64")
     add_progress_argument(parser, "a progress bar per run")
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished runs with identical settings found in OUT/runs and continue "
-                             "interrupted ones, instead of training them again")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="train every run again in an OUT that already holds runs (without it, such an OUT is refused)")
+    add_reuse_arguments(parser, "OUT/runs")
 
 
 @says_how_to_continue
