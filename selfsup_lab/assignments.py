@@ -363,10 +363,10 @@ class _Check:
 def _lab_code_in(fn) -> str | None:
     """The lab function or module that `fn` is, or that its code uses — a global name such as an imported
     reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, a
-    variable it closes over, functools.partial, or a helper function of the student's that does so; None if
-    none. Wrapping the reference would pass every other check."""
-    own = fn.func if isinstance(fn, functools.partial) else fn
-    student_scope = getattr(inspect.unwrap(own), "__globals__", None)  # where the student's own names live
+    variable it closes over, functools.partial, a helper function of the student's that does so, or a class,
+    object or list of the student's that holds one; None if none. Wrapping the reference would pass every
+    other check."""
+    student_scope = _student_scope(fn)  # where the student's own names live
     seen, stack = set(), [fn]
     while stack:
         f = stack.pop()
@@ -376,10 +376,22 @@ def _lab_code_in(fn) -> str | None:
         if isinstance(f, functools.partial):
             stack.append(f.func)
             continue
+        if isinstance(f, (list, tuple, set, frozenset, dict)):  # e.g. HELPERS = {"balance": reference}
+            stack.extend(f.values() if isinstance(f, dict) else f)
+            continue
         f = inspect.unwrap(f) if callable(f) else f  # under @torch.no_grad() and the like: the function itself
         owner = f.__name__ if inspect.ismodule(f) else getattr(f, "__module__", None)
         if isinstance(owner, str) and owner.split(".")[0] == "selfsup_lab":
             return f"`{owner}`" if inspect.ismodule(f) else f"`{owner}.{getattr(f, '__qualname__', f)}`"
+        if inspect.isclass(f):
+            if _is_students_class(f, student_scope):  # its methods and class attributes, and what it derives from
+                stack.extend(_unwrap_descriptor(value) for value in vars(f).values())
+                stack.extend(f.__bases__)
+            continue
+        if not inspect.isroutine(f) and not inspect.ismodule(f) and _is_students_class(type(f), student_scope):
+            stack.append(type(f))  # an object of the student's class: its methods and what it was given
+            stack.extend(getattr(f, "__dict__", {}).values())
+            continue
         if getattr(f, "__globals__", None) is not student_scope or not hasattr(f, "__code__"):
             continue  # torch's or another library's code: not the student's to read
         stack.extend(cell.cell_contents for cell in f.__closure__ or () if cell.cell_contents is not None)
@@ -394,6 +406,32 @@ def _lab_code_in(fn) -> str | None:
                     stack.append(student_scope[step.argval])
             codes.extend(c for c in code.co_consts if inspect.iscode(c))
     return None
+
+
+def _student_scope(fn) -> dict | None:
+    """The globals of the notebook that defined `fn` (a function, a functools.partial, or an object whose
+    class the notebook defined)."""
+    candidates = [fn.func if isinstance(fn, functools.partial) else fn]
+    if not inspect.isroutine(candidates[0]):
+        candidates += [_unwrap_descriptor(v) for v in vars(type(candidates[0])).values()]
+    for candidate in candidates:
+        scope = getattr(inspect.unwrap(candidate) if callable(candidate) else candidate, "__globals__", None)
+        if scope is not None:
+            return scope
+    return None
+
+
+def _is_students_class(cls: type, student_scope: dict | None) -> bool:
+    """Whether the notebook defined `cls`: one of its functions has the notebook's globals."""
+    return student_scope is not None and any(
+        getattr(_unwrap_descriptor(value), "__globals__", None) is student_scope for value in vars(cls).values())
+
+
+def _unwrap_descriptor(value):
+    """The function inside a staticmethod, classmethod or property (the getter)."""
+    if isinstance(value, (staticmethod, classmethod)):
+        return value.__func__
+    return value.fget if isinstance(value, property) else value
 
 
 def _generator(seed: int) -> torch.Generator:

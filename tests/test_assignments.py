@@ -94,6 +94,41 @@ REFERENCE_IN_DISGUISE = [  # (exercise, how, source): each used to pass every ch
         def excb_balance_scores(scores, relative_sizes, boost=1.01):
             return helper(scores, relative_sizes, boost)
         """),
+    ("sinkhorn", "a static method of a class", """
+        from selfsup_lab import balancing
+
+        class Solver:
+            @staticmethod
+            def solve(scores, epsilon, iterations):
+                return balancing.sinkhorn(scores, epsilon, iterations)
+
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            return Solver.solve(scores, epsilon, iterations)
+        """),
+    ("nt_xent", "a callable object", """
+        class Loss:
+            def __init__(self):
+                from selfsup_lab.methods import simclr
+                self.reference = simclr.nt_xent_loss
+
+            def __call__(self, z1, z2, temperature):
+                return self.reference(z1, z2, temperature)[0]
+
+        nt_xent = Loss()
+        """),
+    ("coke_dual_step", "an object's method, through a dict", """
+        from selfsup_lab.balancing import coke_dual_step as reference
+
+        class Steps:
+            def dual(self, *args):
+                return TOOLS["dual"](*args)
+
+        TOOLS = {"dual": reference}
+        steps = Steps()
+
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return steps.dual(duals, counts, batch_size, min_fraction, step_size)
+        """),
 ]
 
 
@@ -102,6 +137,24 @@ def test_calling_the_lab_reference_fails(name, how, source):
     result = A.EXERCISES[name].check(student(name, source))
     assert [case.name for case in result.failures] == ["your own code (it does not call the lab's reference)"]
     assert "write it yourself" in result.report()
+
+
+def test_own_code_in_a_class_or_callable_object_passes():
+    # Classes, objects and lists are followed only to find the lab's reference: the student's own code in them
+    # is graded like any other.
+    namespace = {"torch": torch}
+    exec(textwrap.dedent(A.SOLUTIONS["sinkhorn"]).replace("def sinkhorn(", "def _model(", 1), namespace)
+    exec(textwrap.dedent("""
+        class Sinkhorn:
+            steps = [_model]
+
+            def __call__(self, scores, epsilon=0.05, iterations=3):
+                return self.steps[0](scores, epsilon, iterations)
+
+        sinkhorn = Sinkhorn()
+        """), namespace)
+    result = A.check_sinkhorn(namespace["sinkhorn"])
+    assert result.passed, result.report()
 
 
 def test_an_attribute_named_like_a_lab_import_is_not_the_lab():
