@@ -12,7 +12,8 @@
 * `OccupancyBoard` — several runs report into one board (one bar chart per run, one shared entropy plot);
   `dashboard_side_by_side(methods, dataset)` trains them one after another into it.
 * `simulate` + `ClusterSizePlayground` — the balancing rules of `balancing.py` on a toy stream of points,
-  a pure function (unit-testable, usable for static plots) and the sliders around it.
+  a pure function (unit-testable, usable for static plots) and the sliders around it; a rule of your own,
+  `rule(scores, state, params) -> targets`, runs beside the lab's.
 * `EmbeddingExplorer` / `explore_embedding` — a 2-D map (UMAP by default) coloured by class or by cluster.
 
 ipywidgets and IPython are imported inside the functions that need them, so `import selfsup_lab` (and this
@@ -38,7 +39,7 @@ from .train import Callback, ProgressBar
 
 __all__ = [
     "in_notebook", "LiveDashboard", "OccupancyBoard", "dashboard_side_by_side",
-    "RULES", "PlaygroundParams", "simulate", "simulate_all", "playground_figure", "ClusterSizePlayground",
+    "RULES", "PlaygroundParams", "simulate", "simulate_all", "rule_name", "playground_figure", "ClusterSizePlayground",
     "EmbeddingExplorer", "explore_embedding", "project_2d",
 ]
 
@@ -623,6 +624,7 @@ RULES = ("naive", "sinkhorn", "coke", "excb")
 RULE_TITLES = {"naive": "naive (no balancing)", "sinkhorn": "Sinkhorn (SwAV)",
                "coke": "CoKe (minimum size)", "excb": "ExCB (size estimate)"}
 RULE_COLORS = {"naive": "tab:red", "sinkhorn": "tab:blue", "coke": "tab:green", "excb": "tab:purple"}
+OWN_RULE_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")  # rules of your own
 
 
 @dataclass(frozen=True)
@@ -690,9 +692,64 @@ def class_shares(params: PlaygroundParams) -> torch.Tensor:
     return (shares / shares.sum()).float()
 
 
+def rule_name(rule) -> str:
+    """A rule's name: one of RULES as given, a function of your own by its __name__."""
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}, or pass a function "
+                             f"rule(scores, state, params) -> targets of your own")
+        return rule
+    if not callable(rule):
+        raise ValueError(f"a rule is one of {', '.join(RULES)} or a function rule(scores, state, params) -> targets; "
+                         f"got {rule!r}")
+    return getattr(rule, "__name__", None) or type(rule).__name__  # a functools.partial: pass {name: rule}
+
+
+def named_rules(rules) -> dict:
+    """{name: rule} from one rule, a list of rules (built-in names or functions), or a dict {name: rule}."""
+    if isinstance(rules, str) or callable(rules):
+        rules = [rules]
+    if isinstance(rules, dict):
+        for rule in rules.values():
+            rule_name(rule)  # checks it
+        named = dict(rules)
+    else:
+        named = {}
+        for rule in rules:
+            name = rule_name(rule)
+            if name in named:
+                raise ValueError(f"two rules are named {name!r}; pass a dict {{name: rule}} to tell them apart")
+            named[name] = rule
+    if not named:
+        raise ValueError(f"give at least one rule: one or more of {', '.join(RULES)} or functions of your own")
+    return named
+
+
+@torch.no_grad()
+def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> torch.Tensor:
+    """q = rule(scores, state, params) for a rule of your own, checked: same shape as the scores, rows that are
+    probability distributions (the swapped-prediction loss is a cross-entropy against them)."""
+    q = rule(scores.clone(), state, p)  # a copy: a rule that edits its input cannot change the other view's
+    name = rule_name(rule)
+    if not isinstance(q, torch.Tensor) or q.shape != scores.shape:
+        got = f"shape {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"rule {name} returned {got} for scores of shape {tuple(scores.shape)}; a rule returns "
+                         f"targets q of the scores' shape (B, K), one probability distribution per row")
+    q = q.float()
+    if not torch.isfinite(q).all() or (q < -1e-6).any() or not torch.allclose(q.sum(1), torch.ones(len(q)),
+                                                                                 atol=1e-3):
+        raise ValueError(f"rule {name} returned targets whose rows are not probability distributions (each row "
+                         f"must be ≥ 0 and sum to 1, e.g. a softmax over the K clusters); rows sum to "
+                         f"{q.sum(1).min():.3g}–{q.sum(1).max():.3g}")
+    return q
+
+
 @torch.no_grad()
 def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft targets q, hard assignments) for one view's scores (B, K) under `rule` — balancing.py does the work."""
+    if callable(rule):
+        q = _own_targets(rule, scores, p, state["own"])
+        return q, q.argmax(dim=1)
     if rule == "naive":
         q = balancing.naive_targets(scores, p.teacher_temperature)
         return q, q.argmax(dim=1)
@@ -705,8 +762,14 @@ def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) 
     raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> dict:
+def simulate(rule, params: PlaygroundParams | None = None, **overrides) -> dict:
     """Stream an imbalanced toy data set through one balancing rule and record cluster occupancy per step.
+
+    `rule` is one of RULES or a function of your own, `rule(scores, state, params) -> q`: the scores (B, K) of
+    one view's batch against the prototypes (cosines, no gradient) in, soft targets q (B, K) out, each row a
+    probability distribution; `state` is a dict kept from batch to batch (empty at the first), for running
+    estimates; `params` the PlaygroundParams (e.g. `params.teacher_temperature`). It is called once per view,
+    twice per step; the hard assignment of an image is the argmax of its q.
 
     The toy (what is real, what is simplified):
       * Data: `num_blobs` Gaussian blobs around random directions, projected onto the unit sphere in R^dim;
@@ -725,6 +788,7 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
           coke      y = argmax(f·c + ρ), dual step on ρ, running-mean centres; the target is one-hot(y)
                     and the centres are also the prototypes that score the prediction  (§4.4)
           excb      s' = balance(s, ρ = K·r/Σr), q = softmax(s'/τ_t), r ← m·r + (1−m)·(batch shares)  (§4.5)
+          yours     q = rule(s, state, params)
     Each step is a few (B × K) matrix products, so hundreds of steps take well under a second.
 
     Two time scales, because a rule can look balanced over many batches and still collapse inside each one
@@ -737,8 +801,7 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
     window_counts (steps, K), entropy / max_share / empty / batch_entropy / batch_max_share (steps,),
     loss (steps,), class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    name = rule_name(rule)  # checks it
     p = dataclasses.replace(params or PlaygroundParams(), **overrides)  # checks the values (__post_init__)
     K, B, d = int(p.num_clusters), int(p.batch_size), int(p.dim)
 
@@ -753,7 +816,8 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
             prototypes = F.normalize(torch.randn(K, d, generator=init), dim=1)
         stream = torch.Generator().manual_seed(p.seed + 1)  # the data: identical for every rule
         offset = torch.zeros(d)  # b, the shared "encoder" parameter
-        state = {"sizes": torch.full((K,), 1.0 / K), "duals": torch.zeros(K), "centre_counts": torch.zeros(K)}
+        state = {"sizes": torch.full((K,), 1.0 / K), "duals": torch.zeros(K), "centre_counts": torch.zeros(K),
+                 "own": {}}  # "own": the state dict a rule of your own keeps
         counts, losses, sizes_log, duals_log = [], [], [], []
 
         for step in range(p.steps):
@@ -825,7 +889,7 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
     batch_max_share = over_window(torch.tensor([b["max_share"] for b in per_batch], dtype=torch.float64))
     seen = (ends - starts).double()
     history = {
-        "rule": rule,
+        "rule": name,
         "params": dataclasses.asdict(p),
         "counts": counts,
         "window_counts": windowed,
@@ -845,8 +909,18 @@ def simulate(rule: str, params: PlaygroundParams | None = None, **overrides) -> 
 
 
 def simulate_all(params: PlaygroundParams | None = None, rules=RULES, **overrides) -> dict:
-    """{rule: simulate(rule, params)} for every rule."""
-    return {rule: simulate(rule, params, **overrides) for rule in rules}
+    """{name: simulate(rule, params)} for every rule: built-in names, functions of your own, or {name: rule}."""
+    histories = {}
+    for name, rule in named_rules(rules).items():
+        histories[name] = simulate(rule, params, **overrides)
+        histories[name]["rule"] = name
+    return histories
+
+
+def _rule_color(rules: list[str], rule: str) -> str:
+    """A built-in rule's own colour; rules of your own take the next free one in order."""
+    own = [r for r in rules if r not in RULE_COLORS]
+    return RULE_COLORS.get(rule) or OWN_RULE_COLORS[own.index(rule) % len(OWN_RULE_COLORS)]
 
 
 def playground_figure(histories: dict, step: int | None = None, fig=None):
@@ -872,7 +946,7 @@ def playground_figure(histories: dict, step: int | None = None, fig=None):
                            f"{max(0.0, float(h['entropy'][step - 1])):.2f}, largest {100 * top:.0f}%\n"
                            f"one batch: H {max(0.0, float(h['batch_entropy'][step - 1])):.2f}, "
                            f"largest {100 * float(h['batch_max_share'][step - 1]):.0f}%",
-                           color=RULE_COLORS.get(rule, "tab:gray"), ymax=min(1.0, max(1.15 * top, 2.5 / K)))
+                           color=_rule_color(rules, rule), ymax=min(1.0, max(1.15 * top, 2.5 / K)))
         if rule == "coke":
             ax.axhline(params["coke_ratio"] / K, color="tab:green", ls=":", lw=1.2, label="minimum ratio/K")
             ax.legend(fontsize=7, frameon=False, loc="upper right")
@@ -880,9 +954,9 @@ def playground_figure(histories: dict, step: int | None = None, fig=None):
             ax.set_ylabel(f"share of the last {params['window']} batches", fontsize=8)
     ax = fig.add_subplot(grid[1, :])
     for rule in rules:
-        ax.plot(range(1, steps + 1), histories[rule]["entropy"].tolist(), color=RULE_COLORS.get(rule),
+        ax.plot(range(1, steps + 1), histories[rule]["entropy"].tolist(), color=_rule_color(rules, rule),
                 label=RULE_TITLES.get(rule, rule))
-        ax.plot(range(1, steps + 1), histories[rule]["batch_entropy"].tolist(), color=RULE_COLORS.get(rule),
+        ax.plot(range(1, steps + 1), histories[rule]["batch_entropy"].tolist(), color=_rule_color(rules, rule),
                 ls="--", lw=0.9, alpha=0.8)
     ax.axvline(step, color="0.5", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
@@ -936,6 +1010,7 @@ class ClusterSizePlayground:
 
         ClusterSizePlayground()                                   # in a notebook cell
         ClusterSizePlayground(PlaygroundParams(imbalance=50))
+        ClusterSizePlayground(rules=["naive", "excb", my_rule])   # a rule of your own beside the lab's (see simulate)
 
     Each slider is an ipywidgets slider with a description ("K clusters", "batch size B", ...) in
     `self.sliders[field]`; the picture is one `ipywidgets.Image` (`self.image`). Moving a slider (or setting
@@ -947,10 +1022,7 @@ class ClusterSizePlayground:
         import ipywidgets as W
 
         self.params = params or PlaygroundParams()
-        self.rules = (rules,) if isinstance(rules, str) else tuple(rules)
-        unknown = [rule for rule in self.rules if rule not in RULES]
-        if unknown or not self.rules:
-            raise ValueError(f"rules must name one or more of {', '.join(RULES)}; got {rules!r}")
+        self.rules = named_rules(rules)  # {name: built-in name or function}
         self.dpi = dpi
         self.recomputes = 0
         self._syncing = False  # True while code (not the user) moves a slider: no second recomputation
@@ -993,7 +1065,7 @@ class ClusterSizePlayground:
     def compute(self) -> dict:
         self.recomputes += 1
         start = time.perf_counter()
-        histories = {rule: simulate(rule, self.params) for rule in self.rules}
+        histories = simulate_all(self.params, self.rules)
         self.compute_seconds = time.perf_counter() - start
         return histories
 

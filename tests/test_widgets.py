@@ -71,6 +71,61 @@ def test_class_imbalance_and_bad_rules():
         simulate("kmeans")
 
 
+# --- rules of your own ---------------------------------------------------------------------------------------
+
+def test_a_rule_of_your_own_that_is_naive_reproduces_naive_exactly():
+    def my_naive(scores, state, params):
+        return torch.softmax(scores / params.teacher_temperature, dim=1)
+
+    params = PlaygroundParams(steps=40)
+    own, builtin = simulate(my_naive, params), simulate("naive", params)
+    assert own["rule"] == "my_naive"
+    assert torch.equal(own["counts"], builtin["counts"]) and torch.equal(own["loss"], builtin["loss"])
+
+
+def test_a_rule_of_your_own_keeps_its_state_and_can_balance():
+    """DINO-style centering: subtract a running mean of the scores before the softmax. With a short memory it
+    keeps the toy's clusters in use where naive (the same softmax without the centre) collapses."""
+    calls = []
+
+    def centering(scores, state, params, momentum=0.5):
+        calls.append(len(state))
+        center = state.get("center", torch.zeros(scores.shape[1]))
+        state["center"] = momentum * center + (1 - momentum) * scores.mean(dim=0)
+        return torch.softmax((scores - center) / params.teacher_temperature, dim=1)
+
+    histories = simulate_all(PlaygroundParams(steps=150), rules=["naive", centering])
+    assert len(calls) == 2 * 150 and calls[0] == 0 and set(calls[1:]) == {1}  # one dict, kept across steps
+    assert float(histories["centering"]["entropy"][-30:].mean()) > 0.7
+    assert float(histories["naive"]["entropy"][-30:].mean()) < 0.2
+
+
+def test_rules_of_your_own_are_named_and_checked():
+    import functools
+
+    def uniform(scores, state, params):
+        return torch.full_like(scores, 1.0 / scores.shape[1])
+
+    histories = simulate_all(PlaygroundParams(steps=5), rules={"flat": uniform, "one-hot": functools.partial(
+        lambda scores, state, params: torch.nn.functional.one_hot(scores.argmax(1), scores.shape[1]).float())})
+    assert list(histories) == ["flat", "one-hot"] and histories["flat"]["rule"] == "flat"
+    with pytest.raises(ValueError, match="two rules are named 'uniform'"):
+        simulate_all(PlaygroundParams(steps=5), rules=[uniform, uniform])
+    with pytest.raises(ValueError, match=r"returned shape \(64,\) for scores of shape \(64, 20\)"):
+        simulate(lambda scores, state, params: scores.mean(1), PlaygroundParams(steps=2))
+    with pytest.raises(ValueError, match="not probability distributions"):
+        simulate(lambda scores, state, params: scores, PlaygroundParams(steps=2))  # cosines, not a softmax
+    with pytest.raises(ValueError, match="rule is one of"):
+        simulate(3)
+
+    def edits_its_input(scores, state, params):
+        scores.zero_()  # the other view's scores must not change
+        return torch.full_like(scores, 1.0 / scores.shape[1])
+
+    assert torch.equal(simulate(edits_its_input, PlaygroundParams(steps=5))["counts"],
+                       simulate(uniform, PlaygroundParams(steps=5))["counts"])
+
+
 @pytest.mark.parametrize("bad, words", [(dict(batch_size=1), "batch_size must be at least 2"),
                                         (dict(teacher_temperature=0.0), "temperatures"),
                                         (dict(imbalance=0.0), "imbalance"), (dict(num_blobs=0), "num_blobs"),
@@ -139,9 +194,21 @@ def test_playground_set_params_from_code_recomputes_once_and_the_sliders_show_th
     assert ClusterSizePlayground(PlaygroundParams(steps=10, encoder_lr=0.0)).params.encoder_lr == 0.0
     wide = ClusterSizePlayground(PlaygroundParams(steps=10, num_clusters=300, batch_size=4))
     assert (wide.sliders["num_clusters"].value, wide.sliders["batch_size"].value) == (300, 4)
-    with pytest.raises(ValueError, match="rules must name"):
+    with pytest.raises(ValueError, match="give at least one rule"):
         ClusterSizePlayground(PlaygroundParams(steps=10), rules=())
-    assert ClusterSizePlayground(PlaygroundParams(steps=10), rules="excb").rules == ("excb",)
+    assert ClusterSizePlayground(PlaygroundParams(steps=10), rules="excb").rules == {"excb": "excb"}
+
+
+def test_playground_with_a_rule_of_your_own_recomputes_it_on_a_slider_move():
+    def sharpened(scores, state, params):  # naive's rule, written by a user
+        return torch.softmax(scores / params.teacher_temperature, dim=1)
+
+    pg = ClusterSizePlayground(PlaygroundParams(steps=30), rules=["excb", sharpened])
+    assert list(pg.histories) == ["excb", "sharpened"]
+    image = pg.image.value
+    pg.sliders["teacher_temperature"].value = 0.5
+    assert pg.recomputes == 2 and pg.image.value != image
+    assert torch.equal(pg.histories["sharpened"]["counts"], simulate("naive", pg.params)["counts"])
 
 
 # --- the live dashboard ------------------------------------------------------------------------------------
