@@ -166,8 +166,12 @@ class Run:
         return f"Run({self.trainer.config.method} on {self.trainer.config.dataset}, {self.status}, epoch {self.trainer.epoch}{knn}, out={self.out})"
 
 
-def make_config(method: str = "simclr", dataset: str = "digits", **options) -> TrainConfig:
-    """Split keyword options into TrainConfig fields and method options."""
+def make_config(method: str | type = "simclr", dataset: str = "digits", **options) -> TrainConfig:
+    """Split keyword options into TrainConfig fields and method options (`method`: a name, or a Method subclass
+    of your own, recorded by its import path)."""
+    from .methods import method_path
+
+    method = method_path(method)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config_values = {k: v for k, v in options.items() if k in fields}
     if not isinstance(config_values.get("method_options", {}), dict):
@@ -183,9 +187,11 @@ def make_config(method: str = "simclr", dataset: str = "digits", **options) -> T
     return TrainConfig(method=method, dataset=dataset, method_options=method_options, **config_values)
 
 
-def train(method: str | None = None, dataset: str | None = None, callbacks: list[Callback] | None = None,
+def train(method: str | type | None = None, dataset: str | None = None, callbacks: list[Callback] | None = None,
           resume: bool = False, overwrite: bool = True, **options) -> Run:
     """Train `method` (default simclr) on `dataset` (default digits), evaluate, write figures; returns the `Run`.
+
+    `method` is a name (`selfsup-lab methods`) or a `Method` subclass of your own (see `selfsup_lab.methods`).
 
     A fresh start replaces a run already in `out` (re-running a notebook cell trains again); with
     `overwrite=False`, as the command line uses, it refuses instead.
@@ -195,6 +201,10 @@ def train(method: str | None = None, dataset: str | None = None, callbacks: list
     settings (method, dataset, epochs, options, ...), so `train(resume=True, out=...)` is enough; what is
     given on top must be a change a resumed run may make (`train.RESUMABLE_CHANGES`, e.g. epochs or device).
     """
+    if method is not None:
+        from .methods import method_path
+
+        method = method_path(method)
     if resume:
         method, dataset, options = resume_settings(method, dataset, options)
     config = make_config(method or "simclr", dataset or "digits", **options)

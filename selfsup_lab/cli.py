@@ -105,6 +105,7 @@ def cmd_methods(args) -> int:
                 shown = "None: set at run time from the data and batch size, see the method's file" \
                     if default is None else default
                 print(f"    --set {opt}=<{typ}>  (default {shown})")
+    print("\na method of your own: --method package.module.ClassName (a Method subclass; see selfsup_lab/methods/__init__.py)")
     return 0
 
 
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a method (default: SimCLR on the bundled digits, offline)")
-    t.add_argument("--method", help="see `selfsup-lab methods` (default simclr)")
+    t.add_argument("--method", help="see `selfsup-lab methods` (default simclr), or the import path of a Method "
+                   "subclass of your own, e.g. myrules.Centering")
     t.add_argument("--dataset", help="see `selfsup-lab datasets` (default digits); imagefolder:PATH for a folder/archive")
     t.add_argument("--epochs", type=int, help="default 40 on digits and synthetic data, 100 otherwise; the first "
                    "min(10, epochs/10) warm up the learning rate (--warmup-epochs), then it follows a cosine")

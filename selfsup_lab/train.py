@@ -380,7 +380,9 @@ def run_directory(config: TrainConfig) -> Path:
 
     if config.out:
         return Path(config.out)
-    return Path("runs") / f"{config.method}-{canonical_spec(config.dataset).split(':')[0]}"
+    from .methods import short_name
+
+    return Path("runs") / f"{short_name(config.method)}-{canonical_spec(config.dataset).split(':')[0]}"
 
 
 def _first_non_finite(module: torch.nn.Module) -> str | None:

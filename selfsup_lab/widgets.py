@@ -601,20 +601,25 @@ def dashboard_side_by_side(methods: list[str], dataset: str = "digits", board: O
                            **options) -> dict:
     """Train `methods` one after another on `dataset`, all reporting live into one `OccupancyBoard`.
 
-    Returns {method: Run}. Options go to every `selfsup_lab.train` call; with `out=DIR` each run writes
-    into DIR/<method>. On a CPU the runs take turns; the board keeps the finished ones on screen.
+    `methods` are names or Method subclasses of your own (shown by their class name). Returns {name: Run}.
+    Options go to every `selfsup_lab.train` call; with `out=DIR` each run writes into DIR/<name>. On a CPU the
+    runs take turns; the board keeps the finished ones on screen.
     """
     from .api import train
+    from .methods import method_path, short_name
 
-    board = board or OccupancyBoard(names=list(methods))
+    names = {short_name(method_path(method)): method for method in methods}
+    if len(names) < len(methods):
+        raise ValueError(f"each method once, please: {', '.join(short_name(method_path(m)) for m in methods)}")
+    board = board or OccupancyBoard(names=list(names))
     board.show()
     out = options.pop("out", None)
     options.setdefault("progress", board.widget is None)
     runs = {}
-    for method in methods:
-        run_out = f"{out}/{method}" if out else None
-        runs[method] = train(method, dataset, callbacks=[board.callback(method)],
-                             **({"out": run_out} if run_out else {}), **options)
+    for name, method in names.items():
+        run_out = f"{out}/{name}" if out else None
+        runs[name] = train(method, dataset, callbacks=[board.callback(name)],
+                           **({"out": run_out} if run_out else {}), **options)
     return runs
 
 

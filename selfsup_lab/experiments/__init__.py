@@ -132,7 +132,9 @@ def parse_methods(specs) -> list[tuple[str, str, dict]]:
     run's row and folder, so one method can be compared with itself under other options."""
     from ..errors import UserError
 
-    labels = [str(spec).strip() for spec in specs]
+    from ..methods import method_path
+
+    labels = [method_path(spec) if isinstance(spec, type) else str(spec).strip() for spec in specs]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise UserError(f"method {repeated[0]!r} is listed twice; list each method or spec once")

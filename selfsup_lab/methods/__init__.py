@@ -1,10 +1,18 @@
 """The methods, one file each. `METHODS` maps a name to (module, class, one-line description).
 
 Modules are imported on first use so that a broken or heavy method never slows down the others.
+
+A method of your own is a `Method` subclass anywhere importable, named by its import path wherever a method
+name goes: `selfsup-lab train --method myrules.Centering` (a myrules.py in the current directory or on the
+Python path), `--methods naive myrules.Centering` in a comparison, or the class itself from Python,
+`selfsup_lab.train(Centering, "digits")` (in a notebook its path is `__main__.Centering`). The run records the
+path, so `--resume` and `load_run` find the class again where it can be imported.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from ..errors import UserError
 from .base import Method, MethodContext, StepOutput, describe_options, parse_options
@@ -25,10 +33,65 @@ METHODS: dict[str, tuple[str, str, str]] = {
 
 
 def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
-    module, cls, _ = METHODS[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    """The class of a built-in method ('excb') or of one of your own, by its import path ('myrules.Centering')."""
+    if name in METHODS:
+        module, cls, _ = METHODS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    if "." not in name:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)} (or give the import path of "
+                        f"a Method subclass of your own, e.g. myrules.Centering)")
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        module = _import_from_here(module_name)
+    except ImportError as err:
+        raise UserError(f"method '{name}': cannot import {module_name} ({err}); a method of your own must be in a "
+                        f"module on the Python path or in the current directory") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UserError(f"method '{name}': {module_name} has no {class_name}; define or import the class there "
+                        f"(in a notebook: run the cell that defines it first)")
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"method '{name}' is {type(cls).__name__} {class_name}, not a subclass of "
+                        f"selfsup_lab.methods.Method; subclass Method (or a method such as Naive) and override "
+                        f"training_step")
+    return cls
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "StepOutput", "get_method_class", "parse_options", "describe_options"]
+def _import_from_here(module_name: str):
+    """Import a module, looking in the current directory too: `selfsup-lab` (a console script) does not put
+    the current directory on sys.path, `python -m` and notebooks do."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        if err.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
+
+
+def method_path(method) -> str:
+    """The name a run records for `method`: a built-in's name as given, a class of your own as its import path."""
+    if isinstance(method, type):
+        if not issubclass(method, Method):
+            raise UserError(f"{method.__name__} is not a subclass of selfsup_lab.methods.Method; subclass Method "
+                            f"(or a method such as Naive) and override training_step")
+        builtin = {cls: name for name, (_, cls, _) in METHODS.items()}.get(method.__name__)
+        if builtin and method.__module__ == f"{__name__}.{METHODS[builtin][0]}":
+            return builtin
+        if "<locals>" in method.__qualname__:
+            raise UserError(f"{method.__qualname__} is defined inside a function; define a method of your own at "
+                            f"the top level of a module or notebook cell, so that a run can find it again")
+        return f"{method.__module__}.{method.__qualname__}"
+    if not isinstance(method, str):
+        raise UserError(f"a method is a name such as 'excb' or a Method subclass, got {method!r}")
+    return method
+
+
+def short_name(method: str) -> str:
+    """'excb' → 'excb'; 'myrules.Centering' → 'Centering' (for run folders and titles)."""
+    return method.rpartition(".")[2]
+
+
+__all__ = ["METHODS", "Method", "MethodContext", "StepOutput", "get_method_class", "method_path", "short_name",
+           "parse_options", "describe_options"]

@@ -1,0 +1,134 @@
+"""A method of your own: a Method subclass outside the package trains, resumes, reloads and compares like the
+built-in ones, named by its import path (from Python, the command line and a comparison)."""
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import selfsup_lab
+from selfsup_lab.cli import main
+from selfsup_lab.errors import UserError
+from selfsup_lab.methods import Method, get_method_class, method_path
+
+TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
+            progress=False, figures=False, proj_hidden=32, proj_dim=16)
+
+# Naive swapped prediction with DINO's centering of the teacher's scores (notebook 03 builds the same class).
+OWN_MODULE = '''
+from dataclasses import dataclass
+
+import torch
+
+from selfsup_lab.methods.base import StepOutput
+from selfsup_lab.methods.naive import Naive, NaiveOptions, swapped_cross_entropy
+
+
+@dataclass
+class CenteringOptions(NaiveOptions):
+    center_momentum: float = 0.9
+
+
+class Centering(Naive):
+    name = "centering"
+    Options = CenteringOptions
+
+    def __init__(self, backbone, options, context):
+        super().__init__(backbone, options, context)
+        self.register_buffer("center", torch.zeros(self.num_clusters))
+
+    def training_step(self, views, indices):
+        s1, s2 = (self.scores(v) for v in views[:2])
+        with torch.no_grad():
+            q1, q2 = (torch.softmax((s - self.center) / self.options.teacher_temperature, dim=1) for s in (s1, s2))
+            m = self.options.center_momentum
+            self.center.mul_(m).add_((1 - m) * torch.cat([s1, s2]).mean(dim=0))
+        tau = self.options.student_temperature
+        loss = 0.5 * (swapped_cross_entropy(q1, s2, tau) + swapped_cross_entropy(q2, s1, tau))
+        return StepOutput(loss=loss, assignments=q1.argmax(dim=1), assignments_without_rule=s1.argmax(dim=1))
+
+
+NOT_A_METHOD = 3
+'''
+
+
+@pytest.fixture
+def own_module(tmp_path, monkeypatch):
+    """myrules.py in a fresh working directory that is not on sys.path (as for the `selfsup-lab` console script)."""
+    (tmp_path / "myrules.py").write_text(textwrap.dedent(OWN_MODULE))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "myrules", raising=False)
+    yield tmp_path
+    sys.modules.pop("myrules", None)
+
+
+def test_a_method_of_your_own_trains_resumes_and_reloads_by_its_import_path(own_module):
+    cls = get_method_class("myrules.Centering")  # found in the current directory
+    assert issubclass(cls, Method) and method_path(cls) == "myrules.Centering"
+
+    run = selfsup_lab.train(cls, epochs=1, center_momentum=0.5, **TINY)  # the class itself, with its own option
+    assert run.trainer.config.method == "myrules.Centering"
+    assert run.out.resolve() == own_module / "runs" / "Centering-synthetic"  # named after the class
+    assert run.trainer.method.options.center_momentum == 0.5
+    center = run.trainer.method.center.clone()
+    assert center.abs().sum() > 0 and "occupancy" in run.history[-1] and "knn_top1" in run.metrics
+
+    resumed = selfsup_lab.train(resume=True, out=run.out, epochs=2)  # the run's own method, found again by path
+    assert resumed.trainer.epoch == 2 and not torch.equal(resumed.trainer.method.center, center)
+    assert len(resumed.history) == 2
+    loaded = selfsup_lab.load_run(run.out)
+    assert type(loaded.trainer.method).__name__ == "Centering"
+    assert torch.equal(loaded.trainer.method.center, resumed.trainer.method.center)  # the buffer is checkpointed
+
+
+def test_the_command_line_takes_an_import_path(own_module, capsys):
+    assert main(["train", "--method", "myrules.Centering", "--dataset", "synthetic:n=64,classes=4,size=16",
+                 "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress", "--no-figures",
+                 "--set", "proj_hidden=32", "proj_dim=16", "center_momentum=0.8", "--out", "runs/own"]) == 0
+    assert (own_module / "runs" / "own" / "checkpoint.pt").exists()
+    assert main(["eval", "runs/own"]) == 0
+    assert main(["train", "--method", "myrules.Centering", "--set", "centre_momentum=0.8", "--out", "runs/x"]) == 2
+    assert "unknown option 'centre_momentum' for myrules.Centering" in capsys.readouterr().err
+
+
+def test_a_comparison_takes_a_class_of_your_own(own_module):
+    from selfsup_lab.experiments.balancing import compare_balancing
+
+    cls = get_method_class("myrules.Centering")
+    result = compare_balancing(methods=("naive", cls), batch_sizes=(16,), dataset="synthetic:n=64,classes=4,size=16",
+                               epochs=1, backbone="convnet", device="cpu", progress=False, out=own_module / "cmp",
+                               shared_options={"proj_hidden": 32, "proj_dim": 16})
+    assert not result["failed"] and [r["method"] for r in result["rows"]] == ["naive", "myrules.Centering"]
+    assert (own_module / "cmp" / "myrules.Centering-b16" / "checkpoint.pt").exists()
+
+
+def test_wrong_methods_of_your_own_are_one_sentence(own_module):
+    with pytest.raises(UserError, match="cannot import nowhere"):
+        get_method_class("nowhere.Centering")
+    with pytest.raises(UserError, match="myrules has no Centred"):
+        get_method_class("myrules.Centred")
+    with pytest.raises(UserError, match="not a subclass of selfsup_lab.methods.Method"):
+        get_method_class("myrules.NOT_A_METHOD")
+    with pytest.raises(UserError, match="unknown method 'centering'; choose one of: simclr"):
+        get_method_class("centering")
+
+    class Local(Method):
+        pass
+
+    with pytest.raises(UserError, match="defined inside a function"):
+        method_path(Local)
+    with pytest.raises(UserError, match="not a subclass"):
+        selfsup_lab.train(dict, **TINY)
+    assert method_path(get_method_class("excb")) == "excb"  # a built-in class keeps its short name
+
+
+def test_a_class_defined_in_a_notebook_is_found_in_main(monkeypatch, tmp_path):
+    """In a notebook the class lives in __main__ (the kernel's namespace): its path is __main__.ClassName."""
+    main_module = sys.modules["__main__"]
+    namespace = {"__name__": "__main__"}
+    exec(textwrap.dedent(OWN_MODULE), namespace)  # what running the notebook cell does
+    monkeypatch.setattr(main_module, "Centering", namespace["Centering"], raising=False)
+    run = selfsup_lab.train(namespace["Centering"], epochs=1, out=tmp_path / "run", **TINY)
+    assert run.trainer.config.method == "__main__.Centering"
+    assert type(selfsup_lab.load_run(tmp_path / "run").trainer.method) is namespace["Centering"]
