@@ -731,11 +731,10 @@ def named_rules(rules) -> dict:
 
 
 @torch.no_grad()
-def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> torch.Tensor:
+def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict, name: str) -> torch.Tensor:
     """q = rule(scores, state, params) for a rule of your own, checked: same shape as the scores, rows that are
     probability distributions (the swapped-prediction loss is a cross-entropy against them)."""
     q = rule(scores.clone(), state, p)  # a copy: a rule that edits its input cannot change the other view's
-    name = rule_name(rule)
     if not isinstance(q, torch.Tensor) or q.shape != scores.shape:
         got = f"shape {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__
         raise ValueError(f"rule {name} returned {got} for scores of shape {tuple(scores.shape)}; a rule returns "
@@ -753,7 +752,7 @@ def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict) -
 def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft targets q, hard assignments) for one view's scores (B, K) under `rule` — balancing.py does the work."""
     if callable(rule):
-        q = _own_targets(rule, scores, p, state["own"])
+        q = _own_targets(rule, scores, p, state["own"], state["name"])
         return q, q.argmax(dim=1)
     if rule == "naive":
         q = balancing.naive_targets(scores, p.teacher_temperature)
@@ -767,14 +766,15 @@ def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) 
     raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def simulate(rule, params: PlaygroundParams | None = None, **overrides) -> dict:
+def simulate(rule, params: PlaygroundParams | None = None, *, name: str | None = None, **overrides) -> dict:
     """Stream an imbalanced toy data set through one balancing rule and record cluster occupancy per step.
 
     `rule` is one of RULES or a function of your own, `rule(scores, state, params) -> q`: the scores (B, K) of
     one view's batch against the prototypes (cosines, no gradient) in, soft targets q (B, K) out, each row a
     probability distribution; `state` is a dict kept from batch to batch (empty at the first), for running
     estimates; `params` the PlaygroundParams (e.g. `params.teacher_temperature`). It is called once per view,
-    twice per step; the hard assignment of an image is the argmax of its q.
+    twice per step; the hard assignment of an image is the argmax of its q. `name` (default: the function's)
+    labels the history and the messages.
 
     The toy (what is real, what is simplified):
       * Data: `num_blobs` Gaussian blobs around random directions, projected onto the unit sphere in R^dim;
@@ -806,7 +806,8 @@ def simulate(rule, params: PlaygroundParams | None = None, **overrides) -> dict:
     window_counts (steps, K), entropy / max_share / empty / batch_entropy / batch_max_share (steps,),
     loss (steps,), class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
     """
-    name = rule_name(rule)  # checks it
+    name = name or rule_name(rule)
+    rule_name(rule)  # checks it (a name of its own too)
     p = dataclasses.replace(params or PlaygroundParams(), **overrides)  # checks the values (__post_init__)
     K, B, d = int(p.num_clusters), int(p.batch_size), int(p.dim)
 
@@ -822,7 +823,7 @@ def simulate(rule, params: PlaygroundParams | None = None, **overrides) -> dict:
         stream = torch.Generator().manual_seed(p.seed + 1)  # the data: identical for every rule
         offset = torch.zeros(d)  # b, the shared "encoder" parameter
         state = {"sizes": torch.full((K,), 1.0 / K), "duals": torch.zeros(K), "centre_counts": torch.zeros(K),
-                 "own": {}}  # "own": the state dict a rule of your own keeps
+                 "own": {}, "name": name}  # "own": the state dict a rule of your own keeps
         counts, losses, sizes_log, duals_log = [], [], [], []
 
         for step in range(p.steps):
@@ -915,11 +916,7 @@ def simulate(rule, params: PlaygroundParams | None = None, **overrides) -> dict:
 
 def simulate_all(params: PlaygroundParams | None = None, rules=RULES, **overrides) -> dict:
     """{name: simulate(rule, params)} for every rule: built-in names, functions of your own, or {name: rule}."""
-    histories = {}
-    for name, rule in named_rules(rules).items():
-        histories[name] = simulate(rule, params, **overrides)
-        histories[name]["rule"] = name
-    return histories
+    return {name: simulate(rule, params, name=name, **overrides) for name, rule in named_rules(rules).items()}
 
 
 def _rule_color(rules: list[str], rule: str) -> str:

@@ -111,6 +111,8 @@ def test_rules_of_your_own_are_named_and_checked():
     assert list(histories) == ["flat", "one-hot"] and histories["flat"]["rule"] == "flat"
     with pytest.raises(ValueError, match="two rules are named 'uniform'"):
         simulate_all(PlaygroundParams(steps=5), rules=[uniform, uniform])
+    with pytest.raises(ValueError, match="rule mean-score returned shape"):
+        simulate_all(PlaygroundParams(steps=2), rules={"mean-score": functools.partial(lambda s, state, p: s.mean(1))})
     with pytest.raises(ValueError, match=r"returned shape \(64,\) for scores of shape \(64, 20\)"):
         simulate(lambda scores, state, params: scores.mean(1), PlaygroundParams(steps=2))
     with pytest.raises(ValueError, match="not probability distributions"):
