@@ -52,12 +52,14 @@ import html
 import inspect
 import linecache
 import math
+import numbers
 import os
 import signal
 import sys
 import textwrap
 import threading
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -361,40 +363,43 @@ class _Check:
 
 
 def _lab_code_in(fn) -> str | None:
-    """The lab function or module that `fn` is, or that its code uses — a global name such as an imported
+    """The lab function, class or module that `fn` is, or that its code uses — a global name such as an imported
     reference, an attribute path such as selfsup_lab.balancing.sinkhorn, an import inside the function, a
-    variable it closes over, functools.partial, a helper function of the student's that does so, or a class,
-    object or list of the student's that holds one; None if none. Wrapping the reference would pass every
-    other check."""
+    variable it closes over or a default argument, functools.partial, a helper function of the student's that
+    does so, or a class, object, list or dict of the student's that holds one; None if none. Wrapping the
+    reference would pass every other check."""
     student_scope = _student_scope(fn)  # where the student's own names live
+    students = functools.lru_cache(maxsize=None)(lambda cls: _is_students_class(cls, student_scope))
     seen, stack = set(), [fn]
     while stack:
         f = stack.pop()
-        if id(f) in seen:
-            continue
+        if id(f) in seen or isinstance(f, (numbers.Number, str, bytes, torch.Tensor)) or f is None:
+            continue  # data, not code (checked first: a global list may hold millions of numbers)
         seen.add(id(f))
         if isinstance(f, functools.partial):
             stack.append(f.func)
             continue
-        if isinstance(f, (list, tuple, set, frozenset, dict)):  # e.g. HELPERS = {"balance": reference}
-            stack.extend(f.values() if isinstance(f, dict) else f)
+        if isinstance(f, (list, tuple, set, frozenset, dict, types.SimpleNamespace)):  # HELPERS = {"f": reference}
+            stack.extend(vars(f).values() if isinstance(f, types.SimpleNamespace)
+                         else f.values() if isinstance(f, dict) else f)
             continue
         f = inspect.unwrap(f) if callable(f) else f  # under @torch.no_grad() and the like: the function itself
-        owner = f.__name__ if inspect.ismodule(f) else getattr(f, "__module__", None)
-        if isinstance(owner, str) and owner.split(".")[0] == "selfsup_lab":
-            return f"`{owner}`" if inspect.ismodule(f) else f"`{owner}.{getattr(f, '__qualname__', f)}`"
+        lab = _lab_name(f)
+        if lab:
+            return lab
         if inspect.isclass(f):
-            if _is_students_class(f, student_scope):  # its methods and class attributes, and what it derives from
+            if students(f):  # its methods and class attributes, and what it derives from
                 stack.extend(_unwrap_descriptor(value) for value in vars(f).values())
                 stack.extend(f.__bases__)
             continue
-        if not inspect.isroutine(f) and not inspect.ismodule(f) and _is_students_class(type(f), student_scope):
+        if not inspect.isroutine(f) and not inspect.ismodule(f) and students(type(f)):
             stack.append(type(f))  # an object of the student's class: its methods and what it was given
             stack.extend(getattr(f, "__dict__", {}).values())
             continue
         if getattr(f, "__globals__", None) is not student_scope or not hasattr(f, "__code__"):
             continue  # torch's or another library's code: not the student's to read
-        stack.extend(cell.cell_contents for cell in f.__closure__ or () if cell.cell_contents is not None)
+        stack.extend(cell.cell_contents for cell in f.__closure__ or ())
+        stack.extend([*(f.__defaults__ or ()), *(f.__kwdefaults__ or {}).values()])  # def f(..., impl=reference)
         codes = [f.__code__]
         while codes:
             code = codes.pop()
@@ -408,23 +413,44 @@ def _lab_code_in(fn) -> str | None:
     return None
 
 
+def _lab_name(f) -> str | None:
+    """`selfsup_lab...` if `f` is one of the lab's modules, classes, functions or callable objects, else None.
+    (The lab's plain data — a settings object in a list, say — runs no code, so it is no way to call a reference.)"""
+    if inspect.ismodule(f):
+        owner, name = f.__name__, None
+    elif inspect.isclass(f) or inspect.isroutine(f):
+        owner, name = getattr(f, "__module__", None), getattr(f, "__qualname__", None)
+    elif callable(f):
+        owner, name = type(f).__module__, f"{type(f).__qualname__} object"
+    else:
+        return None
+    if not isinstance(owner, str) or owner.split(".")[0] != "selfsup_lab":
+        return None
+    return f"`{owner}`" if name is None else f"`{owner}.{name}`"
+
+
 def _student_scope(fn) -> dict | None:
     """The globals of the notebook that defined `fn` (a function, a functools.partial, or an object whose
-    class the notebook defined)."""
+    class — or a class it derives from — the notebook defined)."""
     candidates = [fn.func if isinstance(fn, functools.partial) else fn]
     if not inspect.isroutine(candidates[0]):
-        candidates += [_unwrap_descriptor(v) for v in vars(type(candidates[0])).values()]
+        candidates += [_unwrap_descriptor(v) for cls in type(candidates[0]).__mro__ for v in vars(cls).values()]
     for candidate in candidates:
         scope = getattr(inspect.unwrap(candidate) if callable(candidate) else candidate, "__globals__", None)
-        if scope is not None:
+        if scope is not None and scope.get("__name__", "").split(".")[0] not in ("torch", "builtins"):
             return scope
     return None
 
 
 def _is_students_class(cls: type, student_scope: dict | None) -> bool:
-    """Whether the notebook defined `cls`: one of its functions has the notebook's globals."""
-    return student_scope is not None and any(
-        getattr(_unwrap_descriptor(value), "__globals__", None) is student_scope for value in vars(cls).values())
+    """Whether the notebook defined `cls`: it was created there (its module is the notebook's), or one of its
+    functions, or of the classes it derives from, has the notebook's globals."""
+    if student_scope is None:
+        return False
+    if "__name__" in student_scope and cls.__module__ == student_scope["__name__"]:
+        return True
+    return any(getattr(_unwrap_descriptor(value), "__globals__", None) is student_scope
+               for klass in cls.__mro__ for value in vars(klass).values())
 
 
 def _unwrap_descriptor(value):

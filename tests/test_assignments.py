@@ -22,8 +22,8 @@ ASSIGNMENTS = ROOT / "notebooks" / "assignments"
 
 
 def student(name: str, source: str):
-    """Define a student's function from source text, as a notebook cell would."""
-    namespace = {"torch": torch, "F": torch.nn.functional}
+    """Define a student's function from source text, as a notebook cell would (in the grader's namespace)."""
+    namespace = {"__name__": "__submission__", "torch": torch, "F": torch.nn.functional}
     exec(textwrap.dedent(source), namespace)
     return namespace[A.EXERCISES[name].function]
 
@@ -129,6 +129,42 @@ REFERENCE_IN_DISGUISE = [  # (exercise, how, source): each used to pass every ch
         def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
             return steps.dual(duals, counts, batch_size, min_fraction, step_size)
         """),
+    ("sinkhorn", "a class with no function of its own", """
+        from selfsup_lab import balancing
+
+        class Tools:
+            balance = staticmethod(balancing.sinkhorn)
+
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            return Tools.balance(scores, epsilon, iterations)
+        """),
+    ("excb_balancing", "an object whose class inherits the call", """
+        from selfsup_lab.balancing import excb_balance_scores as reference
+
+        class Base:
+            def __call__(self, scores, relative_sizes, boost=1.01):
+                return reference(scores, relative_sizes, boost)
+
+        class Balancer(Base):
+            pass
+
+        excb_balance_scores = Balancer()
+        """),
+    ("coke_dual_step", "a default argument", """
+        from selfsup_lab import balancing
+
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size, *, impl=balancing.coke_dual_step):
+            return impl(duals, counts, batch_size, min_fraction, step_size)
+        """),
+    ("sinkhorn", "a SimpleNamespace", """
+        import types
+        from selfsup_lab import balancing
+
+        tools = types.SimpleNamespace(balance=balancing.sinkhorn)
+
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            return tools.balance(scores, epsilon, iterations)
+        """),
 ]
 
 
@@ -153,6 +189,18 @@ def test_own_code_in_a_class_or_callable_object_passes():
 
         sinkhorn = Sinkhorn()
         """), namespace)
+    result = A.check_sinkhorn(namespace["sinkhorn"])
+    assert result.passed, result.report()
+
+
+def test_the_labs_plain_data_in_a_students_list_is_not_calling_the_reference():
+    # A settings object of the lab's (no code to call) in a list the function touches, next to many numbers.
+    from selfsup_lab.widgets import PlaygroundParams
+
+    namespace = {"torch": torch, "LOG": [PlaygroundParams()], "WEIGHTS": [0.5] * 100_000}
+    exec(textwrap.dedent(A.SOLUTIONS["sinkhorn"]).replace("    return ", "    LOG.append(WEIGHTS[0])\n    return ", 1),
+         namespace)
+    assert A._lab_code_in(namespace["sinkhorn"]) is None
     result = A.check_sinkhorn(namespace["sinkhorn"])
     assert result.passed, result.report()
 
