@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import math
 import sys
@@ -707,11 +708,13 @@ def rule_name(rule) -> str:
     if not callable(rule):
         raise ValueError(f"a rule is one of {', '.join(RULES)} or a function rule(scores, state, params) -> targets; "
                          f"got {rule!r}")
-    return getattr(rule, "__name__", None) or type(rule).__name__  # a functools.partial: pass {name: rule}
+    function = rule.func if isinstance(rule, functools.partial) else rule  # partial(centering, momentum=0.5)
+    return getattr(function, "__name__", None) or type(rule).__name__
 
 
 def named_rules(rules) -> dict:
-    """{name: rule} from one rule, a list of rules (built-in names or functions), or a dict {name: rule}."""
+    """{name: rule} from one rule, a list of rules (built-in names or functions), or a dict {name: rule}. A rule
+    of your own may not take a built-in rule's name: its pictures would carry that rule's title and colour."""
     if isinstance(rules, str) or callable(rules):
         rules = [rules]
     if isinstance(rules, dict):
@@ -727,11 +730,15 @@ def named_rules(rules) -> dict:
             named[name] = rule
     if not named:
         raise ValueError(f"give at least one rule: one or more of {', '.join(RULES)} or functions of your own")
+    for name, rule in named.items():
+        if callable(rule) and name in RULES:
+            raise ValueError(f"your rule is named {name!r} like the lab's own; rename the function or give it "
+                             f"another name in a dict, e.g. {{'my {name}': {rule_name(rule)}}}")
     return named
 
 
 @torch.no_grad()
-def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict, name: str) -> torch.Tensor:
+def _own_targets(rule, name: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> torch.Tensor:
     """q = rule(scores, state, params) for a rule of your own, checked: same shape as the scores, rows that are
     probability distributions (the swapped-prediction loss is a cross-entropy against them)."""
     q = rule(scores.clone(), state, p)  # a copy: a rule that edits its input cannot change the other view's
@@ -749,10 +756,12 @@ def _own_targets(rule, scores: torch.Tensor, p: PlaygroundParams, state: dict, n
 
 
 @torch.no_grad()
-def _targets(rule: str, scores: torch.Tensor, p: PlaygroundParams, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(soft targets q, hard assignments) for one view's scores (B, K) under `rule` — balancing.py does the work."""
+def _targets(rule, name: str, scores: torch.Tensor, p: PlaygroundParams,
+             state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(soft targets q, hard assignments) for one view's scores (B, K) under `rule` — balancing.py does the work,
+    or your function, with the state dict it keeps."""
     if callable(rule):
-        q = _own_targets(rule, scores, p, state["own"], state["name"])
+        q = _own_targets(rule, name, scores, p, state["own"])
         return q, q.argmax(dim=1)
     if rule == "naive":
         q = balancing.naive_targets(scores, p.teacher_temperature)
@@ -806,8 +815,8 @@ def simulate(rule, params: PlaygroundParams | None = None, *, name: str | None =
     window_counts (steps, K), entropy / max_share / empty / batch_entropy / batch_max_share (steps,),
     loss (steps,), class_shares (C,), and for ExCB `sizes` (steps, K), for CoKe `duals` (steps, K).
     """
-    name = name or rule_name(rule)
-    rule_name(rule)  # checks it (a name of its own too)
+    default_name = rule_name(rule)  # checks the rule
+    name = name or default_name
     p = dataclasses.replace(params or PlaygroundParams(), **overrides)  # checks the values (__post_init__)
     K, B, d = int(p.num_clusters), int(p.batch_size), int(p.dim)
 
@@ -823,7 +832,7 @@ def simulate(rule, params: PlaygroundParams | None = None, *, name: str | None =
         stream = torch.Generator().manual_seed(p.seed + 1)  # the data: identical for every rule
         offset = torch.zeros(d)  # b, the shared "encoder" parameter
         state = {"sizes": torch.full((K,), 1.0 / K), "duals": torch.zeros(K), "centre_counts": torch.zeros(K),
-                 "own": {}, "name": name}  # "own": the state dict a rule of your own keeps
+                 "own": {}}  # "own": the state dict a rule of your own keeps
         counts, losses, sizes_log, duals_log = [], [], [], []
 
         for step in range(p.steps):
@@ -855,8 +864,8 @@ def simulate(rule, params: PlaygroundParams | None = None, *, name: str | None =
                     q1 = q2 = F.one_hot(hard, K).float()
                     step_counts = batch_counts * 2  # one label per image, counted for both views
             else:
-                q1, a1 = _targets(rule, s1.detach(), p, state)
-                q2, a2 = _targets(rule, s2.detach(), p, state)
+                q1, a1 = _targets(rule, name, s1.detach(), p, state)
+                q2, a2 = _targets(rule, name, s2.detach(), p, state)
                 step_counts = torch.bincount(torch.cat([a1, a2]), minlength=K)
                 if rule == "excb":  # the estimate is updated with the post-balancing assignments
                     state["sizes"] = balancing.excb_update_sizes(state["sizes"], step_counts.float() / (2 * B),

@@ -109,6 +109,9 @@ def test_rules_of_your_own_are_named_and_checked():
     histories = simulate_all(PlaygroundParams(steps=5), rules={"flat": uniform, "one-hot": functools.partial(
         lambda scores, state, params: torch.nn.functional.one_hot(scores.argmax(1), scores.shape[1]).float())})
     assert list(histories) == ["flat", "one-hot"] and histories["flat"]["rule"] == "flat"
+    with pytest.raises(ValueError, match="your rule is named 'excb' like the lab's own"):
+        simulate_all(PlaygroundParams(steps=5), rules={"excb": uniform})
+    assert widgets.rule_name(functools.partial(uniform)) == "uniform"
     with pytest.raises(ValueError, match="two rules are named 'uniform'"):
         simulate_all(PlaygroundParams(steps=5), rules=[uniform, uniform])
     with pytest.raises(ValueError, match="rule mean-score returned shape"):
