@@ -1,5 +1,6 @@
 """A method of your own: a Method subclass outside the package trains, resumes, reloads and compares like the
 built-in ones, named by its import path (from Python, the command line and a comparison)."""
+import re
 import sys
 import textwrap
 
@@ -9,7 +10,7 @@ import torch
 import selfsup_lab
 from selfsup_lab.cli import main
 from selfsup_lab.errors import UserError
-from selfsup_lab.methods import Method, get_method_class, method_path
+from selfsup_lab.methods import Method, StepOutput, get_method_class, method_path
 
 TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
             progress=False, figures=False, proj_hidden=32, proj_dim=16)
@@ -50,6 +51,36 @@ class Centering(Naive):
 
 NOT_A_METHOD = 3
 '''
+
+
+class NoStep(Method):  # forgot training_step
+    pass
+
+
+class PlainOptions(Method):
+    Options = dict  # not a dataclass
+
+    def training_step(self, views, indices):
+        raise AssertionError("never trained")
+
+
+class Minimal(Method):
+    """The least a method needs: a training_step (no options of its own, no clusters)."""
+
+    def __init__(self, backbone, options, context):
+        super().__init__(backbone, options, context)
+        self.head = torch.nn.Linear(backbone.feature_dim, 8)
+
+    def training_step(self, views, indices):
+        z1, z2 = (torch.nn.functional.normalize(self.head(self.backbone(v)), dim=1) for v in views[:2])
+        return StepOutput(loss=-(z1 * z2).sum(1).mean())
+
+
+def test_the_least_a_method_needs_is_a_training_step(tmp_path):
+    run = selfsup_lab.train(Minimal, epochs=1, out=tmp_path / "run", **{k: v for k, v in TINY.items()
+                                                                     if k not in ("proj_hidden", "proj_dim")})
+    assert run.trainer.config.method == f"{__name__}.Minimal" and "knn_top1" in run.metrics
+    assert "occupancy" not in run.history[-1]  # no clusters, no occupancy
 
 
 @pytest.fixture
@@ -93,31 +124,48 @@ def test_the_command_line_takes_an_import_path(own_module, capsys):
 
 
 def test_a_comparison_takes_a_class_of_your_own(own_module):
+    from selfsup_lab.experiments import parse_methods
     from selfsup_lab.experiments.balancing import compare_balancing
 
     cls = get_method_class("myrules.Centering")
     result = compare_balancing(methods=("naive", cls), batch_sizes=(16,), dataset="synthetic:n=64,classes=4,size=16",
                                epochs=1, backbone="convnet", device="cpu", progress=False, out=own_module / "cmp",
                                shared_options={"proj_hidden": 32, "proj_dim": 16})
-    assert not result["failed"] and [r["method"] for r in result["rows"]] == ["naive", "myrules.Centering"]
-    assert (own_module / "cmp" / "myrules.Centering-b16" / "checkpoint.pt").exists()
+    assert not result["failed"] and [r["method"] for r in result["rows"]] == ["naive", "Centering"]
+    assert (own_module / "cmp" / "Centering-b16" / "checkpoint.pt").exists()
+    assert parse_methods(["myrules.Centering:center_momentum=0.5"]) == [  # as the command line writes it
+        ("myrules.Centering:center_momentum=0.5", "myrules.Centering", {"center_momentum": "0.5"})]
 
 
 def test_wrong_methods_of_your_own_are_one_sentence(own_module):
     with pytest.raises(UserError, match="cannot import nowhere"):
         get_method_class("nowhere.Centering")
-    with pytest.raises(UserError, match="myrules has no Centred"):
+    with pytest.raises(UserError, match=r"myrules \(.*myrules.py\) has no Centred"):
         get_method_class("myrules.Centred")
     with pytest.raises(UserError, match="not a subclass of selfsup_lab.methods.Method"):
         get_method_class("myrules.NOT_A_METHOD")
     with pytest.raises(UserError, match="unknown method 'centering'; choose one of: simclr"):
         get_method_class("centering")
+    for malformed in (".Centering", "..x.C", "myrules.2nd"):
+        with pytest.raises(UserError, match=f"unknown method '{re.escape(malformed)}'"):
+            get_method_class(malformed)
+    with pytest.raises(UserError, match="options go in --set key=value"):
+        get_method_class("coke:dual_lr=0.5")
+    with pytest.raises(UserError, match=r"__main__ \(.*\) has no Centering|was defined in a notebook or script"):
+        get_method_class("__main__.Centering")
+    (own_module / "shadow.py").write_text("X = 1\n")
+    with pytest.raises(UserError, match=r"shadow \(.*shadow.py\) has no Centering; .* rename your file"):
+        get_method_class("shadow.Centering")
 
     class Local(Method):
         pass
 
     with pytest.raises(UserError, match="defined inside a function"):
         method_path(Local)
+    with pytest.raises(UserError, match="does not define training_step"):
+        method_path(NoStep)
+    with pytest.raises(UserError, match="its Options must be a dataclass"):
+        method_path(PlainOptions)
     with pytest.raises(UserError, match="not a subclass"):
         selfsup_lab.train(dict, **TINY)
     assert method_path(get_method_class("excb")) == "excb"  # a built-in class keeps its short name

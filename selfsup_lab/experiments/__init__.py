@@ -129,16 +129,18 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 def parse_methods(specs) -> list[tuple[str, str, dict]]:
     """(label, method name, options) per spec; the label (the spec as written, e.g. 'coke:alpha=0') names the
-    run's row and folder, so one method can be compared with itself under other options."""
+    run's row and folder, so one method can be compared with itself under other options. A Method subclass of
+    your own (from Python) is labelled by its class name."""
     from ..errors import UserError
+    from ..methods import method_path, short_name
 
-    from ..methods import method_path
-
-    labels = [method_path(spec) if isinstance(spec, type) else str(spec).strip() for spec in specs]
+    parsed = [(short_name(method_path(spec)), method_path(spec), {}) if isinstance(spec, type)
+              else (str(spec).strip(), *parse_method(str(spec).strip())) for spec in specs]
+    labels = [label for label, _, _ in parsed]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise UserError(f"method {repeated[0]!r} is listed twice; list each method or spec once")
-    return [(label, *parse_method(label)) for label in labels]
+    return parsed
 
 
 def folder_name(label: str) -> str:

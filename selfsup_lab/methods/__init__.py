@@ -10,6 +10,7 @@ path, so `--resume` and `load_run` find the class again where it can be imported
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -37,7 +38,10 @@ def get_method_class(name: str) -> type[Method]:
     if name in METHODS:
         module, cls, _ = METHODS[name]
         return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
-    if "." not in name:
+    if ":" in name or "=" in name:
+        raise UserError(f"unknown method '{name}'; a method's options go in --set key=value (only a comparison's "
+                        f"--methods takes method:key=value)")
+    if "." not in name or not all(part.isidentifier() for part in name.split(".")):
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)} (or give the import path of "
                         f"a Method subclass of your own, e.g. myrules.Centering)")
     module_name, _, class_name = name.rpartition(".")
@@ -47,14 +51,31 @@ def get_method_class(name: str) -> type[Method]:
         raise UserError(f"method '{name}': cannot import {module_name} ({err}); a method of your own must be in a "
                         f"module on the Python path or in the current directory") from None
     cls = getattr(module, class_name, None)
+    if cls is None and module_name == "__main__":
+        raise UserError(f"method '{name}' was defined in a notebook or script, and this session has no "
+                        f"{class_name}; run the cell that defines it first (then resume or load the run from "
+                        f"Python), or move the class into a module file and name it module.{class_name}")
     if cls is None:
-        raise UserError(f"method '{name}': {module_name} has no {class_name}; define or import the class there "
-                        f"(in a notebook: run the cell that defines it first)")
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise UserError(f"method '{name}' is {type(cls).__name__} {class_name}, not a subclass of "
-                        f"selfsup_lab.methods.Method; subclass Method (or a method such as Naive) and override "
-                        f"training_step")
+        where = getattr(module, "__file__", None) or "built in"
+        raise UserError(f"method '{name}': {module_name} ({where}) has no {class_name}; define or import the class "
+                        f"there (if that file is not yours, another module called {module_name} comes first on the "
+                        f"Python path: rename your file)")
+    check_method_class(cls, name)
     return cls
+
+
+def check_method_class(cls, name: str) -> None:
+    """A method of your own must be a Method subclass with its own training_step and a dataclass of options."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"method '{name}' is {type(cls).__name__} {getattr(cls, '__name__', cls)!s}, not a subclass "
+                        f"of selfsup_lab.methods.Method; subclass Method (or a method such as Naive) and override "
+                        f"training_step")
+    if cls.training_step is Method.training_step:
+        raise UserError(f"method '{name}' does not define training_step; a Method subclass must (methods/base.py "
+                        f"says what it returns)")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise UserError(f"method '{name}': its Options must be a dataclass (an @dataclass class of options with "
+                        f"defaults), got {cls.Options!r}")
 
 
 def _import_from_here(module_name: str):
@@ -73,15 +94,13 @@ def _import_from_here(module_name: str):
 def method_path(method) -> str:
     """The name a run records for `method`: a built-in's name as given, a class of your own as its import path."""
     if isinstance(method, type):
-        if not issubclass(method, Method):
-            raise UserError(f"{method.__name__} is not a subclass of selfsup_lab.methods.Method; subclass Method "
-                            f"(or a method such as Naive) and override training_step")
         builtin = {cls: name for name, (_, cls, _) in METHODS.items()}.get(method.__name__)
         if builtin and method.__module__ == f"{__name__}.{METHODS[builtin][0]}":
             return builtin
-        if "<locals>" in method.__qualname__:
-            raise UserError(f"{method.__qualname__} is defined inside a function; define a method of your own at "
-                            f"the top level of a module or notebook cell, so that a run can find it again")
+        if "." in method.__qualname__:  # inside a function (<locals>) or another class
+            raise UserError(f"{method.__qualname__} is defined inside a function or class; define a method of your "
+                            f"own at the top level of a module or notebook cell, so that a run can find it again")
+        check_method_class(method, method.__qualname__)
         return f"{method.__module__}.{method.__qualname__}"
     if not isinstance(method, str):
         raise UserError(f"a method is a name such as 'excb' or a Method subclass, got {method!r}")

@@ -48,11 +48,17 @@ class StepOutput:
     assignments_without_rule: torch.Tensor | None = None
 
 
+@dataclass
+class NoOptions:
+    """The options of a method that has none."""
+
+
 class Method(nn.Module):
-    """Base class: subclasses set `name`, `Options`, and implement `training_step`."""
+    """Base class: subclasses set `name`, `Options` (a dataclass of options with defaults), and implement
+    `training_step`."""
 
     name: str = "base"
-    Options: type = object
+    Options: type = NoOptions
     num_views: int = 2  # global views per image (full-size crops)
     num_small_views: int = 0  # extra small crops (multi-crop), 0 = none
     small_view_size: int = 16
