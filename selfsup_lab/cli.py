@@ -105,7 +105,8 @@ def cmd_methods(args) -> int:
                 shown = "None: set at run time from the data and batch size, see the method's file" \
                     if default is None else default
                 print(f"    --set {opt}=<{typ}>  (default {shown})")
-    print("\na method of your own: --method package.module.ClassName (a Method subclass; see selfsup_lab/methods/__init__.py)")
+    print("\na method of your own: --method package.module.ClassName (a Method subclass; see "
+          "selfsup_lab/methods/__init__.py)")
     return 0
 
 

@@ -94,9 +94,9 @@ def _import_from_here(module_name: str):
 def method_path(method) -> str:
     """The name a run records for `method`: a built-in's name as given, a class of your own as its import path."""
     if isinstance(method, type):
-        builtin = {cls: name for name, (_, cls, _) in METHODS.items()}.get(method.__name__)
+        builtin = {class_name: name for name, (_, class_name, _) in METHODS.items()}.get(method.__name__)
         if builtin and method.__module__ == f"{__name__}.{METHODS[builtin][0]}":
-            return builtin
+            return builtin  # the lab's own class: its short name
         if "." in method.__qualname__:  # inside a function (<locals>) or another class
             raise UserError(f"{method.__qualname__} is defined inside a function or class; define a method of your "
                             f"own at the top level of a module or notebook cell, so that a run can find it again")
