@@ -98,15 +98,19 @@ def cmd_eval(args) -> int:
 def cmd_methods(args) -> int:
     from .methods import METHODS, describe_options, get_method_class
 
-    for name, (_, _, description) in METHODS.items():
+    named = args.names or list(METHODS)  # a method of your own by its import path, e.g. myrules.Centering
+    for name in named:
+        method = get_method_class(name)
+        description = METHODS[name][2] if name in METHODS else (method.__doc__ or "").strip().split("\n")[0]
         print(f"{name:12s} {description}")
-        if args.verbose:
-            for opt, typ, default in describe_options(get_method_class(name).Options):
+        if args.verbose or args.names:
+            for opt, typ, default in describe_options(method.Options):
                 shown = "None: set at run time from the data and batch size, see the method's file" \
                     if default is None else default
                 print(f"    --set {opt}=<{typ}>  (default {shown})")
-    print("\na method of your own: --method package.module.ClassName (a Method subclass; see "
-          "selfsup_lab/methods/__init__.py)")
+    if not args.names:
+        print("\na method of your own: --method package.module.ClassName (a Method subclass; see "
+              "selfsup_lab/methods/__init__.py); `selfsup-lab methods package.module.ClassName` lists its options")
     return 0
 
 
@@ -171,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("methods", help="list the methods (-v: with their --set options)")
+    m.add_argument("names", nargs="*", help="only these methods, with their options (a method of your own by its "
+                   "import path)")
     m.add_argument("-v", "--verbose", action="store_true")
     m.set_defaults(func=cmd_methods)
 

@@ -121,6 +121,11 @@ def test_the_command_line_takes_an_import_path(own_module, capsys):
     assert main(["eval", "runs/own"]) == 0
     assert main(["train", "--method", "myrules.Centering", "--set", "centre_momentum=0.8", "--out", "runs/x"]) == 2
     assert "unknown option 'centre_momentum' for myrules.Centering" in capsys.readouterr().err
+    assert main(["methods", "myrules.Centering", "excb"]) == 0
+    out = capsys.readouterr().out
+    assert "--set center_momentum=<float>  (default 0.9)" in out and "--set size_momentum=" in out
+    assert "simclr" not in out  # only the methods asked for
+    assert main(["methods", "myrules.Centred"]) == 2 and "has no Centred" in capsys.readouterr().err
 
 
 def test_a_comparison_takes_a_class_of_your_own(own_module):
