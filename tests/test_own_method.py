@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from selfsup_lab import distributed
 from selfsup_lab.methods.base import StepOutput
 from selfsup_lab.methods.naive import Naive, NaiveOptions, swapped_cross_entropy
 
@@ -43,7 +44,8 @@ class Centering(Naive):
         with torch.no_grad():
             q1, q2 = (torch.softmax((s - self.center) / self.options.teacher_temperature, dim=1) for s in (s1, s2))
             m = self.options.center_momentum
-            self.center.mul_(m).add_((1 - m) * torch.cat([s1, s2]).mean(dim=0))
+            batch_mean = distributed.gather_no_grad(torch.cat([s1, s2])).mean(dim=0)  # over all processes
+            self.center.mul_(m).add_((1 - m) * batch_mean)
         tau = self.options.student_temperature
         loss = 0.5 * (swapped_cross_entropy(q1, s2, tau) + swapped_cross_entropy(q2, s1, tau))
         return StepOutput(loss=loss, assignments=q1.argmax(dim=1), assignments_without_rule=s1.argmax(dim=1))
