@@ -187,3 +187,30 @@ def test_a_class_defined_in_a_notebook_is_found_in_main(monkeypatch, tmp_path):
     run = selfsup_lab.train(namespace["Centering"], epochs=1, out=tmp_path / "run", **TINY)
     assert run.trainer.config.method == "__main__.Centering"
     assert type(selfsup_lab.load_run(tmp_path / "run").trainer.method) is namespace["Centering"]
+
+
+def build_centering():
+    """A tiny Centering for the two-process test (imported in each process from the test's myrules.py)."""
+    from myrules import Centering, CenteringOptions
+    from selfsup_lab.methods import MethodContext
+    from selfsup_lab.models import build_backbone
+
+    context = MethodContext(num_train=400, num_classes=4, batch_size=8, epochs=1, steps_per_epoch=50, image_size=16)
+    method = Centering(build_backbone("convnet"), CenteringOptions(proj_hidden=32, proj_dim=16, num_prototypes=8,
+                                                                   center_momentum=0.5), context)
+    method.center.copy_(torch.linspace(-0.2, 0.2, 8))  # a centre that already differs between clusters
+    return method
+
+
+def test_the_centering_example_takes_the_same_step_on_two_processes_as_on_one(own_module, monkeypatch):
+    """Its centre is a mean over the global batch (distributed.gather_no_grad), so torchrun trains it exactly."""
+    from ddp_utils import assert_same_state, one_step
+
+    monkeypatch.syspath_prepend(str(own_module))  # the spawned processes import myrules too
+    g = torch.Generator().manual_seed(1)
+    views, indices = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)], torch.arange(8)
+    single = one_step(build_centering, views, indices, world=1)
+    double = one_step(build_centering, views, indices, world=2)
+    assert_same_state(single["state"], double["state"])
+    assert torch.equal(single["assignments"], double["assignments"])
+    assert not torch.allclose(single["state"]["center"], torch.linspace(-0.2, 0.2, 8))  # the centre moved
