@@ -369,6 +369,7 @@ def _lab_code_in(fn) -> str | None:
     does so, or a class, object, list or dict of the student's that holds one; None if none. Wrapping the
     reference would pass every other check."""
     student_scope = _student_scope(fn)  # where the student's own names live
+    # asked once per type: a list of many objects of one class is one question
     students = functools.lru_cache(maxsize=None)(lambda cls: _is_students_class(cls, student_scope))
     seen, stack = set(), [fn]
     while stack:
@@ -437,7 +438,9 @@ def _student_scope(fn) -> dict | None:
         candidates += [_unwrap_descriptor(v) for cls in type(candidates[0]).__mro__ for v in vars(cls).values()]
     for candidate in candidates:
         scope = getattr(inspect.unwrap(candidate) if callable(candidate) else candidate, "__globals__", None)
-        if scope is not None and scope.get("__name__", "").split(".")[0] not in ("torch", "builtins"):
+        # A class of the student's with no function of its own reaches torch's (an nn.Module's methods): that
+        # is torch's scope, not the student's.
+        if scope is not None and scope.get("__name__", "").split(".")[0] != "torch":
             return scope
     return None
 
