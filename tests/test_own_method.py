@@ -11,6 +11,7 @@ import selfsup_lab
 from selfsup_lab.cli import main
 from selfsup_lab.errors import UserError
 from selfsup_lab.methods import Method, StepOutput, get_method_class, method_path
+from selfsup_lab.methods.naive import Naive
 
 TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
             progress=False, figures=False, proj_hidden=32, proj_dim=16)
@@ -214,3 +215,17 @@ def test_the_centering_example_takes_the_same_step_on_two_processes_as_on_one(ow
     assert_same_state(single["state"], double["state"])
     assert torch.equal(single["assignments"], double["assignments"])
     assert not torch.allclose(single["state"]["center"], torch.linspace(-0.2, 0.2, 8))  # the centre moved
+
+
+class SameAsNaive(Naive):
+    """Changes nothing: trained as a method of your own, it must give the built-in naive's run exactly."""
+
+
+def test_a_subclass_that_changes_nothing_trains_exactly_as_the_built_in(tmp_path):
+    own = selfsup_lab.train(SameAsNaive, epochs=2, out=tmp_path / "own", **TINY)
+    builtin = selfsup_lab.train("naive", epochs=2, out=tmp_path / "builtin", **TINY)
+    assert own.trainer.config.method.endswith(".SameAsNaive") and builtin.trainer.config.method == "naive"
+    own_state, builtin_state = own.trainer.method.state_dict(), builtin.trainer.method.state_dict()
+    assert own_state.keys() == builtin_state.keys()
+    assert all(torch.equal(own_state[k], builtin_state[k]) for k in own_state)
+    assert own.metrics["knn_top1"] == builtin.metrics["knn_top1"]
