@@ -609,10 +609,11 @@ def dashboard_side_by_side(methods: list[str], dataset: str = "digits", board: O
     from .api import train
     from .methods import method_path, short_name
 
-    names = {short_name(method_path(method)): method for method in methods}
-    if len(names) < len(methods):
-        raise ValueError(f"each method once, please: {', '.join(short_name(method_path(m)) for m in methods)}")
-    board = board or OccupancyBoard(names=list(names))
+    labels = [short_name(method_path(method)) for method in methods]
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"each method once, please: {', '.join(labels)}")
+    names = dict(zip(labels, methods))
+    board = board or OccupancyBoard(names=labels)
     board.show()
     out = options.pop("out", None)
     options.setdefault("progress", board.widget is None)

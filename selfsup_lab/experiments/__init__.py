@@ -134,8 +134,14 @@ def parse_methods(specs) -> list[tuple[str, str, dict]]:
     from ..errors import UserError
     from ..methods import method_path, short_name
 
-    parsed = [(short_name(method_path(spec)), method_path(spec), {}) if isinstance(spec, type)
-              else (str(spec).strip(), *parse_method(str(spec).strip())) for spec in specs]
+    parsed = []
+    for spec in specs:
+        if isinstance(spec, type):  # a Method subclass of your own, from Python
+            path = method_path(spec)
+            parsed.append((short_name(path), path, {}))
+        else:
+            label = str(spec).strip()
+            parsed.append((label, *parse_method(label)))
     labels = [label for label, _, _ in parsed]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
