@@ -66,7 +66,7 @@ still below SwAV's kNN 0.599 at the same budget — and its labels settle: agree
 α = 0 was again no better (0.268). With the small ConvNet on the CPU (CIFAR-10, 4 epochs, B = 256, three
 seeds) τ = 0.5 gives kNN 0.458 ± 0.008 against 0.309 ± 0.003 at τ = 0.05 and 0.436 ± 0.003 untrained.
 A longer budget does not bring τ = 0.05 round, at least on digits: over 200 epochs (1,000 steps at B = 256,
-ten times the budget above; three seeds, CPU, 2026-11-24) kNN fell further, to 0.331 ± 0.117, its labels never
+ten times the budget above; three seeds, CPU, 2026-11-24) kNN fell further, to 0.331 ± 0.116, its labels never
 settled (agreement 0.11–0.20 at the end; chance 0.10) and every seed went through epochs with nearly each
 batch in one cluster (lowest per-batch H/log K 0.03–0.12; one seed ended with 2 of 10 clusters empty). At
 τ = 0.5 the labels settled (agreement 0.70), the K = 10 head's clusters reached ACC 0.687 / NMI 0.622 (k-means
