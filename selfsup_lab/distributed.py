@@ -10,6 +10,8 @@ they call the three helpers below, which are the identity in a single process:
 * `all_reduce_sum(x)` — sum a statistic (counts, column sums) over ranks, no gradient;
 * `average_gradients(module)` — after `backward()`, average parameter gradients over ranks.
 
+The trainer uses one more, `mean_over_ranks`, so that the numbers it logs per epoch are the global batch's.
+
 Convention: each rank's loss is the mean over *its* anchors; with equal local batches, averaging the
 gradients over ranks then equals the gradient of the mean over the global batch.
 """
@@ -95,6 +97,17 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x)
     return x
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Each number's mean over ranks (every rank holds the same keys). A step's logged loss and rates are
+    means over the local batch; with equal local batches, their mean over ranks is the global batch's mean.
+    `device` is where NCCL can reduce (the rank's GPU)."""
+    if world_size() == 1:
+        return values
+    keys = sorted(values)
+    totals = all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device))
+    return dict(zip(keys, (totals / world_size()).tolist()))
 
 
 def global_offset(local_batch: int) -> int:

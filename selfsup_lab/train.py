@@ -763,7 +763,7 @@ class Trainer:
                 if out.assignments_without_rule is not None and K:
                     counts = distributed.all_reduce_sum(assignment_counts(out.assignments_without_rule.detach(), K))
                     counts_without_rule = counts if counts_without_rule is None else counts_without_rule + counts
-                step_logs = {"loss": loss.item(), "lr": lr,
+                step_logs = {"loss": loss.item(), "lr": lr,  # this rank's batch; the epoch's record is global
                              **{k: float(v) for k, v in json_ready(out.logs).items()}}
                 for k, v in step_logs.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -780,6 +780,7 @@ class Trainer:
             self.method.on_epoch_end(epoch, self)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
+            sums = distributed.mean_over_ranks(sums, self.device)  # the global batch's, not rank 0's share
             record = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()},
                       "views_per_s": views_seen / max(time.perf_counter() - t0, 1e-9)}
             record["lr"] = lr

@@ -44,16 +44,19 @@ def _one_step(rank: int, world: int, port: int, build, views, indices, result_pa
     method.after_optimizer_step(0.5)
     gathered = {key: distributed.gather_no_grad(getattr(out, key)) if getattr(out, key) is not None else None
                 for key in ("assignments", "assignments_without_rule")}
+    # What the trainer logs for the epoch: each rank's local-batch means, averaged over ranks
+    logs = distributed.mean_over_ranks({"loss": out.loss.item(), **{k: float(v) for k, v in out.logs.items()}})
     if rank == 0:
         state = {k: v.detach().clone() for k, v in method.state_dict().items()}
-        torch.save({"state": state, "loss": out.loss.detach(), **gathered}, result_path)
+        torch.save({"state": state, "loss": out.loss.detach(), "logs": logs, **gathered}, result_path)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
 
 
 def one_step(build, views, indices, world: int, lr: float = 0.1) -> dict:
-    """State dict (and rank-0 loss) after one step on `world` processes; `build()` makes the method."""
+    """State dict (with rank 0's loss, and the step's logs averaged over ranks) after one step on `world`
+    processes; `build()` makes the method."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.pt")
         if world == 1:

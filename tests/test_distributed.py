@@ -32,6 +32,61 @@ def test_simclr_two_ranks_match_one_rank():
     assert moved > 1e-4
 
 
+def test_logged_numbers_are_the_global_batchs_not_rank_0s():
+    # The trainer's epoch record averages each rank's local-batch means over ranks: with two ranks of B/2 the
+    # loss and positive-rank rates it logs are those of one rank with all B images, not rank 0's half.
+    g = torch.Generator().manual_seed(2)
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    indices = torch.arange(8)
+    single = one_step(build_simclr, views, indices, world=1)
+    double = one_step(build_simclr, views, indices, world=2)
+    assert single["logs"].keys() == double["logs"].keys() == {"loss", "pos_top1", "pos_top5"}
+    for key, value in single["logs"].items():
+        assert abs(double["logs"][key] - value) < 1e-5, (key, double["logs"][key], value)
+    assert abs(double["loss"].item() - single["loss"].item()) > 1e-4  # rank 0's own half differs: averaging matters
+
+
+def _train_and_record(rank: int, world: int, port: int, out: str, result_dir: str):
+    import torch.distributed as dist
+
+    from selfsup_lab.api import make_config
+    from selfsup_lab.train import Callback, Trainer
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    seen = {"steps": [], "records": []}
+
+    class Record(Callback):
+        def on_step_end(self, trainer, logs):
+            seen["steps"].append((trainer.epoch, logs["loss"]))
+
+        def on_epoch_end(self, trainer, record):
+            seen["records"].append(record["loss"])
+
+    config = make_config("simclr", "synthetic:n=64,classes=4,size=16", epochs=2, batch_size=16, backbone="convnet",
+                         out=out, progress=False, figures=False, eval_every=0, proj_hidden=32, proj_dim=16)
+    Trainer(config, callbacks=[Record()]).fit()
+    torch.save(seen, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_the_trainers_epoch_record_averages_over_ranks(tmp_path):
+    # Each rank's steps see its own half of the batch; the epoch's logged loss is the mean over both ranks.
+    import torch.multiprocessing as mp
+
+    from ddp_utils import free_port
+
+    mp.spawn(_train_and_record, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
+    seen = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    local_means = [[sum(loss for e, loss in s["steps"] if e == epoch) / sum(e == epoch for e, _ in s["steps"])
+                    for epoch in range(2)] for s in seen]
+    for epoch in range(2):
+        assert abs(local_means[0][epoch] - local_means[1][epoch]) > 1e-4  # the ranks' halves differ
+        for s in seen:  # every rank logs the same, global number
+            assert abs(s["records"][epoch] - (local_means[0][epoch] + local_means[1][epoch]) / 2) < 1e-6
+
+
 def test_gather_without_process_group_is_identity():
     from selfsup_lab import distributed
 
