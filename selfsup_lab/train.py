@@ -57,7 +57,9 @@ class TrainConfig:
     # "torchvision" (the same recipe image by image with torchvision's PIL transforms on the CPU: slow, the
     # reference to check the device pipeline against).
     augmentation: str = "device"
-    warmup_epochs: int | None = None  # None: min(10, epochs // 10)
+    # None: min(10, epochs // 10) — METHODS.md's 10 warm-up epochs from 100 epochs up; a short run (a 5-epoch
+    # comparison, a 20-epoch lesson) keeps a tenth of its steps for warm-up rather than spending half or all on it
+    warmup_epochs: int | None = None
     amp: bool | None = None  # bf16 autocast; None: on for CUDA
     channels_last: bool | None = None  # None: on for CUDA
     # torch.compile the backbone: False, True (= "default") or a mode name. "reduce-overhead" replays the
