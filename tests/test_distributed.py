@@ -30,16 +30,8 @@ def test_simclr_two_ranks_match_one_rank():
     initial = build_simclr().state_dict()
     moved = max((single["state"][k] - initial[k]).abs().max().item() for k in initial if initial[k].is_floating_point())
     assert moved > 1e-4
-
-
-def test_logged_numbers_are_the_global_batchs_not_rank_0s():
-    # The trainer's epoch record averages each rank's local-batch means over ranks: with two ranks of B/2 the
-    # loss and positive-rank rates it logs are those of one rank with all B images, not rank 0's half.
-    g = torch.Generator().manual_seed(2)
-    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
-    indices = torch.arange(8)
-    single = one_step(build_simclr, views, indices, world=1)
-    double = one_step(build_simclr, views, indices, world=2)
+    # The logged numbers averaged over ranks (what the trainer records per epoch) are one rank's with all B
+    # images, not rank 0's half
     assert single["logs"].keys() == double["logs"].keys() == {"loss", "pos_top1", "pos_top5"}
     for key, value in single["logs"].items():
         assert abs(double["logs"][key] - value) < 1e-5, (key, double["logs"][key], value)
