@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ddp_utils import assert_same_state, one_step
+from ddp_utils import assert_same_state, free_port, one_step
 from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
 from selfsup_lab.models import build_backbone
@@ -66,8 +66,6 @@ def _train_and_record(rank: int, world: int, port: int, out: str, result_dir: st
 def test_the_trainers_epoch_record_averages_over_ranks(tmp_path):
     # Each rank's steps see its own half of the batch; the epoch's logged loss is the mean over both ranks.
     import torch.multiprocessing as mp
-
-    from ddp_utils import free_port
 
     mp.spawn(_train_and_record, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
     seen = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
