@@ -580,13 +580,18 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
                     "stay in torch: no .item(), .numpy(), .detach() or torch.no_grad() in the loss")
         loss.float().sum().backward()
         b1, b2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-        ref(b1, b2, 0.3).backward()
+        expected_loss = ref(b1, b2, 0.3)
+        expected_loss.backward()
+        value_right = torch.allclose(loss.detach().float(), expected_loss.detach(), rtol=rtol, atol=atol)
+        hint = ("the value is right but the gradient is not: part of the loss is cut from the graph (a .detach(), "
+                ".data, or a tensor rebuilt with torch.tensor); every term must depend on z1 and z2 through torch ops"
+                if value_right else "the loss value is off too: fix the failing comparisons above first")
         for name, got, exp in (("z1", a1.grad, b1.grad), ("z2", a2.grad, b2.grad)):
             if got is None:
                 return f"no gradient reached {name}", "make sure the loss is computed from both inputs"
             problem = _mismatch(got, exp, 1e-3, 1e-5)
             if problem:
-                return f"gradient with respect to {name}:\n{problem}", "the forward value is probably off too"
+                return f"gradient with respect to {name}:\n{problem}", hint
         return None
 
     chk.case("gradients match the reference (the loss is differentiable)", gradient)

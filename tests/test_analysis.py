@@ -41,6 +41,10 @@ def test_coverage_threshold():
     c[0] = 1
     assert analysis.fragmentation(y, c)["per_class"] == [1]
     assert analysis.fragmentation(y, c, coverage=0.99)["per_class"] == [2]
+    c[:3] = 1  # 85% in one cluster: short of 90%, so both clusters are needed
+    assert analysis.fragmentation(y, c)["per_class"] == [2]
+    # read the other way (one cluster holding two classes, 85% and 15%): both classes are needed
+    assert analysis.mixing(true_labels=c, cluster_ids=y)["per_cluster"] == [2]
 
 
 def test_same_class_negative_rate_and_its_references():

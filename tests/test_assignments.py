@@ -238,6 +238,13 @@ MISTAKES = [
             logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
             return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)])).item()
         """, "Python float"),
+    ("nt_xent", "candidates detached", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.detach().t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "the value is right but the gradient is not"),  # only the gradients tell
     ("sinkhorn", "exp without subtracting the max", """
         def sinkhorn(scores, epsilon=0.05, iterations=3):
             q = torch.exp(scores / epsilon)
@@ -291,6 +298,10 @@ MISTAKES = [
         def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
             return (duals + step_size * (counts.float() / batch_size - min_fraction)).clamp_min(0)
         """, "sign is flipped"),
+    ("coke_dual_step", "a small positive floor instead of max(0, ·)", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts.float() / batch_size)).clamp_min(1e-4)
+        """, "expected 0, got 0.0001"),  # every property holds: only the comparison with the reference tells
     ("coke_dual_step", "counts instead of fractions", """
         def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
             return (duals + step_size * (min_fraction - counts.float())).clamp_min(0)

@@ -147,6 +147,9 @@ def test_top1_boost_multiplies_each_rows_best_score_only():
     s[0, 0] = 0.999
     s[0, 1:] = 0.0
     assert excb_balance_scores(s, torch.ones(6))[0, 0] == 1.0
+    # the boost goes to the winner *after* balancing: cluster 0 leads the raw scores but is too big
+    out = excb_balance_scores(torch.tensor([[0.5, 0.4]]), torch.tensor([2.0, 0.5]), boost=1.01)
+    assert torch.allclose(out, torch.tensor([[1.5 / 2 - 1, (1 - 0.6 * 0.5) * 1.01]]), atol=1e-6)
 
 
 def test_balance_computes_in_float32_from_bf16_scores():

@@ -59,6 +59,7 @@ def test_deputy_choices_and_clipping():
     assert deputy_window(opts, 256) == (2, 10)
     assert deputy_window(TripletOptions(deputy="rank-rule", expected_classes=10), 256) == rank_window(256, 10)
     assert deputy_window(TripletOptions(deputy="median"), 257) == (128, 128)  # 256 negatives: ranks 1..256
+    assert deputy_window(TripletOptions(deputy="median"), 256) == (128, 128)  # 255 negatives: the middle one
     assert deputy_window(opts, 6) == (2, 5)  # a batch of 6 has only 5 negatives
     with pytest.raises(UserError, match="unknown deputy"):
         deputy_window(TripletOptions(deputy="best"), 64)
@@ -97,6 +98,16 @@ def test_triplet_loss_matches_its_closed_form():
     assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+def test_triplet_gamma_weights_only_the_positive_term():
+    """−2γ·cos(pos): one more unit of γ lowers the loss by 2·mean cos(pos), whatever the window."""
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g)
+    losses = {gamma: truncated_triplet_loss(p, t, 2, 5, gamma=gamma) for gamma in (1.0, 2.0, 3.0)}
+    positive = losses[2.0][1].mean()
+    assert (losses[3.0][0] - losses[2.0][0]).item() == pytest.approx(-2 * positive.item(), abs=1e-5)
+    assert (losses[2.0][0] - losses[1.0][0]).item() == pytest.approx(-2 * positive.item(), abs=1e-5)
+
+
 def test_byol_loss_is_symmetric_normalised_mse():
     torch.manual_seed(0)
     method = build_byol().train()
@@ -108,6 +119,8 @@ def test_byol_loss_is_symmetric_normalised_mse():
     expected = ((2 - 2 * cos(p1, t2)) + (2 - 2 * cos(p2, t1))).mean()
     assert out.loss.dtype == torch.float32
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # The logged positive cosine is the mean of the two directions' cosines.
+    assert out.logs["pos_cos"].item() == pytest.approx(((cos(p1, t2) + cos(p2, t1)) / 2).mean().item(), abs=1e-5)
     out.loss.backward()
     assert all(p.grad is None for p in method.target_backbone.parameters())  # stop-gradient
     assert any(p.grad is not None for p in method.predictor.parameters())

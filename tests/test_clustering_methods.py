@@ -1,14 +1,16 @@
 """naive / swav / excb (METHODS.md §4.1, §4.2, §4.5): DDP exactness, resumable state, and the collapse picture."""
 import functools
+import math
 
 import pytest
 import torch
 
 import selfsup_lab
 from ddp_utils import assert_same_state, free_port, one_step
+from selfsup_lab.balancing import excb_balance_scores, excb_relative_sizes, sinkhorn
 from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.excb import ExCB, ExCBOptions
-from selfsup_lab.methods.naive import Naive, NaiveOptions
+from selfsup_lab.methods.naive import Naive, NaiveOptions, swapped_cross_entropy
 from selfsup_lab.methods.swav import SwAV, SwAVOptions
 from selfsup_lab.models import build_backbone
 
@@ -124,6 +126,41 @@ def test_assignments_without_rule_are_the_plain_argmax_whatever_the_rule_does():
     naive = BUILDS["naive"]()
     out = naive.training_step(views, torch.arange(8))
     assert torch.equal(out.assignments_without_rule, out.assignments)  # naive has no rule
+
+
+def test_swapped_cross_entropy_divides_the_scores_by_the_temperature():
+    q = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    s = torch.tensor([[0.5, -0.5], [0.0, 0.2]])
+    # row 0 by hand: −log(e^5 / (e^5 + e^−5)) = log(1 + e^−10); row 1: −Σ q log softmax(s/0.1)
+    row1 = -(0.25 * math.log(1 / (1 + math.exp(2))) + 0.75 * math.log(1 / (1 + math.exp(-2))))
+    assert swapped_cross_entropy(q, s, 0.1).item() == pytest.approx((math.log1p(math.exp(-10)) + row1) / 2, rel=1e-5)
+
+
+def test_each_views_target_trains_the_other_views_scores():
+    """SwAV: ½(ℓ(q¹, s²) + ℓ(q², s¹)); ExCB: teacher view i against student view 1−i, plus every predictor view."""
+    torch.manual_seed(0)
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    swav = BUILDS["swav"]().train()
+    loss = swav.training_step(views, torch.arange(8)).loss
+    s = [swav.scores(swav.projector(swav.backbone(v))) for v in views]  # batch norm in training mode, as the step
+    q = [sinkhorn(sv.detach(), swav.options.epsilon, swav.options.sinkhorn_iterations) for sv in s]
+    ce = functools.partial(swapped_cross_entropy, temperature=swav.options.temperature)
+    assert loss.item() == pytest.approx(0.5 * (ce(q[0], s[1]) + ce(q[1], s[0])).item(), abs=1e-5)
+    assert abs(loss.item() - 0.5 * (ce(q[0], s[0]) + ce(q[1], s[1])).item()) > 1e-3  # not swapped: another value
+
+    excb = BUILDS["excb"]().train()
+    rho = excb_relative_sizes(excb.sizes)  # before the step updates the size estimate
+    loss = excb.training_step(views, torch.arange(8)).loss
+    o = excb.options
+    z = [excb.projector(excb.backbone(v)) for v in views]
+    student = [excb._scores(excb.prototypes, zv) for zv in z]
+    predicted = [excb._scores(excb.prototypes, excb.predictor(zv)) for zv in z]
+    q = [torch.softmax(excb_balance_scores(excb.teacher_scores(v), rho, o.boost) / o.teacher_temperature, dim=1)
+         for v in views]
+    ce = functools.partial(swapped_cross_entropy, temperature=o.student_temperature)
+    terms = [ce(q[0], student[1]), ce(q[0], predicted[0]), ce(q[0], predicted[1]),
+             ce(q[1], student[0]), ce(q[1], predicted[0]), ce(q[1], predicted[1])]
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-5)
 
 
 # --- the collapse picture (short real training runs) -------------------------------------------------------

@@ -164,6 +164,21 @@ def test_assignments_without_rule_ignore_the_duals():
     assert torch.equal(out.assignments_without_rule, plain)  # the network's own: unchanged by ρ
 
 
+def test_every_heads_dual_step_moves_its_bonus_at_the_same_speed():
+    """η_K = dual_lr·K/10 and γ = ratio/K: a cluster empty in the first batch gets ρ = η_K·γ = dual_lr·ratio/10 on
+    every head, whatever its K (the module docstring's reason: the bonus is a cosine, the same scale for all K)."""
+    torch.manual_seed(0)
+    options = CoKeOptions(num_clusters=(10, 20), proj_hidden=32, proj_dim=16)
+    method = CoKe(build_backbone("convnet"), options, MethodContext(**{**CONTEXT, "num_train": 400}))
+    assert method.ks == [10, 20]  # 400 images fill up to 20 clusters
+    method.training_step([torch.randn(8, 3, 16, 16) for _ in range(2)], torch.arange(8))
+    for h in range(2):  # 8 images cannot fill 10 or 20 clusters
+        state = method.head(h)
+        empty = state["counts"] == 0
+        assert empty.any()
+        assert torch.allclose(state["duals"][empty], torch.tensor(options.dual_lr * options.ratio / 10))
+
+
 def test_short_training_keeps_occupancy_balanced(tmp_path):
     run = selfsup_lab.train("coke", dataset="synthetic:n=128,classes=4,size=16", epochs=3, batch_size=32,
                             backbone="convnet", device="cpu", progress=False, figures=False, out=str(tmp_path),

@@ -54,6 +54,8 @@ def test_ema_moves_teacher_towards_student():
     ema_update(teacher, student, momentum=0.9)
     assert torch.allclose(teacher.weight, 0.9 * before + 0.1 * student.weight)
     assert cosine_momentum(0.99, 0.0) == pytest.approx(0.99) and cosine_momentum(0.99, 1.0) == pytest.approx(1.0)
+    # between the ends a cosine, not a straight line: at t/T = 1/4, 1 − 0.01·(1 + cos(π/4))/2 (a line gives 0.9925)
+    assert cosine_momentum(0.99, 0.25) == pytest.approx(0.99146446609, abs=1e-10)
 
 
 def test_ema_leaves_the_teachers_batch_norm_statistics_its_own():

@@ -44,6 +44,17 @@ def test_interrupted_and_resumed_run_reproduces_uninterrupted_weights(tmp_path):
     assert without_timing(history) == without_timing(json.loads(json.dumps(full.history)))
 
 
+def test_the_method_hears_the_training_progress_after_every_step_up_to_one(tmp_path, monkeypatch):
+    """EMA teachers (BYOL, ExCB) follow cosine_momentum(progress): it must reach 1 at the last step, not lag."""
+    from selfsup_lab.methods.simclr import SimCLR
+
+    heard = []
+    monkeypatch.setattr(SimCLR, "after_optimizer_step", lambda self, progress: heard.append(progress))
+    run = selfsup_lab.train("simclr", epochs=2, out=str(tmp_path), **QUICK)
+    steps = run.trainer.total_steps
+    assert steps >= 4 and heard == pytest.approx([(i + 1) / steps for i in range(steps)])
+
+
 def test_run_directory_contents_and_metrics(tmp_path):
     run = selfsup_lab.train("simclr", epochs=2, out=str(tmp_path / "r"), **{**QUICK, "figures": True})
     out = tmp_path / "r"
