@@ -347,3 +347,48 @@ def test_torchvision_reference_workers_run_from_a_script_without_a_main_guard(tm
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["views", "100", "3", "32", "32"]
+
+
+JITTER_ONLY = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=1.0, gray_p=0.0,
+                            brightness=0.1, contrast=0.2, saturation=0.6, hue=0.3)
+COLOUR_OPS = ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue")
+
+
+def _spy_on_colour_ops(monkeypatch) -> list:
+    """Record (op name, factors) of every colour op the augmenter calls."""
+    from selfsup_lab import augment
+
+    calls = []
+    for name in COLOUR_OPS:
+        def spy(x, factor, _name=name, _real=getattr(augment, name)):
+            calls.append((_name, factor.detach().clone()))
+            return _real(x, factor)
+
+        monkeypatch.setattr(augment, name, spy)
+    return calls
+
+
+def test_each_jitter_factor_is_drawn_from_its_own_symmetric_range(monkeypatch):
+    calls = _spy_on_colour_ops(monkeypatch)
+    Augmenter(JITTER_ONLY)(torch.randint(0, 256, (2000, 3, 4, 4), dtype=torch.uint8, generator=_gen(0)), _gen(1))
+    factors = dict(calls)
+    assert set(factors) == set(COLOUR_OPS)
+    for name, (low, high) in {"adjust_brightness": (0.9, 1.1), "adjust_contrast": (0.8, 1.2),
+                              "adjust_saturation": (0.4, 1.6), "adjust_hue": (-0.3, 0.3)}.items():
+        f, width = factors[name], high - low
+        assert f.min() >= low - 1e-6 and f.max() <= high + 1e-6, name
+        assert f.min() < low + 0.02 * width and f.max() > high - 0.02 * width, name  # the whole range is used
+        assert abs(float(f.mean()) - (low + high) / 2) < 0.05 * width, name
+
+
+def test_the_colour_ops_run_in_a_random_order(monkeypatch):
+    calls = _spy_on_colour_ops(monkeypatch)
+    augmenter, images, g = Augmenter(JITTER_ONLY), _images(b=4, h=8, w=8), _gen(2)
+    orders = set()
+    for _ in range(30):
+        calls.clear()
+        augmenter(images, g)
+        order = tuple(name for name, _ in calls)
+        assert sorted(order) == sorted(COLOUR_OPS)
+        orders.add(order)
+    assert len(orders) > 3  # 24 possible orders; 30 calls see many of them

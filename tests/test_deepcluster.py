@@ -99,3 +99,33 @@ def test_epoch_zero_bank_uses_batch_statistics_and_survives_a_last_chunk_of_one_
         method.eval()
         collapsed = F.normalize(method.projector(method.backbone(images)), dim=1)
     assert (spread @ spread.t()).mean() < (collapsed @ collapsed.t()).mean()
+
+
+def _seeded_bank_method(num_prototypes, num_train=64):
+    context = MethodContext(**{**CONTEXT, "num_train": num_train})
+    method = DeepCluster(build_backbone("convnet"),
+                         DeepClusterOptions(num_prototypes=num_prototypes, proj_hidden=32, proj_dim=16), context)
+    method.bank.copy_(F.normalize(torch.randn(method.bank.shape, generator=torch.Generator().manual_seed(5)), dim=1))
+    method.on_epoch_start(1, None)  # cluster that bank
+    return method
+
+
+def test_the_memory_bank_holds_the_normalised_mean_of_both_views_by_image_index():
+    torch.manual_seed(0)
+    method = _seeded_bank_method((3, 4))
+    g = torch.Generator().manual_seed(1)
+    v1, v2 = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
+    indices = torch.tensor([2, 9, 30, 61])
+    method.training_step([v1, v2], indices)
+    with torch.no_grad():  # training mode, as in the step: batch statistics, so the projections are the step's own
+        z1, z2 = (F.normalize(method.projector(method.backbone(v)), dim=1) for v in (v1, v2))
+    torch.testing.assert_close(method.bank[indices], F.normalize(z1 + z2, dim=1), atol=1e-5, rtol=0)
+    assert not torch.allclose(method.bank[indices], z1, atol=1e-3)
+
+
+def test_heads_of_the_same_size_are_independent_clusterings():
+    from sklearn.metrics import adjusted_rand_score
+
+    torch.manual_seed(0)
+    assignments = _seeded_bank_method((6, 6), num_train=200).assignments
+    assert adjusted_rand_score(assignments[0].numpy(), assignments[1].numpy()) < 0.9  # measured 0.23; one seed: 1.0

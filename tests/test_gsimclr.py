@@ -150,3 +150,36 @@ def test_gsimclr_loss_and_step_match_under_two_ranks():
             terms.append(-torch.log_softmax(logits, 0)[positive])
     assert double["loss"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-4)
     assert_same_state(single["state"], double["state"])
+
+
+def test_encoder_pseudo_labels_are_refreshed_exactly_every_n_epochs():
+    sampler = GuidedBatches(64, 16, GuidedOptions(pseudo_labels="encoder", refresh_every=3))
+    assert sampler.needs_labels(0)
+    sampler.set_pseudo_labels(torch.zeros(64, dtype=torch.long), epoch=0)
+    assert [sampler.needs_labels(e) for e in range(1, 6)] == [False, False, True, True, True]
+    sampler.set_pseudo_labels(torch.zeros(64, dtype=torch.long), epoch=3)
+    assert [sampler.needs_labels(e) for e in range(4, 7)] == [False, False, True]
+    once = GuidedBatches(64, 16, GuidedOptions(pseudo_labels="autoencoder", refresh_every=1))
+    once.set_pseudo_labels(torch.zeros(64, dtype=torch.long), epoch=0)
+    assert not once.needs_labels(5)  # the original's autoencoder labels are made once
+
+
+def test_the_denoising_autoencoder_reconstructs_the_clean_image(monkeypatch):
+    from selfsup_lab import samplers
+
+    targets = []
+    real_mse = F.mse_loss
+
+    def spy(prediction, target, *args, **kwargs):
+        targets.append(target.detach().clone())
+        return real_mse(prediction, target, *args, **kwargs)
+
+    monkeypatch.setattr(samplers.F, "mse_loss", spy)
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    autoencoder_codes(images, GuidedOptions(ae_epochs=2, ae_width=4, ae_noise=0.5), seed=0, batch_size=10)
+    assert len(targets) == 4  # 2 epochs of 2 batches
+    clean = {tuple(image.flatten().tolist()) for image in images}
+    for target in targets:
+        levels = target * 255
+        assert (levels - levels.round()).abs().max() < 1e-3  # whole uint8 levels: no noise in the target
+        assert all(tuple(t.flatten().round().long().tolist()) in clean for t in levels)

@@ -284,3 +284,70 @@ def test_batch_balance_is_occupancy_stats_on_the_device_without_leaving_it():
         assert balance.dtype == torch.float64 and balance.device == counts.device
         assert balance.tolist() == pytest.approx([stats["entropy_ratio"], stats["max_share"]], abs=1e-12)
     assert str(batch_balance(torch.tensor([9, 0]))[0].item()) == "0.0"  # not -0.0 in history.jsonl
+
+
+def test_linear_probe_standardises_the_test_features_with_the_train_statistics():
+    """Class 0 near −1, class 1 near +1 in the train split; every test point lies on the class-1 side. Standardised
+    with its own mean (1.25), half of the test points would cross the boundary."""
+    g = torch.Generator().manual_seed(0)
+    y_train = torch.arange(200) % 2
+    x_train = (2.0 * y_train - 1).float()[:, None] + 0.1 * torch.randn(200, 1, generator=g)
+    x_test, y_test = torch.tensor([[0.5], [1.0], [1.5], [2.0]]), torch.ones(4, dtype=torch.long)
+    assert linear_probe(x_train, y_train, x_test, y_test, epochs=50) == 1.0
+
+
+# --- spherical k-means -----------------------------------------------------------------------------------------
+
+def _unit_directions(n, d, seed):
+    q, _ = torch.linalg.qr(torch.randn(d, n, generator=torch.Generator().manual_seed(seed)))
+    return q.T  # (n, d), orthonormal rows
+
+
+def test_one_lloyd_iteration_moves_each_centroid_to_its_members_normalised_mean():
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(1))
+    seeds, assigned = spherical_kmeans(x, 5, iters=0, generator=torch.Generator().manual_seed(0))
+    centroids, _ = spherical_kmeans(x, 5, iters=1, generator=torch.Generator().manual_seed(0))
+    xn = torch.nn.functional.normalize(x, dim=1)
+    assert torch.bincount(assigned, minlength=5).min() > 0
+    expected = torch.nn.functional.normalize(torch.stack([xn[assigned == j].sum(0) for j in range(5)]), dim=1)
+    torch.testing.assert_close(centroids, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(centroids, seeds, atol=1e-3)  # it really moved off the seed points
+
+
+def test_an_empty_cluster_is_reseeded_from_a_point_of_the_largest_cluster():
+    from selfsup_lab.kmeans import _assign_without_empty
+
+    g, e = torch.Generator().manual_seed(0), torch.eye(3)
+    small = torch.nn.functional.normalize(e[0] + 0.05 * torch.randn(3, 3, generator=g), dim=1)  # 3 points near e0
+    big = torch.nn.functional.normalize(e[1] + 0.05 * torch.randn(8, 3, generator=g), dim=1)  # 8 points near e1
+    centroids = torch.stack([e[0], e[1], -torch.nn.functional.normalize(e[0] + e[1], dim=0)])  # the third gets none
+    counts = torch.bincount(_assign_without_empty(torch.cat([small, big]), centroids,
+                                                  torch.Generator().manual_seed(0), chunk=64), minlength=3)
+    assert counts.min() > 0 and counts[0] == 3  # the small cluster is left whole
+    assert float(centroids[2] @ e[1]) > 0.9  # the new seed is one of the largest cluster's points
+
+
+def test_kmeans_plus_plus_seeds_cover_the_data_better_than_random_seeds():
+    directions = _unit_directions(8, 16, 0)
+    labels = torch.arange(8).repeat_interleave(torch.tensor([60, 40, 30, 20, 10, 10, 5, 5]))
+    noise = 0.1 * torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(1))
+    x = torch.nn.functional.normalize(directions[labels] + noise, dim=1)
+
+    def mean_potential(init):  # Σ_i (1 − max_k cos(x_i, c_k)) over 20 seeds
+        total = 0.0
+        for seed in range(20):
+            centroids, _ = spherical_kmeans(x, 8, iters=0, init=init, generator=torch.Generator().manual_seed(seed))
+            total += float((1 - (x @ centroids.T).max(dim=1).values).sum())
+        return total / 20
+
+    assert mean_potential("k-means++") < 0.7 * mean_potential("random")  # measured 25.7 against 53.9
+
+
+def test_random_init_draws_distinct_data_points_from_the_generator():
+    x = torch.randn(100, 8, generator=torch.Generator().manual_seed(1))
+    xn = torch.nn.functional.normalize(x, dim=1)
+    inits = [spherical_kmeans(x, 4, iters=0, generator=torch.Generator().manual_seed(s))[0] for s in range(5)]
+    for c in inits:
+        assert ((c @ xn.T).max(dim=1).values > 1 - 1e-6).all()  # every seed is a data point
+    assert any(not torch.equal(inits[0], c) for c in inits[1:])  # ...chosen by the generator
+    assert any(not torch.allclose(c, xn[:4]) for c in inits)  # ...not simply the first k rows

@@ -555,3 +555,68 @@ def test_reopening_a_run_whose_weights_are_not_finite_is_one_sentence(tmp_path):
     torch.save(checkpoint, out / CHECKPOINT)
     with pytest.raises(UserError, match="holds NaN or infinite values .*diverged run"):
         selfsup_lab.load_run(out, device="cpu").evaluate()
+
+
+# --- schedule, optimiser, occupancy windows --------------------------------------------------------------------
+
+def _trainer(tmp_path, **config):
+    from selfsup_lab.train import Trainer, TrainConfig
+
+    options = {"dataset": "synthetic:n=64,classes=4,size=16", "batch_size": 16, "backbone": "convnet", "device": "cpu",
+               "progress": False, "figures": False, "epochs": 1, **config}
+    return Trainer(TrainConfig(method="simclr", out=str(tmp_path / "run"),
+                               method_options={"proj_hidden": 32, "proj_dim": 16}, **options))
+
+
+def test_warm_up_lasts_the_given_number_of_epochs_counted_in_steps(tmp_path):
+    default = _trainer(tmp_path, epochs=20)  # default warm-up: min(10, 20 // 10) = 2 epochs
+    assert default.steps_per_epoch == 4 and default.warmup_steps == 2 * 4
+    assert _trainer(tmp_path, epochs=20, warmup_epochs=3).warmup_steps == 3 * 4
+
+
+def test_the_default_sgd_learning_rate_is_0_06_per_128_images(tmp_path):
+    assert _trainer(tmp_path, batch_size=16).base_lr == pytest.approx(0.06 * 16 / 128)
+    assert _trainer(tmp_path, batch_size=32).base_lr == pytest.approx(0.06 * 32 / 128)
+    assert _trainer(tmp_path, batch_size=32, lr=0.5).base_lr == 0.5
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_weight_decay_skips_batch_norm_parameters_and_biases(optimizer):
+    from selfsup_lab.train import TrainConfig, build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    opt = build_optimizer(model, TrainConfig(optimizer=optimizer, weight_decay=0.1), lr=0.1)
+    decayed = {id(p) for group in opt.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert decayed == {id(model[0].weight), id(model[2].weight)}
+    assert sum(len(group["params"]) for group in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_lars_trust_ratio_uses_the_norm_of_the_update_with_weight_decay():
+    w = torch.nn.Parameter(torch.full((4, 4), 2.0))
+    w.grad = torch.full((4, 4), 1.0)
+    LARS([{"params": [w]}], lr=1.0, momentum=0.0, weight_decay=0.5, trust=0.01).step()
+    # u = g + λw = 2 per entry, ‖u‖ = 8 = ‖w‖: ratio 0.01·‖w‖/‖u‖ = 0.01, step 0.01 · 2 (with ‖g‖: twice that)
+    torch.testing.assert_close(w.detach(), torch.full((4, 4), 2.0 - 0.02))
+
+
+CLUSTER_RUN = dict(dataset="synthetic:n=96,classes=4,size=16", batch_size=32, backbone="convnet", device="cpu",
+                   progress=False, figures=False, proj_hidden=32, epochs=2)
+
+
+def test_occupancy_windows_close_after_every_n_steps(tmp_path):
+    run = selfsup_lab.train("naive", out=str(tmp_path), occupancy_every=2,
+                            **{**CLUSTER_RUN, "dataset": "synthetic:n=128,classes=4,size=16"})
+    windows = run.trainer.occupancy_log["steps"]
+    assert run.trainer.steps_per_epoch == 4
+    assert [(w["epoch"], w["step"]) for w in windows] == [(0, 2), (0, 4), (1, 6), (1, 8)]
+    assert len({sum(w["counts"]) for w in windows}) == 1  # every window holds two steps' images
+
+
+def test_per_batch_occupancy_does_not_depend_on_the_window(tmp_path):
+    """The per-batch statistics come from each step's own counts, not from the running window's."""
+    every_step = selfsup_lab.train("excb", out=str(tmp_path / "a"), occupancy_every=1, pred_hidden=32, **CLUSTER_RUN)
+    windowed = selfsup_lab.train("excb", out=str(tmp_path / "b"), occupancy_every=3, pred_hidden=32, **CLUSTER_RUN)
+    for a, b in zip(every_step.history, windowed.history):
+        assert a["loss"] == b["loss"]  # the window changes nothing in training
+        for key in ("batch_entropy_ratio", "batch_max_share"):
+            assert b["occupancy"][key] == pytest.approx(a["occupancy"][key], abs=1e-12), key
