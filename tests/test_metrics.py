@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup_lab.kmeans import spherical_kmeans
 from selfsup_lab.metrics import (
@@ -233,7 +234,7 @@ def test_spherical_kmeans_recovers_directions(seed):
     # each centroid points along one of the true directions
     assert (centroids @ directions.T).max(dim=1).values.min() > 0.95
     # assignments are the nearest (largest-cosine) returned centroid
-    cos = torch.nn.functional.normalize(x, dim=1) @ centroids.T
+    cos = F.normalize(x, dim=1) @ centroids.T
     assert torch.equal(assignments, cos.argmax(dim=1))
 
 
@@ -307,9 +308,9 @@ def test_one_lloyd_iteration_moves_each_centroid_to_its_members_normalised_mean(
     x = torch.randn(200, 6, generator=torch.Generator().manual_seed(1))
     seeds, assigned = spherical_kmeans(x, 5, iters=0, generator=torch.Generator().manual_seed(0))
     centroids, _ = spherical_kmeans(x, 5, iters=1, generator=torch.Generator().manual_seed(0))
-    xn = torch.nn.functional.normalize(x, dim=1)
+    xn = F.normalize(x, dim=1)
     assert torch.bincount(assigned, minlength=5).min() > 0
-    expected = torch.nn.functional.normalize(torch.stack([xn[assigned == j].sum(0) for j in range(5)]), dim=1)
+    expected = F.normalize(torch.stack([xn[assigned == j].sum(0) for j in range(5)]), dim=1)
     torch.testing.assert_close(centroids, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(centroids, seeds, atol=1e-3)  # it really moved off the seed points
 
@@ -318,9 +319,9 @@ def test_an_empty_cluster_is_reseeded_from_a_point_of_the_largest_cluster():
     from selfsup_lab.kmeans import _assign_without_empty
 
     g, e = torch.Generator().manual_seed(0), torch.eye(3)
-    small = torch.nn.functional.normalize(e[0] + 0.05 * torch.randn(3, 3, generator=g), dim=1)  # 3 points near e0
-    big = torch.nn.functional.normalize(e[1] + 0.05 * torch.randn(8, 3, generator=g), dim=1)  # 8 points near e1
-    centroids = torch.stack([e[0], e[1], -torch.nn.functional.normalize(e[0] + e[1], dim=0)])  # the third gets none
+    small = F.normalize(e[0] + 0.05 * torch.randn(3, 3, generator=g), dim=1)  # 3 points near e0
+    big = F.normalize(e[1] + 0.05 * torch.randn(8, 3, generator=g), dim=1)  # 8 points near e1
+    centroids = torch.stack([e[0], e[1], -F.normalize(e[0] + e[1], dim=0)])  # the third gets none
     counts = torch.bincount(_assign_without_empty(torch.cat([small, big]), centroids,
                                                   torch.Generator().manual_seed(0), chunk=64), minlength=3)
     assert counts.min() > 0 and counts[0] == 3  # the small cluster is left whole
@@ -331,7 +332,7 @@ def test_kmeans_plus_plus_seeds_cover_the_data_better_than_random_seeds():
     directions = _unit_directions(8, 16, 0)
     labels = torch.arange(8).repeat_interleave(torch.tensor([60, 40, 30, 20, 10, 10, 5, 5]))
     noise = 0.1 * torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(1))
-    x = torch.nn.functional.normalize(directions[labels] + noise, dim=1)
+    x = F.normalize(directions[labels] + noise, dim=1)
 
     def mean_potential(init):  # Σ_i (1 − max_k cos(x_i, c_k)) over 20 seeds
         total = 0.0
@@ -345,7 +346,7 @@ def test_kmeans_plus_plus_seeds_cover_the_data_better_than_random_seeds():
 
 def test_random_init_draws_distinct_data_points_from_the_generator():
     x = torch.randn(100, 8, generator=torch.Generator().manual_seed(1))
-    xn = torch.nn.functional.normalize(x, dim=1)
+    xn = F.normalize(x, dim=1)
     inits = [spherical_kmeans(x, 4, iters=0, generator=torch.Generator().manual_seed(s))[0] for s in range(5)]
     for c in inits:
         assert ((c @ xn.T).max(dim=1).values > 1 - 1e-6).all()  # every seed is a data point
