@@ -481,21 +481,6 @@ def test_a_dataset_without_labelled_test_images_is_refused_before_training(tmp_p
                               data_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), progress=False)
 
 
-def test_train_subset_is_a_seeded_random_subset(tmp_path):
-    from selfsup_lab.train import Trainer, TrainConfig
-
-    def subset(seed):
-        config = TrainConfig(method="simclr", dataset="synthetic:n=64,classes=4,size=16", batch_size=16,
-                             backbone="convnet", device="cpu", progress=False, figures=False, epochs=1,
-                             train_subset=32, seed=seed, out=str(tmp_path / "run"))
-        return Trainer(config).train_set.images
-
-    full = load_dataset("synthetic:n=64,classes=4,size=16", "train").images
-    a = subset(0)
-    assert len(a) == 32 and torch.equal(a, subset(0))
-    assert not torch.equal(a, full[:32]) and not torch.equal(a, subset(1))
-
-
 def test_a_cache_whose_images_are_not_uint8_is_rebuilt(tmp_path):
     for cls, colour in (("cat", (200, 30, 30)), ("dog", (30, 200, 30))):
         (tmp_path / "pets" / cls).mkdir(parents=True)

@@ -299,11 +299,6 @@ def test_linear_probe_standardises_the_test_features_with_the_train_statistics()
 
 # --- spherical k-means -----------------------------------------------------------------------------------------
 
-def _unit_directions(n, d, seed):
-    q, _ = torch.linalg.qr(torch.randn(d, n, generator=torch.Generator().manual_seed(seed)))
-    return q.T  # (n, d), orthonormal rows
-
-
 def test_one_lloyd_iteration_moves_each_centroid_to_its_members_normalised_mean():
     x = torch.randn(200, 6, generator=torch.Generator().manual_seed(1))
     seeds, assigned = spherical_kmeans(x, 5, iters=0, generator=torch.Generator().manual_seed(0))
@@ -329,7 +324,7 @@ def test_an_empty_cluster_is_reseeded_from_a_point_of_the_largest_cluster():
 
 
 def test_kmeans_plus_plus_seeds_cover_the_data_better_than_random_seeds():
-    directions = _unit_directions(8, 16, 0)
+    directions = orthogonal_directions(8, 16, seed=0)
     labels = torch.arange(8).repeat_interleave(torch.tensor([60, 40, 30, 20, 10, 10, 5, 5]))
     noise = 0.1 * torch.randn(len(labels), 16, generator=torch.Generator().manual_seed(1))
     x = F.normalize(directions[labels] + noise, dim=1)

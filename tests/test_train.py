@@ -599,6 +599,15 @@ def test_lars_trust_ratio_uses_the_norm_of_the_update_with_weight_decay():
     torch.testing.assert_close(w.detach(), torch.full((4, 4), 2.0 - 0.02))
 
 
+def test_train_subset_is_a_seeded_random_subset(tmp_path):
+    from selfsup_lab.data import load_dataset
+
+    full = load_dataset("synthetic:n=64,classes=4,size=16", "train").images
+    subset = lambda seed: _trainer(tmp_path, train_subset=32, seed=seed).train_set.images  # noqa: E731
+    assert len(subset(0)) == 32 and torch.equal(subset(0), subset(0))
+    assert not torch.equal(subset(0), full[:32]) and not torch.equal(subset(0), subset(1))
+
+
 CLUSTER_RUN = dict(dataset="synthetic:n=96,classes=4,size=16", batch_size=32, backbone="convnet", device="cpu",
                    progress=False, figures=False, proj_hidden=32, epochs=2)
 
