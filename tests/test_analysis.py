@@ -150,3 +150,53 @@ def test_history_leaves_the_same_class_rate_out_when_no_batch_can_measure_it():
     assert "same_class_neg_rate" not in samplers.epoch_statistics(None, [torch.arange(8)], unlabelled)  # not NaN
     assert samplers.epoch_statistics(None, [torch.arange(4)], torch.tensor([0, 0, 1, 1]))["same_class_neg_rate"] == \
         pytest.approx(1 / 3)
+
+
+def test_same_class_negative_rate_averages_batches_and_skips_those_without_a_pair():
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 0, 1, -1])
+    # rates 1, 0, 0: the mean over batches is 1/3 (a median would say 0)
+    batches = [torch.tensor([0, 1]), torch.tensor([2, 4]), torch.tensor([3, 5])]
+    assert analysis.same_class_negative_rate(labels, batches) == pytest.approx(1 / 3)
+    # a batch with a single labelled image has no (anchor, negative) pair: left out, not NaN and not 0
+    assert analysis.same_class_negative_rate(labels, [torch.tensor([0, 1]), torch.tensor([6, 8])]) == pytest.approx(1.0)
+
+
+def test_min_same_class_negative_rate_rejects_zero_classes():
+    with pytest.raises(ValueError, match="num_classes 0"):
+        analysis.min_same_class_negative_rate(8, 0)
+
+
+def test_binomial_pmf_at_the_degenerate_probabilities():
+    assert analysis.binomial_pmf(4, 0.0).tolist() == [1, 0, 0, 0, 0]  # never a success
+    assert analysis.binomial_pmf(4, 1.0).tolist() == [0, 0, 0, 0, 1]  # always
+
+
+def test_coverage_is_reached_at_exactly_the_threshold():
+    # 9 of 10 images in one cluster cover exactly 90%: one cluster suffices ("reaches", not "exceeds")
+    y = torch.zeros(10, dtype=torch.long)
+    c = torch.zeros(10, dtype=torch.long)
+    c[0] = 1
+    assert analysis.fragmentation(y, c)["per_class"] == [1]
+    assert analysis.mixing(true_labels=c, cluster_ids=y)["per_cluster"] == [1]
+
+
+def test_cosine_distributions_subsample_at_most_max_points_by_seed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g)
+    d = analysis.cosine_distributions(x, CLASSES, max_points=12)
+    assert d["intra"].size + d["inter"].size == 12 * 11 // 2  # all pairs of exactly 12 points
+    again = analysis.cosine_distributions(x, CLASSES, max_points=12)
+    other = analysis.cosine_distributions(x, CLASSES, max_points=12, seed=1)
+    assert np.array_equal(d["inter"], again["inter"])  # the seed fixes the subsample...
+    assert not (d["inter"].size == other["inter"].size and np.allclose(d["inter"], other["inter"]))  # ...and picks it
+
+
+def test_alignment_exponent_and_uniformity_subsample():
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    assert analysis.alignment(z, -z, alpha=1.0) == pytest.approx(2.0, rel=1e-5)  # antipodal: ‖ẑ1 − ẑ2‖ = 2
+    assert analysis.alignment(z, -z, alpha=3.0) == pytest.approx(8.0, rel=1e-5)
+    # three points, max_points=2: the value of a single pair (here t = 1, ‖x − y‖² = 2 − 2 cos)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    pair_values = {-2.0, -4.0}  # orthogonal pairs and the antipodal one
+    value = analysis.uniformity(x, t=1.0, max_points=2)
+    assert any(value == pytest.approx(v, abs=1e-6) for v in pair_values)

@@ -1,6 +1,7 @@
 """G-SimCLR and the guided batch sampler: distinct pseudo-classes per batch, fewer same-class negatives than
 random batches, any method can use it, the trainer logs the rate, and the loss is exact under two processes."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.gsimclr import GSimCLR, GSimCLROptions
 from selfsup_lab.methods.simclr import SimCLROptions
 from selfsup_lab.models import build_backbone
-from selfsup_lab.samplers import GuidedBatches, GuidedOptions, autoencoder_codes, build_sampler, guided_batches
+from selfsup_lab.samplers import (GuidedBatches, GuidedOptions, autoencoder_codes, build_sampler, cluster_codes,
+                                  guided_batches)
 
 QUICK = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
              progress=False, figures=False, proj_hidden=32, proj_dim=16)
@@ -183,3 +185,97 @@ def test_the_denoising_autoencoder_reconstructs_the_clean_image(monkeypatch):
         levels = target * 255
         assert (levels - levels.round()).abs().max() < 1e-3  # whole uint8 levels: no noise in the target
         assert all(tuple(t.flatten().round().long().tolist()) in clean for t in levels)
+
+
+def test_guided_batches_vary_the_company_of_a_pseudo_class_across_epochs():
+    # 16 equal pseudo-classes, batches of 4: ties between equal classes are broken at random, so a class
+    # does not always meet the same 3 others (with a fixed tie-break it would, every epoch)
+    labels = torch.arange(16).repeat(4)
+    met = set()
+    for epoch in range(4):
+        for b in guided_batches(labels, 4, torch.Generator().manual_seed(epoch)):
+            classes = set(labels[b].tolist())
+            if 0 in classes:
+                met |= classes - {0}
+    assert len(met) > 3
+
+
+def test_guided_batch_order_is_reshuffled():
+    # 12 images of pseudo-class 0 and 4 of class 1, batches of 2: four mixed batches and four of class 0 only.
+    # The mixed ones are composed first; the batch order is shuffled, so they are not always the first four.
+    labels = torch.tensor([0] * 12 + [1] * 4)
+    firsts = set()
+    for seed in range(10):
+        batches = guided_batches(labels, 2, torch.Generator().manual_seed(seed))
+        assert sorted(int(labels[b].sum()) for b in batches) == [0] * 4 + [1] * 4
+        firsts.add(int(labels[batches[0]].sum()))
+    assert firsts == {0, 1}
+
+
+def test_guided_batches_depend_on_the_generator_seed():
+    sampler = GuidedBatches(48, 8)
+    sampler.set_pseudo_labels(torch.arange(8).repeat(6))
+    a = sampler.batches(0, torch.Generator().manual_seed(1))
+    b = sampler.batches(0, torch.Generator().manual_seed(2))
+    assert not all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_guided_sampler_rejects_bad_pseudo_labels_and_the_random_sampler_rejects_options():
+    sampler = GuidedBatches(48, 8)
+    with pytest.raises(UserError, match="one pseudo-label per training image"):
+        sampler.set_pseudo_labels(torch.zeros(47, dtype=torch.long))
+    with pytest.raises(UserError, match="random sampler takes no options"):
+        build_sampler("random", {"num_pseudo": 4}, SimCLROptions(), 64, 16)
+
+
+def test_resume_keeps_when_the_pseudo_labels_were_made():
+    sampler = GuidedBatches(64, 16, GuidedOptions(pseudo_labels="encoder", refresh_every=3))
+    sampler.set_pseudo_labels(torch.arange(64) % 16, epoch=3)
+    resumed = GuidedBatches(64, 16, GuidedOptions(pseudo_labels="encoder", refresh_every=3))
+    resumed.load_state_dict(sampler.state_dict())
+    assert torch.equal(resumed.pseudo_labels, sampler.pseudo_labels)
+    assert [resumed.needs_labels(e) for e in range(4, 7)] == [False, False, True]  # next refresh at epoch 6
+
+
+def test_the_denoising_autoencoder_sees_noisy_inputs(monkeypatch):
+    from selfsup_lab import samplers
+
+    inputs, targets = [], []
+    real_forward, real_mse = samplers.DenoisingAutoencoder.forward, F.mse_loss
+
+    def forward_spy(self, x):
+        inputs.append(x.detach().clone())
+        return real_forward(self, x)
+
+    def mse_spy(prediction, target, *args, **kwargs):
+        targets.append(target.detach().clone())
+        return real_mse(prediction, target, *args, **kwargs)
+
+    monkeypatch.setattr(samplers.DenoisingAutoencoder, "forward", forward_spy)
+    monkeypatch.setattr(samplers.F, "mse_loss", mse_spy)
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    autoencoder_codes(images, GuidedOptions(ae_epochs=1, ae_width=4, ae_noise=0.5), seed=0, batch_size=10)
+    assert len(inputs) == len(targets) == 2
+    for noisy, clean in zip(inputs, targets):
+        assert (noisy - clean).std().item() == pytest.approx(0.5, rel=0.05)  # Gaussian noise of std ae_noise
+        assert (noisy - clean).mean().abs().item() < 0.02
+
+
+def test_pseudo_labels_cluster_mean_centred_codes():
+    # two groups of codes on one ray from the origin (ReLU codes are all positive): same direction, different
+    # length. Spherical k-means sees only directions, so it can tell them apart only after centring.
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0] * 10 + [3.0] * 10)
+    codes = scale[:, None] * torch.ones(20, 6) + 0.01 * torch.randn(20, 6, generator=g)
+    labels = cluster_codes(codes, 2)
+    assert labels[:10].unique().numel() == 1 and labels[10:].unique().numel() == 1 and labels[0] != labels[10]
+
+
+def test_oracle_pseudo_labels_are_the_true_labels():
+    truth = torch.arange(4).repeat(16)
+    trainer = SimpleNamespace(train_set=SimpleNamespace(labels=truth, num_unlabelled=0, images=None),
+                              train_images=None, device=torch.device("cpu"),
+                              features=lambda images: pytest.fail("oracle labels need no features"))
+    sampler = GuidedBatches(64, 16, GuidedOptions(pseudo_labels="oracle"))
+    sampler.on_epoch_start(0, trainer)
+    assert torch.equal(sampler.pseudo_labels, truth) and sampler.info["pseudo_nmi"] == pytest.approx(1.0)
