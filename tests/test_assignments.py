@@ -393,6 +393,47 @@ MISTAKES = [
                 q = q / (B * q.sum(1, keepdim=True))
             return (q * B).to(scores.dtype)
         """, "return float32 targets"),
+    ("nt_xent", "self-similarity set to 0 instead of excluded", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), 0.0)
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "✗ matches the reference: B=8, d=16, τ=0.5, seed 0"),  # 2% off there: the tolerance is tight
+    ("nt_xent", "a TypeError in the student's own line", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat(z1, z2), dim=1)
+            return z.sum()
+        """, "read the traceback"),  # raised inside their code: not the hint about the `def` line
+    ("nt_xent", "value exact, gradient 2% short", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            loss = F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+            return loss.detach() + 0.98 * (loss - loss.detach())
+        """, "the value is right but the gradient is not"),  # only the gradient check's tolerance tells
+    ("sinkhorn", "one alternation too many", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations + 1):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "you did 4 alternations instead of `iterations` = 3"),
+    ("coke_dual_step", "no step size", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + (min_fraction - counts.float() / batch_size)).clamp_min(0)
+        """, "the step size η is missing"),
+    ("coke_dual_step", "NaN for the empty clusters", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            new = (duals + step_size * (min_fraction - counts.float() / batch_size)).clamp_min(0)
+            return new.masked_fill(counts == 0, float("nan"))
+        """, "1 of 3 entries are NaN or infinite (expected all finite)"),  # K=3 with one empty cluster
 ]
 
 
@@ -428,6 +469,70 @@ def test_typical_mistake_fails_with_a_helpful_hint(name, mistake, source, hint):
     assert report.startswith("✗") and "✓" in report  # some checks still pass: the report shows which
     with pytest.raises(AssertionError, match="✗"):
         A.EXERCISES[name].check(student(name, source), strict=True)
+
+
+def mistake(what: str) -> str:
+    (source,) = [m[2] for m in MISTAKES if m[1] == what]
+    return source
+
+
+PROPERTY_MISTAKES = [  # (exercise, mistake, source, the property check that must fail, words of its detail)
+    ("sinkhorn", "iterations hard-coded to 3", mistake("one alternation too many").replace("iterations + 1", "3"),
+     "property: rows sum to 1 and columns to ≈ B/K", "with iterations=100 every column should hold B/K"),
+    ("coke_dual_step", "no projection", mistake("no projection"), "property: duals stay ≥ 0", "became"),
+    ("coke_dual_step", "add-one smoothing of the counts", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - (counts.float() + 1) / batch_size)).clamp_min(0)
+        """, "property: under-filled clusters' duals rise, over-filled ones fall", "its dual should not move"),
+    ("coke_dual_step", "integer division", mistake("integer division"), "property: the rise is monotone in the "
+     "shortfall", "the rises should strictly decrease"),  # all rises equal: not strictly decreasing
+    ("excb_balancing", "ρ inverted (mean size over size)", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), 1 / relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "property: small clusters' scores go up, big ones' go down (boost=1)", "should go UP"),
+    ("excb_balancing", "no clamp", mistake("no clamp"), "property: results are clamped to [−1, 1]",
+     "max 1.0095"),  # only 0.0095 past 1
+    ("excb_balancing", "jitter to break ties", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = z + 1e-2 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "property: keeps the order of images within a cluster", "a higher cosine ended with a lower"),
+]
+
+
+@pytest.mark.parametrize("name, what, source, prop, detail", PROPERTY_MISTAKES,
+                         ids=[f"{m[0]}:{m[1]}" for m in PROPERTY_MISTAKES])
+def test_property_check_fails_a_function_that_breaks_its_property(name, what, source, prop, detail):
+    # The README lists the properties each check tests: each one runs, and is strict enough to see a small breach.
+    result = A.EXERCISES[name].check(student(name, source))
+    (case,) = [c for c in result.cases if c.name == prop]
+    assert not case.passed and detail in case.detail and case.hint, result.report()
+
+
+@pytest.mark.parametrize("what, hint", [("no step size", "the step size η is missing"),
+                                        ("sign flipped", "the sign is flipped"),
+                                        ("no projection", "the projection is missing")])
+def test_a_recognised_mistake_is_named_in_every_comparison_it_fails(what, hint):
+    # not only in a case whose inputs happen to make another variant coincide with it
+    result = A.check_coke_dual_step(student("coke_dual_step", mistake(what)))
+    compared = [case for case in result.failures if case.name.startswith("matches the reference")]
+    assert len(compared) >= 2 and all(case.hint.startswith(hint) for case in compared), result.report()
+
+
+def test_report_explains_the_first_failures_in_full_and_a_repeated_hint_once():
+    result = A.CheckResult("x", "Some exercise", [A.Case("fine", True)] + [
+        A.Case(f"case {i}", False, f"detail {i}", "the same hint") for i in range(6)])
+    report = result.report()
+    assert report.splitlines()[0] == "✗ Some exercise: 6 of 7 checks failed"
+    assert all(f"detail {i}" in report for i in range(result.max_details))  # the first four in full
+    assert "detail 4" not in report and "detail 5" not in report and "  ✗ case 5" in report  # then by name only
+    assert report.count("hint: the same hint") == 1 and report.count("hint: (as above)") == result.max_details - 1
 
 
 def test_failure_report_shows_input_expected_and_got():
@@ -696,6 +801,29 @@ def test_cli_check_csv_has_a_row_per_notebook(solved, tmp_path, capsys):
     assert rows[0]["exercise"] == "coke_dual_step" and rows[0]["passed"] == rows[0]["checks"] != "0"
     assert (rows[1]["passed"], rows[1]["checks"]) == ("0", "1") and "not implemented" in rows[1]["summary"]
     assert rows[2]["summary"].startswith("not graded:") and "no such notebook" in rows[2]["summary"]
+
+
+def test_cli_check_csv_counts_the_checks_a_partly_right_answer_passes(solved, capsys):
+    import csv
+
+    path = solved("coke_dual_step")
+    nb = nbformat.read(path, as_version=4)
+    (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    solution.source = textwrap.dedent(mistake("sign flipped"))
+    nbformat.write(nb, str(path))
+    result = A.grade_notebook(path)
+    assert A.main(["check", "--csv", str(path)]) == 1
+    (row,) = csv.DictReader(capsys.readouterr().out.splitlines())
+    passed = sum(case.passed for case in result.cases)
+    assert 0 < passed < len(result.cases) - 1  # several checks fail, several pass
+    assert (row["passed"], row["checks"]) == (str(passed), str(len(result.cases)))
+
+
+def test_cli_exit_status_2_for_an_ungradable_notebook_whatever_the_order(tmp_path, capsys):
+    missing, failing = str(tmp_path / "missing.ipynb"), str(ASSIGNMENTS / "nt_xent.ipynb")  # the scaffold fails
+    assert A.main(["check", "--quiet", missing, failing]) == 2
+    assert A.main(["check", "--quiet", failing, missing]) == 2
+    capsys.readouterr()
 
 
 def test_cli_grades_every_notebook_even_after_a_broken_one(solved, tmp_path, capsys):
