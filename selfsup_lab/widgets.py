@@ -447,6 +447,18 @@ class LiveDashboard(Callback):
 
 # --- several runs side by side --------------------------------------------------------------------------
 
+def _series_from_trainer(series: dict, trainer) -> dict:
+    """Fill one run's series of an `OccupancyBoard` from its trainer's occupancy log and its epochs so far."""
+    windows = trainer.occupancy_log.get("steps", [])
+    series["steps"] = [int(e["step"]) for e in windows]
+    series["counts"] = [list(e["counts"]) for e in windows]
+    series["total_steps"] = trainer.total_steps
+    series["batch_entropy"] = [((i + 1) * trainer.steps_per_epoch, r["occupancy"]["batch_entropy_ratio"])
+                               for i, r in enumerate(trainer.history)
+                               if r.get("occupancy", {}).get("batch_entropy_ratio") is not None]
+    return series
+
+
 class _BoardReporter(Callback):
     """The callback a run uses to report into an `OccupancyBoard` under one name."""
 
@@ -454,9 +466,11 @@ class _BoardReporter(Callback):
         self.board, self.name, self._seen = board, name, 0
 
     def on_train_start(self, trainer):
-        self._seen = 0
-        self.board._series(self.name)["status"] = "training"
-        self._pull(trainer)
+        # The trainer's own log is the run's whole story: a resumed run brings its earlier windows with it, and
+        # a run trained again under the same name replaces the old one rather than being appended to it.
+        series = _series_from_trainer(self.board._series(self.name), trainer)
+        series["status"] = "training"
+        self._seen = len(series["steps"])
         self.board._maybe_refresh(force=True)
 
     def on_step_end(self, trainer, logs):
@@ -526,14 +540,7 @@ class OccupancyBoard:
 
     def add_run(self, name: str, run) -> None:
         """Add a finished (or loaded) run from its occupancy log."""
-        series = self._series(name)
-        log = run.trainer.occupancy_log
-        series["steps"] = [int(e["step"]) for e in log.get("steps", [])]
-        series["counts"] = [list(e["counts"]) for e in log.get("steps", [])]
-        series["status"], series["total_steps"] = run.status, run.trainer.total_steps
-        series["batch_entropy"] = [((i + 1) * run.trainer.steps_per_epoch, r["occupancy"]["batch_entropy_ratio"])
-                                   for i, r in enumerate(run.history)
-                                   if r.get("occupancy", {}).get("batch_entropy_ratio") is not None]
+        _series_from_trainer(self._series(name), run.trainer)["status"] = run.status
         self._maybe_refresh(force=True)
 
     def show(self) -> "OccupancyBoard":

@@ -71,6 +71,42 @@ def test_class_imbalance_and_bad_rules():
         simulate("kmeans")
 
 
+def test_every_rule_counts_both_views_and_per_batch_statistics_average_over_the_steps_seen_so_far():
+    params = PlaygroundParams(num_clusters=6, batch_size=16, steps=8, window=5)
+    from selfsup_lab.metrics import occupancy_stats
+
+    for rule in RULES:
+        h = simulate(rule, params)
+        assert (h["counts"].sum(1) == 2 * 16).all(), rule  # CoKe's one label per image counts for both views too
+        own = torch.tensor([occupancy_stats(row)["max_share"] for row in h["counts"]])
+        # the first steps average over the steps there are, not over a full window
+        expected = torch.stack([own[max(0, t - 4):t + 1].mean() for t in range(8)]).float()
+        assert torch.allclose(h["batch_max_share"], expected, atol=1e-6), rule
+
+
+def test_the_stream_is_drawn_with_the_class_shares_like_the_prototypes_it_starts_from():
+    """No noise and one blob 200× the other: the prototypes (K = 2 points of the stream, init="data") are the big
+    blob's centre, and (nearly) every point of the first batch lies on them."""
+    first_batch = []
+
+    def watch(scores, state, params):
+        if not state:
+            first_batch.append(scores)
+            state["seen"] = True
+        return torch.softmax(scores / params.teacher_temperature, dim=1)
+
+    simulate(watch, PlaygroundParams(num_blobs=2, imbalance=200.0, num_clusters=2, spread=0.0, view_noise=0.0, steps=1))
+    on_a_prototype = (first_batch[0].max(dim=1).values > 0.999).float().mean()
+    assert on_a_prototype > 0.9
+
+
+def test_coke_centres_restart_their_running_mean_every_coke_epoch():
+    params = PlaygroundParams(steps=40, coke_epoch=20)
+    restarted, never = simulate("coke", params), simulate("coke", params, coke_epoch=1000)
+    assert torch.equal(restarted["counts"][:21], never["counts"][:21])  # the same until the restart at step 20
+    assert not torch.equal(restarted["counts"], never["counts"])
+
+
 # --- rules of your own ---------------------------------------------------------------------------------------
 
 def test_a_rule_of_your_own_that_is_naive_reproduces_naive_exactly():
@@ -81,6 +117,16 @@ def test_a_rule_of_your_own_that_is_naive_reproduces_naive_exactly():
     own, builtin = simulate(my_naive, params), simulate("naive", params)
     assert own["rule"] == "my_naive"
     assert torch.equal(own["counts"], builtin["counts"]) and torch.equal(own["loss"], builtin["loss"])
+
+
+def test_the_built_in_sinkhorn_rule_uses_the_playgrounds_epsilon():
+    from selfsup_lab import balancing
+
+    def my_sinkhorn(scores, state, params):
+        return balancing.sinkhorn(scores, epsilon=params.sinkhorn_epsilon)
+
+    params = PlaygroundParams(steps=30, sinkhorn_epsilon=0.3)  # the "Sinkhorn ε" slider
+    assert torch.equal(simulate(my_sinkhorn, params)["counts"], simulate("sinkhorn", params)["counts"])
 
 
 def test_a_rule_of_your_own_keeps_its_state_and_can_balance():
@@ -216,13 +262,19 @@ def test_playground_with_a_rule_of_your_own_recomputes_it_on_a_slider_move():
     assert torch.equal(pg.histories["sharpened"]["counts"], simulate("naive", pg.params)["counts"])
 
 
+def test_playground_more_steps_moves_the_step_slider_to_the_new_last_step():
+    pg = ClusterSizePlayground(PlaygroundParams(steps=20))
+    pg.set_params(steps=40)
+    assert pg.step_slider.max == pg.step_slider.value == pg.play.value == 40 and pg.shown_step == 40
+
+
 # --- the live dashboard ------------------------------------------------------------------------------------
 
 def fake_trainer(num_clusters=4):
     trainer = types.SimpleNamespace(
         config=types.SimpleNamespace(method="excb", dataset="digits"), epoch=0, epochs=2, global_step=0,
         total_steps=10, steps_per_epoch=5, out="runs/x", status="running", callbacks=[],
-        occupancy_log={"epochs": [], "steps": []}, stops=0)
+        occupancy_log={"epochs": [], "steps": []}, history=[], stops=0)
     trainer.request_stop = lambda: setattr(trainer, "stops", trainer.stops + 1)
     return trainer
 
@@ -258,6 +310,36 @@ def test_dashboard_collects_data_redraws_in_place_and_stop_button_requests_stop(
     trainer.status = "stopped during epoch 2"
     dash.on_train_end(trainer)
     assert "checkpoint of epoch 1 is kept" in dash.header.value and dash.stop_button.description == "stopped"
+
+
+def test_dashboard_redraws_every_refresh_steps_steps():
+    trainer = fake_trainer()
+    dash = LiveDashboard(mode="widget", refresh_seconds=3600, refresh_steps=2)
+    dash.on_train_start(trainer)
+    for step in range(1, 5):
+        trainer.global_step = step
+        dash.on_step_end(trainer, {"loss": 1.0})
+    assert dash.redraws == 3  # at the start, then after steps 2 and 4
+
+
+def test_dashboard_header_says_stopping_until_the_trainer_stops_and_a_second_run_starts_afresh():
+    dash = LiveDashboard(mode="widget", refresh_seconds=3600)
+    first = fake_trainer()
+    dash.on_train_start(first)
+    first.global_step = 1
+    first.occupancy_log["steps"].append({"epoch": 0, "step": 1, "counts": [8, 0, 0, 0]})
+    dash.on_step_end(first, {"loss": 1.0, "lr": 0.1, "views_per_s": 100.0})
+    assert set(dash.step_logs) == {"lr"} and dash.views_per_s == 100.0  # the throughput is not a step log
+    dash.stop_button.click()
+    assert "stopping after this step" in dash.header_text()  # the trainer has not stopped yet
+
+    second = fake_trainer()  # the same dashboard in a second train(...) call: this run's data only
+    dash.on_train_start(second)
+    assert (dash.steps, dash.losses, dash.occupancy, dash.stop_clicked) == ([], [], [], False)
+    second.global_step = 1
+    second.occupancy_log["steps"].append({"epoch": 0, "step": 1, "counts": [2, 2, 2, 2]})
+    dash.on_step_end(second, {"loss": 0.5})
+    assert dash.occupancy == [(1, [2, 2, 2, 2])] and "stopping" not in dash.header_text()
 
 
 class ClickStopAt(Callback):
@@ -360,6 +442,47 @@ def test_occupancy_board_collects_several_runs(text_mode_run):
     finished.add_run("naive", text_mode_run[0])  # a finished run: its history gives the per-batch points
     assert [round(v, 6) for _, v in finished.series["naive"]["batch_entropy"]] == \
         [round(r["occupancy"]["batch_entropy_ratio"], 6) for r in text_mode_run[0].history]
+
+
+def test_occupancy_board_redraws_when_a_new_window_arrives_at_most_once_per_refresh_seconds():
+    board = OccupancyBoard(mode="widget", refresh_seconds=0)
+    trainer, reporter = fake_trainer(), board.callback("naive")
+    reporter.on_train_start(trainer)
+    redraws = board.redraws
+    trainer.occupancy_log["steps"].append({"epoch": 0, "step": 1, "counts": [4, 0, 0, 0]})
+    reporter.on_step_end(trainer, {"loss": 1.0})
+    assert board.redraws == redraws + 1
+    reporter.on_step_end(trainer, {"loss": 1.0})  # no new window: nothing to redraw
+    assert board.redraws == redraws + 1
+
+
+def test_occupancy_board_add_run_puts_each_epochs_batch_entropy_at_the_epochs_last_step(text_mode_run):
+    run = text_mode_run[0]  # one epoch
+    board = OccupancyBoard(mode="text")
+    board.add_run("naive", run)
+    assert [step for step, _ in board.series["naive"]["batch_entropy"]] == [run.trainer.global_step]
+
+
+def test_occupancy_board_follows_a_resumed_run_without_repeating_its_windows(tmp_path):
+    class StopAtStep(Callback):
+        def on_step_end(self, trainer, logs):
+            if trainer.global_step == 6:
+                trainer.request_stop()
+
+    board = OccupancyBoard(mode="text")
+    selfsup_lab.train("swav", epochs=3, out=str(tmp_path / "r"), callbacks=[board.callback("swav"), StopAtStep()],
+                      **TINY)
+    run = selfsup_lab.train("swav", epochs=3, out=str(tmp_path / "r"), resume=True,
+                            callbacks=[board.callback("swav")], **TINY)
+    series, log = board.series["swav"], run.trainer.occupancy_log["steps"]
+    assert series["steps"] == [e["step"] for e in log] == sorted(set(series["steps"]))  # each window once, in order
+    assert series["steps"][-1] == run.trainer.total_steps == 12 and series["status"] == "finished"
+    assert [step for step, _ in series["batch_entropy"]] == [4, 8, 12]  # one point per epoch, none twice
+    # Trained again from scratch under the same name, a run replaces its series rather than extending it.
+    selfsup_lab.train("swav", epochs=1, out=str(tmp_path / "r"), overwrite=True, callbacks=[board.callback("swav")],
+                      **TINY)
+    assert series["steps"][-1] == 4 and series["steps"] == sorted(set(series["steps"]))
+    assert [step for step, _ in series["batch_entropy"]] == [4]
 
 
 def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
