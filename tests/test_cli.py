@@ -206,3 +206,31 @@ def test_the_summary_line_gives_the_occupancy_per_epoch_per_batch_and_without_th
     assert "per batch: entropy=0.02 largest=98.8%" in line and "without the balancing rule: entropy=0.82" in line
     del occupancy["batch_entropy_ratio"]  # a run directory written before the per-batch numbers existed
     assert "per batch" not in cli._summary(run)
+
+
+def test_compare_negatives_quick_is_ci_scale(monkeypatch):
+    from selfsup_lab.experiments import negatives
+
+    received = {}
+
+    def record(*args, **kwargs):
+        received.update(kwargs)
+        raise KeyboardInterrupt  # stop before anything is trained
+
+    monkeypatch.setattr(negatives, "compare_negatives", record)
+    assert main(["compare-negatives", "--quick"]) == 130
+    assert tuple(received["batch_sizes"]) == (32, 64) and received["epochs"] == 1  # --help: 1 epoch on 128 images
+    assert received["train_subset"] == 128 and received["knn_k"] == 20  # a bank of 128 images: 20 neighbours
+    assert main(["compare-negatives", "--quick", "--batch-sizes", "64", "256"]) == 130
+    assert tuple(received["batch_sizes"]) == (64, 256)  # given, though they are the defaults: not replaced by QUICK's
+    received.clear()
+    assert main(["compare-negatives"]) == 130
+    assert "batch_sizes" not in received  # not given: compare_negatives' own default
+
+
+def test_a_training_flag_set_to_zero_reaches_the_comparison():
+    from selfsup_lab.cli import build_parser
+    from selfsup_lab.experiments import training_options
+
+    args = build_parser().parse_args(["compare-negatives", "--weight-decay", "0"])
+    assert training_options(args) == {"weight_decay": 0.0}  # 0 is a setting (no decay), not "not given"

@@ -235,3 +235,168 @@ def test_reuse_with_another_knn_k_evaluates_again_without_training(tmp_path, mon
     assert "k=5 " in json.loads((tmp_path / "naive-b16" / "metrics.json").read_text())["protocol"]
     assert json.loads((tmp_path / "naive-b16" / "config.json").read_text())["knn_k"] == 5
     assert "kNN k=5 τ=0.1" in (tmp_path / "results.md").read_text()
+
+
+def test_every_table_value_sits_under_its_own_header():
+    # guards against two columns' headers swapped, or the "clustering from" note inverted
+    row = {"method": "coke", "batch_size": 32, "k": 10, "epochs": 2, "steps": 8, "entropy_ratio": 0.91,
+           "batch_entropy_ratio": 0.42, "effective_clusters": 8.7, "max_share": 0.15, "empty": 1,
+           "entropy_ratio_without_rule": 0.55, "empty_without_rule": 4, "knn_top1": 0.81, "nmi": 0.62, "acc": 0.7,
+           "ari": 0.53, "minutes": 0.25, "clustering_from": "the method's own K = C head"}
+    kmeans = {**row, "method": "swav", "clustering_from": "spherical k-means (K = C) on backbone features"}
+    failed = {"method": "naive", "batch_size": 32, "error": "RuntimeError: boom"}
+    lines = markdown_table([row, kmeans, failed]).split("\n")
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    assert all(len(line) == len(cells[0]) for line in cells)  # the separator and a failed run's line included
+    assert dict(zip(cells[0], cells[2])) == {
+        "method": "coke", "B": "32", "K": "10", "epochs": "2", "steps": "8", "H/log K": "0.910",
+        "H/log K per batch": "0.420", "eff. clusters": "8.7", "largest share": "0.150", "empty": "1",
+        "H/log K without rule": "0.550", "empty without rule": "4", "kNN top-1": "0.810", "NMI": "0.620",
+        "ACC": "0.700", "ARI": "0.530", "minutes": "0.25", "clustering from": "own K = C head"}
+    assert dict(zip(cells[0], cells[3]))["clustering from"] == "k-means K = C"
+
+
+def test_a_tiny_negative_score_reads_zero_not_minus_zero():
+    from selfsup_lab.experiments import table_cell
+
+    assert table_cell({"ari": -0.0002}, "ari", ".3f") == "0.000"  # ARI of a chance clustering can dip below 0
+    assert table_cell({"ari": -0.02}, "ari", ".3f") == "-0.020"  # a real negative stays one
+
+
+def test_reuse_counts_a_run_as_finished_only_if_trained_with_the_same_settings(tmp_path):
+    """A run in OUT is kept by --reuse only if it was trained as this comparison would train it (where it ran and
+    how it is evaluated may differ); another seed or dataset in the same folder must be trained again."""
+    import dataclasses
+
+    from selfsup_lab.api import make_config
+    from selfsup_lab.experiments import finished_run
+
+    def config(dataset=TINY["dataset"], **changes):
+        return make_config("naive", dataset, **{"epochs": 1, "batch_size": 16, "out": str(tmp_path), **changes})
+
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config()), default=str))
+    assert not finished_run(config())  # no metrics.json: interrupted, not finished
+    (tmp_path / "metrics.json").write_text("{}")
+    assert finished_run(config())
+    for elsewhere_or_evaluated in ({"device": "cpu"}, {"data_dir": str(tmp_path)}, {"knn_k": 5},
+                                   {"knn_temperature": 0.2}, {"eval_every": 1}):
+        assert finished_run(config(**elsewhere_or_evaluated)), elsewhere_or_evaluated
+    for trained_otherwise in ({"seed": 1}, {"dataset": "synthetic:n=96,classes=4,size=16"}, {"lr": 0.5},
+                              {"batch_size": 32}, {"train_subset": 48}, {"hard_targets": True}):
+        assert not finished_run(config(**trained_otherwise)), trained_otherwise
+
+
+def test_a_steps_budget_rounds_to_the_nearest_whole_epoch():
+    from selfsup_lab.experiments import epoch_budget, epochs_for_steps
+
+    # 96 images: B = 16 → 6 steps per epoch, B = 20 → 4; 11 steps = 1.8 and 2.8 epochs
+    assert epochs_for_steps(11, (16, 20), TINY["dataset"], {}) == {16: 2, 20: 3}
+    # one batch size meets 6 steps exactly, the other cannot (1.5 epochs → 2): the label says so
+    assert epoch_budget(None, 6, (16, 20), TINY["dataset"], {}, default_epochs=5)[1] == \
+        "about 6 steps per run (whole epochs: 6 at B = 16, 8 at B = 20)"
+
+
+def test_the_smallest_batch_size_allowed_is_accepted():
+    from selfsup_lab.experiments import distinct
+
+    assert distinct((2, 8), "--batch-sizes", at_least=2) == [2, 8]
+
+
+def test_the_comparison_figure_shows_the_first_seed_given(tmp_path, monkeypatch):
+    from selfsup_lab.experiments import balancing
+
+    drawn, original = [], balancing.comparison_figure
+    monkeypatch.setattr(balancing, "comparison_figure",
+                        lambda occupancy, *args, **kwargs: drawn.append(occupancy) or original(occupancy, *args, **kwargs))
+    result = compare_balancing(methods=("naive",), batch_sizes=(16,), seeds=(1, 0), out=tmp_path, **TINY)
+    saved = json.loads((tmp_path / "results.json").read_text())["occupancy_per_epoch"]
+    assert saved["naive-b16-s1"] != saved["naive-b16-s0"]  # two seeds, two different runs
+    assert drawn[0][("naive", 16)] == saved["naive-b16-s1"]
+    for run in result["runs"]:  # the minutes column: each run's own wall-clock time
+        metrics = json.loads((tmp_path / f"naive-b16-s{run['seed']}" / "metrics.json").read_text())
+        assert run["minutes"] == pytest.approx(metrics["wall_seconds"] / 60)
+
+
+def test_a_row_without_the_rule_is_the_same_head_with_the_rule_off(tmp_path):
+    import selfsup_lab
+    from selfsup_lab.experiments.balancing import summarise
+
+    run = selfsup_lab.train("swav", TINY["dataset"], epochs=1, batch_size=16, device="cpu", backbone="convnet",
+                            proj_hidden=32, proj_dim=16, knn_k=20, out=str(tmp_path), progress=False, figures=False)
+    row = summarise(run, minutes=0.5)
+    with_rule, without_rule = run.history[-1]["occupancy"], run.metrics["occupancy_without_rule"]
+    assert with_rule["entropy_ratio"] != without_rule["entropy_ratio"]  # Sinkhorn changed the assignments
+    assert row["entropy_ratio"] == with_rule["entropy_ratio"] and row["max_share"] == with_rule["max_share"]
+    for key in ("entropy_ratio", "max_share", "empty"):
+        assert row[f"{key}_without_rule"] == without_rule[key], key
+
+
+def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
+    result = compare_balancing(methods=("naive",), batch_sizes=(16,), quick=True, out=tmp_path, **TINY)
+    assert [r["batch_size"] for r in result["rows"]] == [16]
+    assert "kNN k=20 " in (tmp_path / "results.md").read_text()  # quick's neighbours for a bank of ~100 images
+
+    from selfsup_lab.experiments import balancing
+
+    def first_run(config, reuse=False):
+        trained.append(config.batch_size)
+        raise KeyboardInterrupt  # no need to train it
+
+    monkeypatch.setattr(balancing, "train_or_reuse", first_run)
+    for given, expected in ((None, balancing.QUICK["batch_sizes"][0]), ((256,), 256)):  # 256: the default, typed
+        trained = []
+        with pytest.raises(KeyboardInterrupt):
+            compare_balancing(methods=("naive",), batch_sizes=given, quick=True, out=tmp_path, overwrite=True, **TINY)
+        assert trained == [expected]
+
+
+def test_the_command_exits_non_zero_when_a_run_failed(tmp_path, capsys):
+    from selfsup_lab.cli import main
+
+    command = ["compare-balancing", "--methods", "naive:student_temperature=1e-30", "--dataset", TINY["dataset"],
+               "--epochs", "1", "--batch-sizes", "16", "--backbone", "convnet", "--device", "cpu", "--no-progress",
+               "--out", str(tmp_path)]
+    assert main(command) == 1
+    assert "warning: naive:student_temperature=1e-30 (B = 16, seed 0) failed: diverged" in capsys.readouterr().out
+
+
+def test_the_untrained_reference_has_batch_norm_statistics_of_the_training_images():
+    """UNTRAINED_NOTE: the reference's batch-norm statistics come from one pass over the training images."""
+    import torch
+
+    from selfsup_lab.api import untrained_run
+
+    run = untrained_run(TINY["dataset"], linear=False, backbone="convnet", device="cpu", batch_size=16, knn_k=20)
+    first = next(m for m in run.method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    run.embed("train")  # the first batch norm's input does not depend on any batch norm's statistics
+    hook.remove()
+    x = torch.cat(seen).transpose(0, 1).flatten(1)  # channels × (images · positions)
+    assert torch.allclose(first.running_mean, x.mean(dim=1), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var(dim=1), rtol=1e-4)
+
+
+def test_reuse_returns_the_finished_run_and_keeps_its_training_time(tmp_path, monkeypatch):
+    import dataclasses
+
+    from selfsup_lab.api import make_config
+    from selfsup_lab.experiments import train_or_reuse
+    from selfsup_lab.train import Trainer
+
+    config = make_config("naive", TINY["dataset"], epochs=1, batch_size=16, backbone="convnet", device="cpu",
+                         knn_k=20, out=str(tmp_path), progress=False, figures=False, proj_hidden=32)
+    trained = train_or_reuse(config, linear=False)
+    seconds = trained.metrics["wall_seconds"]
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
+        reused = train_or_reuse(config, reuse=True, linear=False)
+        assert reused.status == "finished" and reused.trainer.epoch == 1
+        assert reused.metrics["knn_top1"] == trained.metrics["knn_top1"]
+        # another kNN k: evaluated again; the time stays that of the invocation that trained it
+        again = train_or_reuse(dataclasses.replace(config, knn_k=5), reuse=True, linear=False)
+        assert again.metrics.get("wall_seconds") == seconds
+        assert json.loads((tmp_path / "metrics.json").read_text())["wall_seconds"] == seconds
+    # without reuse the run is trained from scratch, not continued from the checkpoint it left
+    fresh = train_or_reuse(config, linear=False)
+    assert fresh.metrics["resumed"] is False and fresh.metrics["wall_seconds"] != seconds

@@ -97,3 +97,42 @@ def test_a_diverging_method_stops_the_comparison_in_one_sentence_keeping_finishe
         compare_negatives(methods=("byol", "simclr:temperature=1e-30"), batch_sizes=(16,), out=tmp_path,
                           method_options=SMALL_HEADS, **TINY)
     assert (tmp_path / "runs" / "byol-b16-s0" / "metrics.json").exists()  # finished before: kept for --reuse
+
+
+def test_measure_scores_the_test_split_and_averages_the_rate_over_epochs(tmp_path):
+    import selfsup_lab
+    from selfsup_lab.experiments import negatives
+
+    run = selfsup_lab.train("simclr", "synthetic:n=64,classes=4,size=16", epochs=2, batch_size=32, device="cpu",
+                            backbone="convnet", proj_hidden=32, out=str(tmp_path), progress=False, figures=False)
+    for record, rate in zip(run.history, (0.1, 0.3)):
+        record["same_class_neg_rate"] = rate
+    row, arrays = negatives.measure(run, alignment_images=16)
+    assert row["same_class_neg_rate"] == pytest.approx(0.2)  # the mean over the training epochs, not the last
+    tested = len(run.embed("test")[1])  # 16 test images against 64 training images
+    assert arrays["cosines"]["intra"].size + arrays["cosines"]["inter"].size == tested * (tested - 1) // 2
+    assert row["alignment"] > 0  # two different augmented views of each image, not one view twice
+
+
+def test_several_seeds_give_one_row_per_method_and_batch_size_with_mean_and_std(tmp_path):
+    result = compare_negatives(methods=("simclr",), batch_sizes=(16,), seeds=(0, 1), out=tmp_path,
+                               method_options=SMALL_HEADS, **TINY)
+    assert [(r["method"], r["seed"]) for r in result["runs"]] == [("simclr", 0), ("simclr", 1)]
+    (row,) = result["rows"]
+    knn = [r["knn_top1"] for r in result["runs"]]
+    assert row["seeds"] == [0, 1] and row["knn_top1"] == pytest.approx(sum(knn) / 2)
+    homogeneity = [r["homogeneity"] for r in result["runs"]]
+    assert homogeneity[0] != homogeneity[1] and row["homogeneity_std"] == pytest.approx(
+        abs(homogeneity[0] - homogeneity[1]) / 2 ** 0.5)  # the sample standard deviation
+    assert (tmp_path / "runs" / "simclr-b16-s1" / "metrics.json").exists()
+
+
+def test_rows_come_batch_size_by_batch_size_and_every_table_line_has_one_cell_per_column(tmp_path):
+    from selfsup_lab.experiments.negatives import markdown_table
+
+    result = compare_negatives(methods=("simclr", "byol"), batch_sizes=(8, 16), out=tmp_path,
+                               method_options=SMALL_HEADS, **{**TINY, "dataset": "synthetic:n=32,classes=2,size=16"})
+    assert [(r["method"], r["batch_size"]) for r in result["rows"]] == [
+        ("simclr", 8), ("byol", 8), ("simclr", 16), ("byol", 16)]  # as in README's table: grouped by B
+    lines = markdown_table(result["rows"] + [result["untrained"]]).split("\n")
+    assert len({line.count("|") for line in lines}) == 1  # the separator line included

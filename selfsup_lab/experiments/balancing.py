@@ -51,6 +51,7 @@ DEFAULT_METHODS = ("naive", "swav", "deepcluster", "coke", "excb")
 # digits, B = 256, on an idle 2-core CPU: 12–24 s per method, 1.3 min for all five (2026-11-23). The first
 # measurement, on a CPU that other jobs kept ~5× oversubscribed, took 17 min (benchmarks/results_balancing.md).
 DEFAULT_EPOCHS = 5
+DEFAULT_BATCH_SIZES = (256,)
 # CI scale: a 128-image subset, 2 epochs of B = 32, narrow heads — seconds of compute per method.
 QUICK = dict(epochs=2, batch_sizes=(32,), train_subset=128, knn_k=20,  # a bank of 128 images: 20 neighbours
              shared_options={"proj_hidden": 64, "pred_hidden": 64})
@@ -174,7 +175,7 @@ def sweep_figure(rows: list[dict], methods: list[str], title: str = ""):
 
 
 def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: int | None = None,
-                      batch_sizes=(256,), out: str | Path = "runs/compare-balancing", seeds=(0,),
+                      batch_sizes=None, out: str | Path = "runs/compare-balancing", seeds=(0,),
                       quick: bool = False, method_options: dict | None = None, shared_options: dict | None = None,
                       progress: bool = True, steps: int | None = None, reuse: bool = False,
                       overwrite: bool | None = None, **train_options) -> dict:
@@ -183,6 +184,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
     `methods` are names or specs ("coke:dual_lr=1"); `method_options` maps a method name to options for it
     only; `shared_options` are method options given to every method that has them (e.g. proj_hidden);
     `train_options` are TrainConfig fields shared by every run (backbone, device, lr, train_subset, ...).
+    `batch_sizes`: one run per method and batch size (default DEFAULT_BATCH_SIZES, with `quick` QUICK's).
     `steps` (instead of `epochs`) gives every batch size about the same number of optimiser steps.
     `quick=True` shrinks everything to CI scale (QUICK). A run that fails is reported in the table (and in
     the result's "failed") instead of stopping the others.
@@ -203,9 +205,10 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
 
     specs = parse_methods(methods)  # (label, method name, options); the label names rows and folders
     labels = [label for label, _, _ in specs]
+    if batch_sizes is None:  # batch sizes that were given win over QUICK's
+        batch_sizes = QUICK["batch_sizes"] if quick else DEFAULT_BATCH_SIZES
     if quick:
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
-        batch_sizes = QUICK["batch_sizes"] if tuple(batch_sizes) == (256,) else batch_sizes
         train_options.setdefault("train_subset", QUICK["train_subset"])
         train_options.setdefault("knn_k", QUICK["knn_k"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
@@ -314,7 +317,8 @@ def add_arguments(parser) -> None:
                         help="methods or specs such as coke:dual_lr=1 (default: all five)")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS}; --quick: {QUICK['epochs']})")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256], help="one run per method and batch size")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="one run per method and batch size (default "
+                        f"{' '.join(map(str, DEFAULT_BATCH_SIZES))}; --quick: {' '.join(map(str, QUICK['batch_sizes']))})")
     parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
                                                   "(instead of --epochs)")
     parser.add_argument("--out", default="runs/compare-balancing")

@@ -36,6 +36,7 @@ import torch
 HELP = "under- vs over-clustering: SimCLR / BYOL / truncated triplet / G-SimCLR under one budget"
 
 DEFAULT_METHODS = ("simclr", "byol", "triplet", "gsimclr")
+DEFAULT_BATCH_SIZES = (64, 256)
 DEFAULT_EPOCHS = 5  # digits, idle 2-core CPU: 14–24 s per run, 2.8 min for the 8 (2026-11-23); 100+ for CIFAR on a GPU
 QUICK = dict(batch_sizes=(32, 64), epochs=1, train_subset=128, seeds=(0,), linear=False, alignment_images=128,
              method_options={"gsimclr": {"ae_epochs": 1}})
@@ -116,7 +117,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_sizes=(64, 256),
+def compare_negatives(methods=DEFAULT_METHODS, dataset: str = "digits", batch_sizes=DEFAULT_BATCH_SIZES,
                       epochs: int | None = None, out: str | Path = "runs/compare-negatives",
                       seeds=(0,), method_options: dict | None = None, progress: bool = False,
                       linear: bool = True, alignment_images: int = 1000, reuse: bool = False,
@@ -237,7 +238,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help="methods to compare; options with name:key=value,... (e.g. triplet:deputy=rank-rule)")
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="one run per method and batch size (default "
+                        f"{' '.join(map(str, DEFAULT_BATCH_SIZES))}; --quick: {' '.join(map(str, QUICK['batch_sizes']))})")
     parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS})")
     parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
                                                   "(instead of --epochs)")
@@ -252,11 +254,12 @@ def add_arguments(parser) -> None:
 @says_how_to_continue
 def run_cli(args) -> int:
     options = training_options(args)
-    settings = dict(batch_sizes=tuple(args.batch_sizes), epochs=args.epochs, steps=args.steps,
-                    seeds=tuple(args.seeds))
+    settings = dict(epochs=args.epochs, steps=args.steps, seeds=tuple(args.seeds))
+    if args.batch_sizes:  # else compare_negatives' default, or QUICK's
+        settings["batch_sizes"] = tuple(args.batch_sizes)
     if args.quick:
         skip = {"train_subset", "epochs"} if args.steps else {"train_subset"}  # --steps replaces QUICK's epochs
-        if tuple(args.batch_sizes) != (64, 256):  # batch sizes given on the command line win over QUICK's
+        if args.batch_sizes:  # batch sizes given on the command line win over QUICK's
             skip.add("batch_sizes")
         settings.update({k: v for k, v in QUICK.items() if k not in skip})
         options.setdefault("train_subset", QUICK["train_subset"])
