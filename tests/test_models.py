@@ -13,15 +13,20 @@ def test_backbones_give_feature_vectors(name, dim):
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, dim)
 
 
-def test_resnet_has_cifar_stem():
-    net = build_backbone("resnet18")
+@pytest.mark.parametrize("name, blocks", [("resnet18", [2, 2, 2, 2]), ("resnet34", [3, 4, 6, 3])])
+def test_resnet_has_cifar_stem(name, blocks):
+    net = build_backbone(name)
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
     assert isinstance(net.maxpool, torch.nn.Identity)
+    assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == blocks  # resnet34 is not a ResNet-18
 
 
 def test_auto_backbone_follows_device():
     assert resolve_backbone_name("auto", "cpu") == "convnet"
     assert resolve_backbone_name("auto", "cuda") == "resnet18"
+    # any GPU, however it is named (the trainer's device, one per rank under torchrun)
+    assert resolve_backbone_name("auto", "cuda:1") == "resnet18"
+    assert resolve_backbone_name("auto", torch.device("cuda", 0)) == "resnet18"
     assert resolve_backbone_name("resnet34", "cpu") == "resnet34"
     with pytest.raises(UserError, match="unknown backbone"):
         build_backbone("vgg")
@@ -42,6 +47,35 @@ def test_mlp_layers():
     head = mlp(16, 32, 8, num_layers=3)
     assert sum(isinstance(m, torch.nn.Linear) for m in head) == 3
     assert head(torch.randn(4, 16)).shape == (4, 8)
+
+
+def test_prototype_rows_are_written_back_unit_norm():
+    """set_prototypes (k-means centroids) and normalize_ store unit rows c_k, keeping their directions."""
+    torch.manual_seed(0)
+    layer = PrototypeLayer(8, 5)
+    centroids = 3.0 * torch.randn(5, 8)
+    layer.set_prototypes(centroids)
+    assert torch.allclose(layer.weight.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert torch.allclose(layer.weight, torch.nn.functional.normalize(centroids, dim=1), atol=1e-6)
+    with torch.no_grad():
+        layer.weight.mul_(torch.arange(1.0, 6.0).unsqueeze(1))  # rows of different lengths, as after optimiser steps
+    directions = layer.prototypes().clone()
+    layer.normalize_()
+    assert torch.allclose(layer.weight.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert torch.allclose(layer.weight, directions, atol=1e-6)
+
+
+def test_mlp_blocks_and_the_optional_last_batch_norm():
+    """Linear-BN-ReLU blocks, a final Linear, and with last_bn a BN without affine (SimCLR v2) that standardises
+    each output over the batch; the final Linear then has no bias (the BN would remove it)."""
+    torch.manual_seed(0)
+    plain = mlp(16, 32, 8)
+    assert sum(p.numel() for p in plain.parameters()) == 16 * 32 + 2 * 32 + 32 * 8 + 8  # the hidden BN's γ, β
+    head = mlp(16, 32, 8, last_bn=True)
+    assert sum(p.numel() for p in head.parameters()) == 16 * 32 + 2 * 32 + 32 * 8  # nothing learnable after it
+    out = head(torch.randn(64, 16) + 3.0)  # train mode: batch statistics
+    assert torch.allclose(out.mean(dim=0), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(out.std(dim=0, unbiased=False), torch.ones(8), atol=1e-3)
 
 
 def test_ema_moves_teacher_towards_student():

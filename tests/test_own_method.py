@@ -10,7 +10,7 @@ import torch
 import selfsup_lab
 from selfsup_lab.cli import main
 from selfsup_lab.errors import UserError
-from selfsup_lab.methods import Method, StepOutput, get_method_class, method_path
+from selfsup_lab.methods import METHODS, Method, StepOutput, get_method_class, method_path, parse_options, short_name
 from selfsup_lab.methods.naive import Naive
 
 TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
@@ -177,6 +177,54 @@ def test_wrong_methods_of_your_own_are_one_sentence(own_module):
     with pytest.raises(UserError, match="not a subclass"):
         selfsup_lab.train(dict, **TINY)
     assert method_path(get_method_class("excb")) == "excb"  # a built-in class keeps its short name
+
+
+def test_every_built_in_name_gives_its_own_class_and_every_path_its_class_name():
+    for name in METHODS:
+        cls = get_method_class(name)
+        assert cls.name == name and method_path(cls) == name, name  # no name resolves to another method's class
+    assert short_name("excb") == "excb" and short_name("lab.rules.Centering") == "Centering"
+
+
+def test_a_class_of_your_own_named_like_a_built_in_keeps_its_import_path(own_module):
+    (own_module / "myswav.py").write_text("from selfsup_lab.methods.swav import SwAV as Base\n\n\n"
+                                          "class SwAV(Base):\n    pass\n")
+    try:
+        assert method_path(get_method_class("myswav.SwAV")) == "myswav.SwAV"  # not recorded as the built-in 'swav'
+    finally:
+        sys.modules.pop("myswav", None)
+
+
+def test_set_values_take_the_options_declared_types():
+    """`--set key=value` text becomes the declared type; a word that is not one is a one-sentence error."""
+    simclr, excb = get_method_class("simclr").Options, get_method_class("excb").Options
+    for text, value in (("true", True), ("false", False), ("On", True), ("off", False), ("1", True), ("0", False),
+                        ("no", False)):
+        assert parse_options(simclr, {"one_pass": text}).one_pass is value, text
+    with pytest.raises(UserError, match="option 'one_pass' expects bool, got 'maybe'"):
+        parse_options(simclr, {"one_pass": "maybe"})
+    assert parse_options(get_method_class("coke").Options, {"num_clusters": "10,20"}).num_clusters == (10, 20)
+    assert parse_options(excb, {"size_momentum": "none"}).size_momentum is None  # None only where it is allowed
+    with pytest.raises(UserError, match="option 'temperature' expects float, got 'none'"):
+        parse_options(simclr, {"temperature": "none"})
+
+
+@pytest.mark.parametrize("method, option, accepted, refused, wanted", [
+    ("excb", "size_momentum", ("0", "1"), ("1.01", "-0.1"), r"in \[0, 1\]"),  # 1 freezes the size estimate
+    ("excb", "teacher_momentum", ("1",), ("1.5",), r"in \[0, 1\]"),
+    ("byol", "base_momentum", ("1",), ("1.5",), r"in \[0, 1\]"),
+    ("coke", "alpha", ("1",), ("1.5",), r"in \[0, 1\]"),  # 1 = cross-entropy to last epoch's label alone
+    ("coke", "ratio", ("1",), ("0",), r"in \(0, 1\]"),
+    ("deepcluster", "kmeans_iters", ("1",), ("0",), "1 or more"),
+    ("naive", "num_prototypes", ("2",), ("1",), "2 or more"),
+])
+def test_option_ranges_include_exactly_their_stated_ends(method, option, accepted, refused, wanted):
+    cls = get_method_class(method)
+    for text in accepted:
+        assert getattr(parse_options(cls.Options, {option: text}, method), option) == float(text)
+    for text in refused:
+        with pytest.raises(UserError, match=f"option '{option}' of {method} must be {wanted}, got {text}"):
+            parse_options(cls.Options, {option: text}, method)
 
 
 def test_a_class_defined_in_a_notebook_is_found_in_main(monkeypatch, tmp_path):
