@@ -239,7 +239,9 @@ MIN_IMAGES_PER_CLUSTER = 20
 def adaptive_num_clusters(requested: int, num_train: int, num_classes: int = 2) -> int:
     """The K a clustering head actually uses: never more clusters than the data can fill.
 
-    Rule: K = min(requested, num_train // 20), and never below the number of classes (nor below 2).
+    Rule: K = min(requested, cap) with cap = num_train // 20, raised to the number of classes where that is
+    more (so a dataset too small for 20 images per cluster still gets a K = C head); never below 2. A request
+    below the number of classes is kept.
     With fewer than ~20 images per cluster on average, most clusters would be empty or hold a handful of
     near-duplicates, so occupancy statistics stop meaning anything. Examples: digits (1,437 training
     images) caps K at 71; CIFAR-10 (50,000) at 2,500. The K used is written to config.json.
