@@ -332,11 +332,11 @@ def test_a_row_without_the_rule_is_the_same_head_with_the_rule_off(tmp_path):
 
 
 def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
+    from selfsup_lab.experiments import balancing
+
     result = compare_balancing(methods=("naive",), batch_sizes=(16,), quick=True, out=tmp_path, **TINY)
     assert [r["batch_size"] for r in result["rows"]] == [16]
     assert "kNN k=20 " in (tmp_path / "results.md").read_text()  # quick's neighbours for a bank of ~100 images
-
-    from selfsup_lab.experiments import balancing
 
     def first_run(config, reuse=False):
         trained.append(config.batch_size)

@@ -72,9 +72,9 @@ def test_class_imbalance_and_bad_rules():
 
 
 def test_every_rule_counts_both_views_and_per_batch_statistics_average_over_the_steps_seen_so_far():
-    params = PlaygroundParams(num_clusters=6, batch_size=16, steps=8, window=5)
     from selfsup_lab.metrics import occupancy_stats
 
+    params = PlaygroundParams(num_clusters=6, batch_size=16, steps=8, window=5)
     for rule in RULES:
         h = simulate(rule, params)
         assert (h["counts"].sum(1) == 2 * 16).all(), rule  # CoKe's one label per image counts for both views too
