@@ -10,7 +10,8 @@ they call the three helpers below, which are the identity in a single process:
 * `all_reduce_sum(x)` — sum a statistic (counts, column sums) over ranks, no gradient;
 * `average_gradients(module)` — after `backward()`, average parameter gradients over ranks.
 
-The trainer uses one more, `mean_over_ranks`, so that the numbers it logs per epoch are the global batch's.
+The trainer uses one more, `mean_over_ranks`, so that the numbers it logs (each step's, and so each epoch's)
+are the global batch's.
 
 Convention: each rank's loss is the mean over *its* anchors; with equal local batches, averaging the
 gradients over ranks then equals the gradient of the mean over the global batch.

@@ -740,8 +740,13 @@ class Trainer:
                 with self.autocast():
                     out = self.method.training_step(views, batch)
                 loss = out.loss.float()
-                if not torch.isfinite(distributed.all_reduce_sum(loss.detach())):
-                    self._diverged(f"the {config.method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+                # The global batch's numbers, the same on every rank: what the progress bar and callbacks show, and
+                # a NaN on any one rank stops every rank before a single weight moves.
+                step_logs = distributed.mean_over_ranks(
+                    {"loss": loss.item(), **{k: float(v) for k, v in json_ready(out.logs).items()}}, self.device)
+                if not math.isfinite(step_logs["loss"]):
+                    self._diverged(f"the {config.method} loss became {step_logs['loss']} at epoch {epoch + 1}, "
+                                   f"step {step + 1}")
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -765,8 +770,7 @@ class Trainer:
                 if out.assignments_without_rule is not None and K:
                     counts = distributed.all_reduce_sum(assignment_counts(out.assignments_without_rule.detach(), K))
                     counts_without_rule = counts if counts_without_rule is None else counts_without_rule + counts
-                step_logs = {"loss": loss.item(), "lr": lr,  # this rank's batch; the epoch's record is global
-                             **{k: float(v) for k, v in json_ready(out.logs).items()}}
+                step_logs["lr"] = lr
                 for k, v in step_logs.items():
                     sums[k] = sums.get(k, 0.0) + v
                 elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -782,7 +786,6 @@ class Trainer:
             self.method.on_epoch_end(epoch, self)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            sums = distributed.mean_over_ranks(sums, self.device)  # the global batch's, not rank 0's share
             record = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()},
                       "views_per_s": views_seen / max(time.perf_counter() - t0, 1e-9)}
             record["lr"] = lr

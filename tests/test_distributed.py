@@ -46,7 +46,7 @@ def _train_and_record(rank: int, world: int, port: int, out: str, result_dir: st
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    seen = {"steps": [], "records": []}
+    seen = {"local": [], "steps": [], "records": []}
 
     class Record(Callback):
         def on_step_end(self, trainer, logs):
@@ -57,24 +57,36 @@ def _train_and_record(rank: int, world: int, port: int, out: str, result_dir: st
 
     config = make_config("simclr", "synthetic:n=64,classes=4,size=16", epochs=2, batch_size=16, backbone="convnet",
                          out=out, progress=False, figures=False, eval_every=0, proj_hidden=32, proj_dim=16)
-    Trainer(config, callbacks=[Record()]).fit()
+    trainer = Trainer(config, callbacks=[Record()])
+    training_step = trainer.method.training_step
+
+    def record_local_loss(views, indices):  # the loss over this rank's own half of the batch
+        step = training_step(views, indices)
+        seen["local"].append(step.loss.item())
+        return step
+
+    trainer.method.training_step = record_local_loss
+    trainer.fit()
     torch.save(seen, os.path.join(result_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_the_trainers_epoch_record_averages_over_ranks(tmp_path):
-    # Each rank's steps see its own half of the batch; the epoch's logged loss is the mean over both ranks.
+def test_the_trainer_logs_the_global_batchs_loss_on_every_rank(tmp_path):
+    # Each rank's steps see its own half of the batch; the loss a callback sees each step (the progress bar's)
+    # and the epoch's record are the means over both halves, the same on every rank.
     import torch.multiprocessing as mp
 
     mp.spawn(_train_and_record, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
     seen = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    local_means = [[sum(loss for e, loss in s["steps"] if e == epoch) / sum(e == epoch for e, _ in s["steps"])
-                    for epoch in range(2)] for s in seen]
-    for epoch in range(2):
-        assert abs(local_means[0][epoch] - local_means[1][epoch]) > 1e-4  # the ranks' halves differ
-        for s in seen:  # every rank logs the same, global number
-            assert abs(s["records"][epoch] - (local_means[0][epoch] + local_means[1][epoch]) / 2) < 1e-6
+    assert len(seen[0]["local"]) == len(seen[1]["steps"]) == 8  # 2 epochs of 64/16 steps
+    assert max(abs(a - b) for a, b in zip(seen[0]["local"], seen[1]["local"])) > 1e-4  # the halves differ
+    for s in seen:
+        for (_, logged), local0, local1 in zip(s["steps"], seen[0]["local"], seen[1]["local"]):
+            assert abs(logged - (local0 + local1) / 2) < 1e-6
+        for epoch in range(2):
+            step_losses = [loss for e, loss in s["steps"] if e == epoch]
+            assert abs(s["records"][epoch] - sum(step_losses) / len(step_losses)) < 1e-6
 
 
 def test_gather_without_process_group_is_identity():
