@@ -460,7 +460,11 @@ class Trainer:
         if not (self.test_set.labels >= 0).any():  # found now, not after the whole training run
             raise UserError(f"{config.dataset} has no labelled test images to evaluate on; give it a test/ split, or "
                             f"class folders with at least 3 images each (a fifth of every class is held out)")
-        if config.train_subset is not None and config.train_subset < len(self.train_set):
+        if config.train_subset is not None and config.train_subset > len(self.train_set):
+            warnings.warn(f"train_subset {config.train_subset} is more than the {len(self.train_set)} training images "
+                          f"of {config.dataset}, so all of them are trained on; give a smaller number for a subset",
+                          stacklevel=2)
+        elif config.train_subset is not None and config.train_subset < len(self.train_set):
             keep = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed))
             self.train_set = self.train_set.subset(keep[: config.train_subset])
         # Evaluation's training side (kNN bank, linear probe): the labelled images; all of them but for

@@ -1,5 +1,6 @@
 """The trainer: resume reproduces an uninterrupted run, NaN stops cleanly, checkpoints are atomic."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -606,6 +607,18 @@ def test_train_subset_is_a_seeded_random_subset(tmp_path):
     subset = lambda seed: _trainer(tmp_path, train_subset=32, seed=seed).train_set.images  # noqa: E731
     assert len(subset(0)) == 32 and torch.equal(subset(0), subset(0))
     assert not torch.equal(subset(0), full[:32]) and not torch.equal(subset(0), subset(1))
+
+
+def test_a_train_subset_larger_than_the_data_trains_on_all_of_it_and_says_so(tmp_path):
+    from selfsup_lab.data import load_dataset
+
+    full = load_dataset("synthetic:n=64,classes=4,size=16", "train").images
+    with pytest.warns(UserWarning, match=f"train_subset 1000 is more than the {len(full)} training images"):
+        trainer = _trainer(tmp_path, train_subset=1000)
+    assert torch.equal(trainer.train_set.images, full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asking for exactly all of them is no mistake
+        assert torch.equal(_trainer(tmp_path, train_subset=len(full)).train_set.images, full)
 
 
 CLUSTER_RUN = dict(dataset="synthetic:n=96,classes=4,size=16", batch_size=32, backbone="convnet", device="cpu",
