@@ -25,7 +25,10 @@ from .train import CHECKPOINT, Callback, Trainer, TrainConfig, load_checkpoint
 
 
 def evaluate(trainer: Trainer, linear: bool = True) -> dict:
-    """metrics.json: kNN (METHODS.md §5), linear probe, clustering ACC/NMI/ARI and final occupancy."""
+    """metrics.json: kNN (METHODS.md §5), linear probe, clustering ACC/NMI/ARI and final occupancy.
+
+    Methods without a K = C head are clustered by k-means seeded with the run's own seed, so evaluating the same
+    checkpoint twice gives the same numbers."""
     from .metrics import clustering_scores, kmeans_clustering_scores, knn_accuracy, linear_probe
 
     config = trainer.config

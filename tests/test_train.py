@@ -642,3 +642,18 @@ def test_per_batch_occupancy_does_not_depend_on_the_window(tmp_path):
         assert a["loss"] == b["loss"]  # the window changes nothing in training
         for key in ("batch_entropy_ratio", "batch_max_share"):
             assert b["occupancy"][key] == pytest.approx(a["occupancy"][key], abs=1e-12), key
+
+
+def test_evaluation_clusters_with_the_runs_own_seed(tmp_path, monkeypatch):
+    # metrics.json's k-means ACC/NMI/ARI must be reproducible from the run alone: seeded by its config, not by a
+    # constant or the global random state
+    from selfsup_lab import api, metrics
+
+    seeds = []
+    kmeans_scores = metrics.kmeans_clustering_scores
+    monkeypatch.setattr(metrics, "kmeans_clustering_scores",
+                        lambda *args, seed, **kwargs: seeds.append(seed) or kmeans_scores(*args, seed=seed, **kwargs))
+    trainer = _trainer(tmp_path, seed=3)
+    first, second = api.evaluate(trainer, linear=False), api.evaluate(trainer, linear=False)
+    assert seeds == [3, 3] and first["clustering_from"].startswith("spherical k-means")
+    assert {k: first[k] for k in ("acc", "nmi", "ari")} == {k: second[k] for k in ("acc", "nmi", "ari")}
