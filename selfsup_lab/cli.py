@@ -6,6 +6,7 @@ as one sentence on stderr with a non-zero exit code — no traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -18,10 +19,10 @@ def _parse_set(pairs: list[str]) -> dict:
     for pair in pairs or []:
         if "=" not in pair:
             raise UserError(f"--set expects key=value, got '{pair}'")
-        key, value = pair.split("=", 1)
-        if key.strip() in options:  # which one was meant? Say so rather than keep the last silently
-            raise UserError(f"--set gives '{key.strip()}' twice ({options[key.strip()]} and {value}); give it once")
-        options[key.strip()] = value
+        key, value = (part.strip() for part in pair.split("=", 1))  # "temperature = 0.5" is temperature=0.5
+        if key in options:  # which one was meant? Say so rather than keep the last silently
+            raise UserError(f"--set gives '{key}' twice ({options[key]} and {value}); give it once")
+        options[key] = value
     return options
 
 
@@ -200,25 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """The lab's own warnings as one line, "warning: ..."; other libraries' as Python shows them. Under torchrun
-    only rank 0 shows the lab's: every rank runs the same settings on the same data and would repeat them."""
+def _one_line_warning(message, category, filename, lineno, line=None, others=None) -> str:
+    """The lab's own warnings as one line, "warning: ..."; other libraries' in the `others` format (Python's
+    own unless the caller had set another). Under torchrun only rank 0 shows the lab's: every rank runs the same
+    settings on the same data and would repeat them."""
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
         from . import distributed
 
         return f"warning: {message}\n" if distributed.is_main_process() else ""
-    return _python_formatwarning(message, category, filename, lineno, line)
+    return (others or _python_formatwarning)(message, category, filename, lineno, line)
 
 
 _python_formatwarning = warnings.formatwarning
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
+    callers_format = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_one_line_warning, others=callers_format)
     try:
         return _run(argv)
-    finally:  # a notebook or test that calls main() gets Python's own format back
-        warnings.formatwarning = _python_formatwarning
+    finally:  # a notebook or test that calls main() gets its own format back
+        warnings.formatwarning = callers_format
 
 
 def _run(argv: list[str] | None) -> int:

@@ -3,10 +3,15 @@ import json
 import re
 import subprocess
 import sys
+import types
+import warnings
+from pathlib import Path
 
 import pytest
 
+from selfsup_lab import api, cli, distributed
 from selfsup_lab.cli import main
+from selfsup_lab.errors import DataUnavailableError, TrainingDiverged
 
 
 def run_cli(*args, cwd=None):
@@ -234,3 +239,237 @@ def test_a_training_flag_set_to_zero_reaches_the_comparison():
 
     args = build_parser().parse_args(["compare-negatives", "--weight-decay", "0"])
     assert training_options(args) == {"weight_decay": 0.0}  # 0 is a setting (no decay), not "not given"
+
+
+def finished_run(out, metrics=None, status="finished"):
+    """What `api.train` returns, as far as the command reads it."""
+    return types.SimpleNamespace(status=status, out=Path(out), metrics=metrics or {}, figure_files=[])
+
+
+def test_every_train_flag_reaches_the_training_under_its_own_name(tmp_path, monkeypatch, capsys):
+    received = []
+
+    def record(method, dataset, **kwargs):
+        received.append((method, dataset, kwargs))
+        return finished_run(kwargs.get("out", "runs/simclr-digits"), {"knn_top1": 0.0, "linear_top1": 0.25})
+
+    monkeypatch.setattr(api, "train", record)
+    monkeypatch.chdir(tmp_path)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["train", "--method", "swav", "--dataset", "synthetic:n=64", "--epochs", "3", "--batch-size", "16",
+                 "--backbone", "convnet", "--device", "cpu", "--out", str(out), "--seed", "0", "--optimizer", "lars",
+                 "--lr", "0.5", "--weight-decay", "0", "--warmup-epochs", "0", "--crop-scale", "0.3", "1",
+                 "--augmentation", "torchvision", "--eval-every", "2", "--knn-k", "5", "--data-dir", str(cache),
+                 "--train-subset", "40", "--no-figures", "--no-progress", "--compile",
+                 "--set", "proj_dim =16", "note=a=b"]) == 0
+    # zeros are settings, not "not given"; a key is trimmed, a value is split at its first '=' only
+    assert received.pop() == ("swav", "synthetic:n=64", dict(
+        resume=False, overwrite=False, method_options={"proj_dim": "16", "note": "a=b"}, epochs=3, batch_size=16,
+        backbone="convnet", device="cpu", out=str(out), seed=0, optimizer="lars", lr=0.5, weight_decay=0.0,
+        warmup_epochs=0, crop_scale=[0.3, 1.0], augmentation="torchvision", compile=True, eval_every=2, knn_k=5,
+        data_dir=str(cache), train_subset=40, figures=False, progress=False))
+    # a score of 0 is a score; no figures drawn, no figures line
+    assert capsys.readouterr().out == f"done: {out}\n  knn_top1=0.000  linear_top1=0.250\n"
+    assert main(["train"]) == 0  # flags not given are left out: the library's defaults decide
+    assert received.pop() == (None, None, dict(resume=False, overwrite=False, method_options={}, figures=True,
+                                               progress=True))
+
+
+def test_set_keys_are_trimmed_so_a_stray_space_still_counts_as_the_same_option(monkeypatch, capsys):
+    monkeypatch.setattr(api, "train", lambda *args, **kwargs: pytest.fail("trained with an ambiguous --set"))
+    assert main(["train", "--set", "temperature=0.5", "temperature =0.7"]) == 2
+    assert "--set gives 'temperature' twice (0.5 and 0.7)" in capsys.readouterr().err
+    assert cli._parse_set(["temperature = 0.5", " one_pass= true "]) == {"temperature": "0.5", "one_pass": "true"}
+
+
+def test_a_stopped_run_says_where_its_checkpoint_is_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(api, "train", lambda *args, **kwargs: finished_run("runs/simclr-digits",
+                                                                           status="stopped after epoch 2"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 0  # no --out: the command names the directory the run went to
+    assert capsys.readouterr().out == ("stopped after epoch 2; the last checkpoint is in runs/simclr-digits — "
+                                       "continue with: selfsup-lab train --resume --out runs/simclr-digits\n")
+
+
+def test_only_rank_0_prints_the_result(tmp_path, monkeypatch, capsys):
+    # under torchrun every rank runs the command; one "done:" line, not one per GPU
+    monkeypatch.setattr(api, "train", lambda *args, **kwargs: finished_run(tmp_path, {"knn_top1": 0.5}))
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_ctrl_c_in_a_fresh_run_directory_before_its_first_checkpoint(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "train", interrupted)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # written before the first epoch: a directory is no checkpoint
+    assert main(["train", "--out", str(out), "--epochs", "5"]) == 130
+    assert "no checkpoint was written" in capsys.readouterr().err
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--out", str(out), "--epochs", "5", "--overwrite"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("\ninterrupted")  # the newline ends a progress bar's line
+    # a fresh run's checkpoint holds its own --epochs 5: nothing to repeat
+    assert err.strip().endswith(f"continue with: selfsup-lab train --resume --out {out}")
+
+
+def test_resume_without_out_is_refused_before_anything_is_read(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume"]) == 2
+    assert capsys.readouterr().err == "error: --resume needs --out pointing at the run directory to continue\n"
+
+
+def test_eval_reopens_the_run_on_the_device_asked_and_prints_its_scores(tmp_path, monkeypatch, capsys):
+    opened = []
+
+    class Reopened:
+        out, metrics = tmp_path, {}
+
+        def evaluate(self):
+            self.metrics = {"knn_top1": 0.5}
+
+    def load_run(run_dir, device="auto"):
+        opened.append((run_dir, device))
+        return Reopened()
+
+    monkeypatch.setattr(api, "load_run", load_run)
+    assert main(["eval", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["eval", str(tmp_path)]) == 0
+    assert opened == [(str(tmp_path), "cpu"), (str(tmp_path), "auto")]
+    assert capsys.readouterr().out == f"metrics written to {tmp_path / 'metrics.json'}\n  knn_top1=0.500\n" * 2
+
+
+def test_ctrl_c_during_eval_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "load_run", interrupted)
+    assert main(["eval", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize("error", [
+    DataUnavailableError("CIFAR-10 could not be downloaded; check the network or use --dataset digits"),
+    TrainingDiverged("the loss became NaN in epoch 2; the last checkpoint is kept — lower --lr", what="the loss"),
+])
+def test_data_and_divergence_errors_are_one_sentence_too(error, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(api, "train", fail)
+    assert main(["train", "--out", "unused"]) == 2
+    assert capsys.readouterr().err == f"error: {error}\n"
+
+
+def test_a_divergence_says_what_went_wrong_without_the_advice():
+    assert TrainingDiverged("loss NaN; lower --lr").what == "loss NaN; lower --lr"  # no `what`: the message
+    err = TrainingDiverged("loss NaN; lower --lr", what="loss NaN")
+    assert err.what == "loss NaN" and str(err) == "loss NaN; lower --lr"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "--lr must be above 0, got inf"),  # infinity passes no range
+    (["--crop-scale", "0", "1"], "--crop-scale must be two fractions of the image area in (0, 1]"),  # entry by entry
+    (["--set", "temperature==0.5"], "option 'temperature' expects float, got '=0.5'"),  # split at the first '='
+])
+def test_out_of_range_settings_are_one_sentence_before_anything_is_written(flags, message, tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setattr(api.Trainer, "fit", lambda self: pytest.fail("a setting out of range was trained with"))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_methods_lists_each_description_and_the_options_of_those_named(capsys):
+    from selfsup_lab.methods import METHODS
+    from selfsup_lab.methods.swav import SwAV
+
+    defaults = SwAV.Options()
+    assert (defaults.temperature, defaults.queue_length) == (0.1, 0)
+    assert main(["methods", "swav"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"swav         {METHODS['swav'][2]}\n")
+    assert "    --set temperature=<float>  (default 0.1)\n" in out
+    assert "    --set queue_length=<int>  (default 0)\n" in out  # 0 is a default, not "set at run time"
+    assert "simclr" not in out and "a method of your own" not in out  # only what was asked for
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, (_, _, description) in METHODS.items():
+        assert f"{name:12s} {description}\n" in out
+    assert "--set" not in out  # options only with -v or a name
+    assert "a method of your own: --method package.module.ClassName" in out
+    assert main(["methods", "-v"]) == 0
+    assert "--set num_prototypes=<int | None>  (default None: set at run time" in capsys.readouterr().out  # excb
+
+
+def test_datasets_lists_each_name_with_its_description(capsys):
+    from selfsup_lab.data import DATASETS
+
+    assert main(["datasets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(DATASETS)
+    for line, (name, description) in zip(lines, DATASETS.items()):
+        assert line.split()[0] == name and line.endswith(description)
+
+
+def test_no_subcommand_prints_the_help(capsys):
+    assert main([]) == 0
+    assert "train" in capsys.readouterr().out
+
+
+def test_the_labs_warnings_are_one_line_and_others_keep_pythons_format(monkeypatch):
+    assert cli._one_line_warning("k is large", UserWarning, api.__file__, 43) == "warning: k is large\n"
+    # a user's script (here this test file) is not the lab: Python's format, with its file and line
+    assert cli._one_line_warning("theirs", UserWarning, __file__, 7).startswith(f"{__file__}:7: UserWarning: theirs")
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    assert cli._one_line_warning("k is large", UserWarning, api.__file__, 43) == ""  # rank 0 already says it
+
+
+def test_main_shows_the_labs_warnings_in_one_line_then_gives_pythons_format_back(tmp_path, monkeypatch):
+    shown = []
+
+    def warn_and_stop(*args, **kwargs):
+        shown.append(warnings.formatwarning("a lab warning", UserWarning, api.__file__, 1))
+        raise KeyboardInterrupt
+
+    def pythons_format():  # the lab's own file, shown as Python shows any warning: file, line, category
+        return warnings.formatwarning("m", UserWarning, api.__file__, 1).startswith(f"{api.__file__}:1: UserWarning: m")
+
+    monkeypatch.setattr(api, "train", warn_and_stop)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 130
+    assert shown == ["warning: a lab warning\n"] and pythons_format()
+    assert main(["datasets"]) == 0 and pythons_format()  # after a plain return too
+
+
+def test_main_gives_back_a_format_the_caller_had_set_and_uses_it_for_other_libraries(monkeypatch):
+    def notebooks_format(message, category, filename, lineno, line=None):
+        return f"[notebook] {message}\n"
+
+    shown = []
+
+    def warn_twice(args):
+        shown.append(warnings.formatwarning("from torch", UserWarning, "/somewhere/torch/nn.py", 7))
+        shown.append(warnings.formatwarning("from the lab", UserWarning, api.__file__, 1))
+        return 0
+
+    monkeypatch.setattr(warnings, "formatwarning", notebooks_format)
+    monkeypatch.setattr(cli, "cmd_datasets", warn_twice)
+    assert main(["datasets"]) == 0
+    assert shown == ["[notebook] from torch\n", "warning: from the lab\n"]
+    assert warnings.formatwarning is notebooks_format
+
+
+def test_the_summary_line_shows_a_batch_entropy_of_zero_and_the_rule_free_head_s_own_numbers():
+    occupancy = {"entropy_ratio": 0.9, "effective_clusters": 8.0, "num_clusters": 10, "max_share": 0.15, "empty": 0,
+                 "batch_entropy_ratio": 0.0, "batch_max_share": 1.0}
+    run = types.SimpleNamespace(metrics={"occupancy": occupancy, "occupancy_without_rule":
+                                         {"entropy_ratio": 0.3, "max_share": 0.6, "empty": 7}})
+    line = cli._summary(run)
+    assert "per batch: entropy=0.00 largest=100.0%" in line  # 0, the worst case (a batch in one cluster), is shown
+    assert "without the balancing rule: entropy=0.30 largest=60.0% empty=7" in line
