@@ -108,11 +108,20 @@ def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None,
 
 # --- occupancy --------------------------------------------------------------------------------------------
 
+def _shares(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (counts, or shares of a subset that add up to less than 1); an all-zero
+    row stays zero."""
+    totals = counts.sum(axis=-1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
 def occupancy_bars(counts, title: str = "", ax=None, log: bool = False):
     """Cluster sizes sorted from largest to smallest, with the uniform level as a dashed line."""
     counts = np.sort(np.asarray(counts, dtype=float))[::-1]
+    if counts.size == 0:
+        raise ValueError("occupancy_bars needs the count (or share) of at least one cluster, got none")
     fig, ax = _figure(ax, (5, 3))
-    share = counts / max(counts.sum(), 1)
+    share = _shares(counts)
     ax.bar(np.arange(len(share)), share, width=1.0, color="tab:blue")
     ax.axhline(1.0 / len(share), color="k", ls="--", lw=1, label="uniform 1/K")
     if log:
@@ -137,7 +146,7 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
     from matplotlib.colors import LogNorm
 
     rows = np.asarray(count_rows, dtype=float)
-    shares = np.sort(rows / np.maximum(rows.sum(axis=1, keepdims=True), 1), axis=1)[:, ::-1]
+    shares = np.sort(_shares(rows), axis=1)[:, ::-1]
     fig, ax = _figure(ax, (5, 3))
     K = shares.shape[1]
     floor, ceiling = 0.1, 10.0

@@ -193,7 +193,13 @@ def test_occupancy_bars_show_shares_sorted_from_largest_against_uniform():
     assert ax.get_ylabel() == "share of images" and ax.get_yscale() == "linear"
     logged = viz.occupancy_bars([10, 50, 0, 40], log=True)
     assert logged.axes[0].get_yscale() == "log"
-    close(fig, logged)
+    # shares of a subset (adding up to less than 1) are shares of that subset; no images at all draws no bars
+    subset, nothing = viz.occupancy_bars([0.1, 0.2, 0.1]), viz.occupancy_bars([0, 0])
+    assert [p.get_height() for p in subset.axes[0].patches] == pytest.approx([0.5, 0.25, 0.25])
+    assert [p.get_height() for p in nothing.axes[0].patches] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="at least one cluster"):
+        viz.occupancy_bars([])
+    close(fig, logged, subset, nothing)
 
 
 def test_occupancy_heatmap_puts_epoch_j_at_x_j_and_the_largest_share_at_rank_1():
@@ -207,7 +213,9 @@ def test_occupancy_heatmap_puts_epoch_j_at_x_j_and_the_largest_share_at_rank_1()
             for x in (epoch - 0.4, epoch + 0.4):
                 assert value_at(fig, image, x, rank - 0.5) == pytest.approx(expected[rank - 1, epoch - 1])
     assert fig.axes[0].get_xlabel() == "window"
-    close(fig)
+    halves = viz.occupancy_heatmap([[0.25, 0.25], [0.0, 0.0]])  # shares of half the images; a window with none
+    assert np.ma.getdata(halves.axes[0].images[0].get_array()) == pytest.approx(np.array([[1.0, 0.1], [1.0, 0.1]]))
+    close(fig, halves)
 
 
 def test_entropy_curve_of_one_run_starts_at_epoch_1_with_its_batch_entropy():
