@@ -201,7 +201,10 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GatheredBatchNorm):
             new = GatheredBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                     child.track_running_stats)
-            new.load_state_dict(child.state_dict())
+            new.load_state_dict(child.state_dict())  # the running statistics
+            if child.affine:  # the same Parameter objects, as torch's converter keeps: a frozen EMA copy stays frozen
+                new.weight, new.bias = child.weight, child.bias
+            new.train(child.training)
             setattr(module, name, new)
         else:
             convert_sync_batchnorm(child)

@@ -102,3 +102,24 @@ def test_ema_leaves_the_teachers_batch_norm_statistics_its_own():
     ema_update(teacher, student, momentum=0.9)
     assert torch.equal(teacher[1].running_mean, own_mean)  # not overwritten by the student's
     assert not torch.allclose(teacher[1].running_mean, student[1].running_mean)
+
+
+def test_gathered_batch_norm_keeps_what_each_batch_norm_was():
+    # The CPU converter (used under torchrun without CUDA) must not thaw an EMA teacher's frozen weights (the
+    # optimiser would then hold them), nor reset statistics or mode
+    from selfsup_lab.models import GatheredBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    student(torch.randn(16, 4) + 3.0)  # running statistics away from their initial 0 and 1
+    teacher = make_teacher(student).eval()
+    pair = torch.nn.ModuleDict({"student": student, "teacher": teacher})
+    trainable = [name for name, p in pair.named_parameters() if p.requires_grad]
+    weights, means = {n: p for n, p in pair.named_parameters()}, [m[1].running_mean.clone() for m in (student, teacher)]
+    convert_sync_batchnorm(pair)
+    assert all(isinstance(m[1], GatheredBatchNorm) for m in (student, teacher))
+    assert [name for name, p in pair.named_parameters() if p.requires_grad] == trainable == [
+        "student.0.weight", "student.0.bias", "student.1.weight", "student.1.bias"]
+    assert all(p is weights[n] for n, p in pair.named_parameters())  # the same parameters, not copies
+    assert all(torch.equal(m[1].running_mean, mean) for m, mean in zip((student, teacher), means))
+    assert student[1].training and not teacher[1].training
