@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ddp_utils import assert_same_state, one_step
 from selfsup_lab.errors import UserError
 from selfsup_lab.methods import MethodContext, StepOutput
-from selfsup_lab.methods.byol import BYOL, BYOLOptions
+from selfsup_lab.methods.byol import BYOL, BYOLOptions, normalized_mse
 from selfsup_lab.methods.triplet import (TripletOptions, TruncatedTriplet, deputy_window, rank_window,
                                          truncated_triplet_loss)
 from selfsup_lab.models import build_backbone
@@ -207,3 +207,115 @@ def test_losses_are_computed_in_float32_under_bf16_autocast():
     assert torch.equal(mixed_simclr[1], plain_simclr[1])  # the positive's rank
     for mixed, plain in zip(mixed_triplet, plain_triplet):
         torch.testing.assert_close(mixed, plain)
+
+
+# --- added by the mutation round: what the steps compare, defaults, validation ------------------------------------
+
+def test_each_prediction_is_compared_with_the_other_views_target():
+    # recomputed from online()/target() directly, not from predictions_and_targets (which the step itself uses)
+    torch.manual_seed(0)
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    byol = build_byol().train()
+    out = byol.training_step(views, torch.arange(8))
+    p1, p2, t1, t2 = byol.online(views[0]), byol.online(views[1]), byol.target(views[0]), byol.target(views[1])
+    expected = (normalized_mse(p1, t2) + normalized_mse(p2, t1)).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the triplet: the two directions' losses added (default γ = 2), their cosines averaged in the logs
+    triplet = build_triplet().train()
+    out = triplet.training_step(views, torch.arange(8))
+    p1, p2, t1, t2 = triplet.online(views[0]), triplet.online(views[1]), triplet.target(views[0]), triplet.target(views[1])
+    loss12, pos12, dep12 = truncated_triplet_loss(p1, t2, 2, 4, gamma=2.0)
+    loss21, pos21, dep21 = truncated_triplet_loss(p2, t1, 2, 4, gamma=2.0)
+    assert out.loss.item() == pytest.approx((loss12 + loss21).item(), rel=1e-5)
+    assert out.logs["pos_cos"].item() == pytest.approx(((pos12.mean() + pos21.mean()) / 2).item(), abs=1e-5)
+    assert out.logs["deputy_cos"].item() == pytest.approx(((dep12.mean() + dep21.mean()) / 2).item(), abs=1e-5)
+
+
+def test_the_whole_target_follows_by_ema_and_checkpoints_carry_the_momentum():
+    method = build_byol()
+    with torch.no_grad():
+        for p in list(method.backbone.parameters()) + list(method.projector.parameters()):
+            p.add_(1.0)
+    before = [t.clone() for t in method.target_projector.parameters()]
+    method.after_optimizer_step(0.5)  # m(T/2) = 1 − 0.01·(1 + cos(π/2))/2 = 0.995
+    for b, t, s in zip(before, method.target_projector.parameters(), method.projector.parameters()):
+        assert torch.allclose(t, 0.995 * b + 0.005 * s, atol=1e-6)
+    assert float(method.state_dict()["momentum"]) == pytest.approx(0.995)
+    out = method.train().training_step([torch.randn(8, 3, 16, 16) for _ in range(2)], torch.arange(8))
+    assert float(out.logs["ema_momentum"]) == pytest.approx(0.995)  # the log shows the current m, not m0
+
+
+def test_target_is_the_ema_copy_not_the_online_network():
+    torch.manual_seed(0)
+    method = build_byol().eval()  # eval: batch norm uses the (equal) running statistics, not the batch
+    view = torch.randn(8, 3, 16, 16)
+    before = method.target(view)
+    torch.testing.assert_close(before, method.projector(method.backbone(view)))  # starts as an exact copy
+    with torch.no_grad():
+        for p in list(method.backbone.parameters()) + list(method.projector.parameters()):
+            p.mul_(1.5)
+    torch.testing.assert_close(method.target(view), before)  # the online network moved, the target did not
+
+
+def test_normalized_mse_is_float32_for_bf16_inputs():
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(16, 8, generator=g).bfloat16(), torch.randn(16, 8, generator=g).bfloat16()
+    loss = normalized_mse(p, t)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, 2 - 2 * F.cosine_similarity(p.float(), t.float(), dim=1))
+
+
+def test_default_options_are_the_methods_md_recipe():
+    """Projector 512→4096→256 (no BN at the output), predictor 256→4096→256, m0 0.99; the deputy window [2, 10],
+    γ = 2, the rank rule's ε = 0.05, width 9 and prior C = 10 (METHODS.md §3)."""
+    method = BYOL(build_backbone("convnet"), BYOLOptions(), context())
+    shapes = lambda net: [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)]  # noqa: E731
+    assert shapes(method.projector) == [(method.backbone.feature_dim, 4096), (4096, 256)]
+    assert isinstance(method.projector[-1], torch.nn.Linear)  # no BN after the last layer
+    assert shapes(method.predictor) == [(256, 4096), (4096, 256)]
+    options = TripletOptions()
+    assert (options.deputy, options.r_lo, options.r_hi, options.gamma) == ("window", 2, 10, 2.0)
+    assert (options.epsilon, options.window_width, options.expected_classes) == (0.05, 9, 10)
+    assert options.base_momentum == 0.99
+
+
+def test_rank_rule_edge_cases_and_refusals():
+    assert rank_window(16, 1) == (15, 15)  # one class: every negative shares it, only the last rank is left
+    assert rank_window(3, 2) == (2, 2)  # P(X ≥ 2) = 1/4 > ε even at the last rank: the last rank
+    for bad in [dict(batch_size=1), dict(expected_classes=0), dict(epsilon=0.0), dict(epsilon=1.0),
+                dict(epsilon=1.5), dict(width=0)]:
+        args = dict(batch_size=64, expected_classes=10, epsilon=0.05, width=9) | bad
+        with pytest.raises(UserError, match="rank_window needs"):
+            rank_window(**args)
+
+
+def test_deputy_window_refuses_an_empty_window_and_clips_to_the_batch():
+    for r_lo, r_hi in [(0, 5), (5, 3)]:
+        with pytest.raises(UserError, match="1 ≤ r_lo ≤ r_hi"):
+            deputy_window(TripletOptions(r_lo=r_lo, r_hi=r_hi), 64)
+        with pytest.raises(UserError, match="1 ≤ r_lo ≤ r_hi"):  # the method fails when built, not at the first step
+            TruncatedTriplet(build_backbone("convnet"), TripletOptions(**SMALL, r_lo=r_lo, r_hi=r_hi), context())
+    assert deputy_window(TripletOptions(r_lo=8, r_hi=10), 6) == (5, 5)  # 5 negatives: the window moves to the last
+
+
+def test_triplet_gradient_reaches_only_the_prediction():
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(6, 4, generator=g, requires_grad=True), torch.randn(6, 4, generator=g, requires_grad=True)
+    truncated_triplet_loss(p, t, 1, 3)[0].backward()
+    assert p.grad is not None and t.grad is None  # the target side is stop-gradient inside the loss
+
+
+def test_triplet_step_on_a_smaller_batch_clips_its_window():
+    # built for batches of 8 with window [2, 4]; a last batch of 4 images has 3 negatives: [2, 3]
+    torch.manual_seed(0)
+    method = build_triplet().train()
+    out = method.training_step([torch.randn(4, 3, 16, 16) for _ in range(2)], torch.arange(4))
+    assert (out.logs["deputy_r_lo"], out.logs["deputy_r_hi"]) == (2, 3) and torch.isfinite(out.loss)
+    assert method.extra_info()["deputy_window"] == [2, 4]  # the window recorded is the full batch's
+
+
+def test_rank_rule_description_names_the_prior_and_epsilon():
+    method = TruncatedTriplet(build_backbone("convnet"),
+                              TripletOptions(**SMALL, deputy="rank-rule", expected_classes=3, epsilon=0.02), context(16))
+    rule = method.extra_info()["deputy_rule"]
+    assert "1/3" in rule and "0.02" in rule
