@@ -187,3 +187,106 @@ def test_short_training_keeps_occupancy_balanced(tmp_path):
     for record in run.history:
         assert record["occupancy"]["entropy_ratio"] > 0.8, record["occupancy"]
         assert record["occupancy"]["empty"] == 0
+
+
+def test_step_clusters_the_mean_of_both_views_and_trains_against_last_epochs_centres():
+    """One step by hand, per head: y = argmax(f·C_cur + ρ) on f = (ẑ₁ + ẑ₂)/2 (not renormalised), then the dual and
+    centre steps; the loss is the mean over heads of ½[CE(q₁, ẑ₁C_prevᵀ/τ) + CE(q₂, ẑ₂C_prevᵀ/τ)] with
+    q₁ = α·onehot(last epoch's label, today's where there is none) + (1 − α)·softmax(ẑ₂C_prevᵀ/τ), sg."""
+    torch.manual_seed(0)
+    method = build_coke()
+    g = torch.Generator().manual_seed(4)
+    for h, k in enumerate(method.ks):  # last epoch's centres differ from the ones being built
+        method.head(h)["centers_prev"].copy_(F.normalize(torch.randn(k, 16, generator=g), dim=1))
+        method.head(h)["counts"].copy_(torch.tensor([3.0] * k))
+    indices = torch.tensor([3, 60, 7, 12, 0, 33, 21, 48])
+    method.labels[:, indices[:3]] = -1  # never clustered yet
+    before = {h: {n: t.clone() for n, t in method.head(h).items()} for h in range(2)}
+    labels_before = method.labels.clone()
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    out = method.training_step(views, indices)
+    out.loss.backward()
+    step_grad = method.projector[0].weight.grad.clone()
+    method.zero_grad()
+
+    o = method.options
+    z1, z2 = (F.normalize(method.projector(method.backbone(v)), dim=1) for v in views)  # training mode, as the step
+    f = ((z1 + z2) / 2).detach()
+    assert (f.norm(dim=1) < 0.999).all()  # the mean of two unit vectors is shorter
+    losses = []
+    for h, k in enumerate(method.ks):
+        b = before[h]
+        y = coke_assign(f, b["centers_cur"], b["duals"])
+        counts = torch.bincount(y, minlength=k).float()
+        centers, n = coke_center_step(b["centers_cur"], b["counts"], F.one_hot(y, k).float().t() @ f, counts)
+        torch.testing.assert_close(method.head(h)["centers_cur"], centers, atol=1e-5, rtol=0)
+        torch.testing.assert_close(method.head(h)["counts"], n)
+        torch.testing.assert_close(method.head(h)["duals"], coke_dual_step(b["duals"], counts, 8, o.ratio / k,
+                                                                           o.dual_lr * k / 10))
+        assert torch.equal(method.head(h)["centers_prev"], b["centers_prev"])  # fixed during the epoch
+        assert torch.equal(method.labels[h, indices], y)
+        previous = torch.where(labels_before[h, indices] >= 0, labels_before[h, indices], y)
+        l1, l2 = z1 @ b["centers_prev"].t() / o.temperature, z2 @ b["centers_prev"].t() / o.temperature
+        hard = F.one_hot(previous, k).float()
+        q1 = (o.alpha * hard + (1 - o.alpha) * l2.softmax(dim=1)).detach()
+        q2 = (o.alpha * hard + (1 - o.alpha) * l1.softmax(dim=1)).detach()
+        losses.append(0.5 * (-(q1 * l1.log_softmax(1)).sum(1).mean() - (q2 * l2.log_softmax(1)).sum(1).mean()))
+        if h == method.tracked:
+            assert torch.equal(out.assignments, y)
+            assert torch.equal(out.assignments_without_rule, coke_assign(f, b["centers_cur"], torch.zeros(k)))
+    by_hand = torch.stack(losses).mean()
+    assert abs(out.loss.item() - by_hand.item()) < 1e-5
+    by_hand.backward()  # the targets are constants: the gradient only flows through the predictions
+    torch.testing.assert_close(step_grad, method.projector[0].weight.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_first_step_seeds_both_centre_sets_from_the_batch_once():
+    """Fresh state: C_prev and C_cur start at the first global batch's features (rows k < B); later steps leave
+    C_prev alone until the epoch ends."""
+    torch.manual_seed(0)
+    method = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(2, 4), proj_hidden=32, proj_dim=16),
+                  MethodContext(**CONTEXT))
+    g = torch.Generator().manual_seed(6)
+    views = [torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)]
+    method.training_step(views, torch.arange(8))
+    with torch.no_grad():
+        z1, z2 = (F.normalize(method.projector(method.backbone(v)), dim=1) for v in views)
+    f = F.normalize((z1 + z2) / 2, dim=1)
+    for h, k in enumerate(method.ks):
+        torch.testing.assert_close(method.head(h)["centers_prev"], f[:k], atol=1e-5, rtol=0)
+    seeded = [method.head(h)["centers_prev"].clone() for h in range(2)]
+    method.training_step([torch.randn(8, 3, 16, 16, generator=g) for _ in range(2)], torch.arange(8, 16))
+    for h in range(2):
+        assert torch.equal(method.head(h)["centers_prev"], seeded[h])
+
+
+def test_epoch_end_makes_this_epochs_centres_last_epochs():
+    torch.manual_seed(0)
+    method = build_coke()
+    method.training_step([torch.randn(8, 3, 16, 16) for _ in range(2)], torch.arange(8))
+    built = method.centers_cur_1.clone()
+    assert not torch.equal(built, method.centers_prev_1)
+    method.on_epoch_end(0, None)
+    assert torch.equal(method.centers_prev_1, built) and torch.equal(method.centers_cur_1, built)
+
+
+def test_assign_uses_last_epochs_centres_and_bootstrap_can_be_switched_off():
+    torch.manual_seed(0)
+    method = build_coke().eval()
+    images = torch.randn(16, 3, 16, 16)
+    method.centers_cur_1.copy_(torch.roll(method.centers_prev_1, 1, dims=0))  # this epoch's centres, half built
+    with torch.no_grad():
+        z = F.normalize(method.projector(method.backbone(images)), dim=1)
+    assert torch.equal(method.assign(images), (z @ method.centers_prev_1.t()).argmax(dim=1))
+    assert not torch.equal(method.assign(images), (z @ method.centers_cur_1.t()).argmax(dim=1))
+    no_bootstrap = CoKe(build_backbone("convnet"), CoKeOptions(num_clusters=(4,), proj_hidden=32, proj_dim=16,
+                                                               bootstrap_epoch=False), MethodContext(**CONTEXT))
+    assert no_bootstrap.lr_scale(0) == 1.0  # epoch 0 trains like any other
+
+
+def test_documented_defaults():
+    """METHODS.md §4.4, *CIFAR default* (SeCu): 10 heads K = 10…100, ratio 0.9, η = 0.1; the loss's τ = 0.05, α = 0.2."""
+    o = CoKeOptions()
+    assert o.num_clusters == tuple(range(10, 101, 10))
+    assert (o.ratio, o.dual_lr, o.temperature, o.alpha) == (0.9, 0.1, 0.05, 0.2)
+    assert o.bootstrap_epoch and o.seed_from_batch and o.proj_last_bn

@@ -1,4 +1,6 @@
 """DeepCluster (METHODS.md §4.3): memory bank by index, k-means at epoch start, DDP equivalence, a short run."""
+import types
+
 import torch
 import torch.nn.functional as F
 
@@ -129,3 +131,55 @@ def test_heads_of_the_same_size_are_independent_clusterings():
     torch.manual_seed(0)
     assignments = _seeded_bank_method((6, 6), num_train=200).assignments
     assert adjusted_rand_score(assignments[0].numpy(), assignments[1].numpy()) < 0.9  # measured 0.23; one seed: 1.0
+
+
+def test_loss_is_the_mean_cross_entropy_to_the_stored_assignments_over_heads_and_views():
+    """L = mean over heads h and views v of CE(a^h_i, softmax(ẑ·C^hᵀ/τ)); the step's own choice is view 1's nearest
+    prototype of the tracked head."""
+    torch.manual_seed(0)
+    method = build_deepcluster()
+    views = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(v)) for v in range(2)]
+    indices = torch.tensor([1, 5, 9, 13, 17, 21, 25, 29])
+    out = method.training_step(views, indices)
+    with torch.no_grad():  # training mode, as in the step
+        z = [method.projector(method.backbone(v)) for v in views]
+    terms = [F.cross_entropy(layer(zv) / 0.1, method.assignments[h, indices])
+             for h, layer in enumerate(method.prototypes) for zv in z]
+    assert abs(out.loss.item() - torch.stack(terms).mean().item()) < 1e-5
+    assert torch.equal(out.assignments_without_rule, method.prototypes[method.tracked](z[0]).argmax(dim=1))
+    assert not torch.equal(out.assignments_without_rule, method.prototypes[method.tracked](z[1]).argmax(dim=1))
+
+
+class _FakeTrainer:
+    """What `on_epoch_start` reads from the trainer: the training images, `features` and the run's seed."""
+
+    def __init__(self, images):
+        self.train_images = images
+        self.config = types.SimpleNamespace(seed=0)
+        self.calls = 0
+
+    def features(self, images, fn):
+        self.calls += 1
+        return fn(images)
+
+
+def test_only_epoch_zero_fills_the_bank_from_the_untrained_network():
+    torch.manual_seed(0)
+    method = DeepCluster(build_backbone("convnet"), DeepClusterOptions(num_prototypes=(4,), proj_hidden=32,
+                                                                       proj_dim=16), MethodContext(**CONTEXT))
+    trainer = _FakeTrainer(torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    method.on_epoch_start(0, trainer)
+    assert trainer.calls == 1 and torch.allclose(method.bank.norm(dim=1), torch.ones(64))
+    with torch.no_grad():
+        assert torch.allclose(method.bank, method.bank_features(trainer.train_images), atol=1e-5)
+    # later epochs cluster the bank that training wrote: no extra pass over the data
+    method.bank.copy_(F.normalize(torch.randn(method.bank.shape, generator=torch.Generator().manual_seed(2)), dim=1))
+    written = method.bank.clone()
+    method.on_epoch_start(1, trainer)
+    assert trainer.calls == 1 and torch.equal(method.bank, written)
+
+
+def test_documented_defaults():
+    """METHODS.md §4.3: solo-learn's 3 heads of 3000 on CIFAR, τ = 0.1, ~10 k-means iterations."""
+    options = DeepClusterOptions()
+    assert (options.num_prototypes, options.temperature, options.kmeans_iters) == ((3000, 3000, 3000), 0.1, 10)
