@@ -35,10 +35,10 @@ rotate whole batches from cluster to cluster), and the centres are seeded from t
 What you may see on small data (digits, convnet, B = 64, measured 2026-11-22): balanced occupancy from the
 first epoch (H/log K ≈ 0.99), but features *worse* than the random network's for many epochs (kNN 0.84 at
 initialisation, 0.89 with batch-norm statistics calibrated on the data → 0.30–0.40 after 5 epochs → ~0.6 after
-15–20). The logged `agree_last_epoch` — the share of images
-whose cluster this epoch matches last epoch's label (1.0 in the first epoch, which has no earlier labels) —
-stays at 0.1–0.25 for the K = 10 head, barely above chance (1/K). At initialisation two independent draws of an image's clustering feature f_i (each the mean of
-two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its
+15–20). The logged `agree_last_epoch` — the share of images whose cluster this epoch matches last epoch's
+label (1.0 in the first epoch, which has no earlier labels) — stays at 0.1–0.25 for the K = 10 head, barely
+above chance (1/K). At initialisation two independent draws of an image's clustering feature f_i (each the mean
+of two augmented views' projections) have a mean cosine of only 0.14, so an image's label is decided by its
 augmentation, not by its content. CoKe's published runs give the labels hundreds of epochs of hundreds of steps
 each to become meaningful. Tried on digits (10 epochs, B = 64): α = 1, τ = 0.1, η/10, no output BN, and the
 official code's extra predictor path; none made the labels consistent (agreement ≤ 0.2 in every case).
