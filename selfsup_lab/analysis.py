@@ -171,13 +171,11 @@ def mixing(true_labels, cluster_ids, coverage: float = 0.9) -> dict:
 def clustering_report(features, true_labels, k: int | None = None, seed: int = 0) -> dict:
     """Spherical k-means with K = C (default) on `features`, then homogeneity, completeness, fragmentation
     and mixing of that clustering; also returns the cluster ids (as a list) for figures."""
-    from .kmeans import spherical_kmeans
+    from .metrics import kmeans_clusters
 
     y = _labels(true_labels)
     k = k or int(y[y >= 0].unique().numel())
-    _, ids = spherical_kmeans(torch.as_tensor(features).float(), k, iters=30, init="k-means++",
-                              generator=torch.Generator().manual_seed(seed))
-    ids = ids.cpu()
+    ids = kmeans_clusters(torch.as_tensor(features).float(), k, seed)
     frag, mix = fragmentation(y, ids), mixing(y, ids)
     return {**homogeneity_completeness(y, ids), "fragmentation": frag["mean"], "mixing": mix["mean"],
             "fragmentation_per_class": frag["per_class"], "mixing_per_cluster": mix["per_cluster"],

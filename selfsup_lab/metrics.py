@@ -5,7 +5,8 @@ Three families of numbers:
 * Feature quality — `knn_accuracy` (weighted cosine kNN, k = 200, τ = 0.1) and `linear_probe` (logistic
   regression on frozen, standardised features).
 * Clustering quality against the true classes — `cluster_accuracy` (Hungarian-matched ACC),
-  `clustering_scores` (ACC, NMI, ARI) and `kmeans_clustering_scores` for methods without clusters of their own.
+  `clustering_scores` (ACC, NMI, ARI), and `kmeans_clusters` / `kmeans_clustering_scores` for methods without
+  clusters of their own.
 * Occupancy — `assignment_counts`, `occupancy_stats` and, batch by batch, `batch_balance`: how evenly the
   hard assignments spread over the K clusters, the picture that shows collapse and what each balancing
   method does about it.
@@ -261,21 +262,27 @@ def clustering_scores(true_labels, cluster_ids) -> dict:
     }
 
 
+def kmeans_clusters(features, k: int, seed: int = 0, iters: int = 30) -> Tensor:
+    """The evaluation's clustering of methods that have no clusters of their own: spherical k-means with
+    k-means++ seeding, `iters` iterations, deterministic given `seed`; (N,) cluster ids on the CPU.
+
+    k-means++ because with so few clusters (K = C) a bad random start (two seeds in one class) is common and would
+    make the scores measure the seed rather than the features. The metrics, the analysis report and the
+    embedding explorer all cluster through here, so they agree on the same features.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    _, assignments = spherical_kmeans(_as_tensor(features), k, iters=iters, generator=generator, init="k-means++")
+    return assignments.cpu()
+
+
 def kmeans_clustering_scores(features, true_labels, k: int | None = None, seed: int = 0,
                              iters: int = 30) -> dict:
-    """`clustering_scores` of spherical k-means on `features` — for methods that have no clusters of their own.
-
-    k defaults to the number of distinct true classes (K = C, METHODS.md §5). k-means++ seeding is used
-    because with so few clusters a bad random start (two seeds in one class) is common and would make the
-    score measure the seed rather than the features. Deterministic given `seed`.
-    """
-    x = _as_tensor(features)
+    """`clustering_scores` of `kmeans_clusters` on `features` — for methods that have no clusters of their own.
+    k defaults to the number of distinct true classes (K = C, METHODS.md §5)."""
     y = _as_numpy_labels(true_labels, "true_labels")
     if k is None:
         k = int(np.unique(y).size)
-    generator = torch.Generator().manual_seed(seed)
-    _, assignments = spherical_kmeans(x, k, iters=iters, generator=generator, init="k-means++")
-    return clustering_scores(y, assignments.cpu())
+    return clustering_scores(y, kmeans_clusters(features, k, seed, iters))
 
 
 # --------------------------------------------------------------------------------------------------------

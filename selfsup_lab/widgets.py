@@ -1185,7 +1185,7 @@ class EmbeddingExplorer:
 
     def __init__(self, run, split: str = "test", color_by: str = "class", method: str = "umap",
                  max_points: int = 2000, seed: int = 0, dpi: int = 72):
-        from .metrics import clustering_scores
+        from .metrics import clustering_scores, kmeans_clusters
 
         _check_color_by(color_by)
         if not (hasattr(run, "embed") and hasattr(run, "assign")):
@@ -1199,10 +1199,7 @@ class EmbeddingExplorer:
         features, labels = run.embed(split)
         clusters = run.assign(split)
         if clusters is None:
-            from .kmeans import spherical_kmeans
-
-            generator = torch.Generator().manual_seed(seed)
-            _, clusters = spherical_kmeans(features, int(labels.max()) + 1, generator=generator, init="k-means++")
+            clusters = kmeans_clusters(features, int(labels.max()) + 1, seed)  # as the evaluation clusters
             self.cluster_source = "spherical k-means (K = C) on the features"
         else:
             self.cluster_source = "the method's own K = C head"

@@ -504,6 +504,31 @@ def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
     assert explorer.color_by == "cluster"  # unchanged
 
 
+def test_embedding_explorer_scores_the_clustering_the_evaluation_scores():
+    # Without a K = C head of its own, the explorer's title must give the numbers metrics.json and notebook 08
+    # give for the same features: the same k-means (k-means++, same iterations, same seed)
+    from selfsup_lab.analysis import clustering_report
+    from selfsup_lab.metrics import kmeans_clustering_scores
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(300) % 5
+    features = torch.randn(5, 8, generator=g)[labels] + 2.5 * torch.randn(300, 8, generator=g)  # slow to converge
+
+    class Run:
+        def embed(self, split):
+            return features, labels
+
+        def assign(self, split):
+            return None
+
+        def _split(self, split):
+            return None
+
+    explorer = EmbeddingExplorer(Run(), method="pca", seed=3)
+    assert explorer.scores == kmeans_clustering_scores(features, labels, seed=3)
+    assert explorer.clusters.tolist() == clustering_report(features, labels, seed=3)["cluster_ids"]
+
+
 @pytest.mark.parametrize("args, words", [(dict(method="foo"), "unknown projection 'foo'"),
                                          (dict(max_points=2), "max_points must be at least 10")])
 def test_embedding_explorer_refuses_bad_arguments_before_computing_anything(args, words):
