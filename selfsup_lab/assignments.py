@@ -125,10 +125,12 @@ class CheckResult:
         return "\n".join(lines)
 
     def _explained(self):
-        """(case, hint to show) pairs: the first `max_details` failures in full, a repeated hint only once."""
+        """(case, hint to show) pairs: the first `max_details` failures in full, a repeated hint only once; a later
+        failure whose hint has not been shown yet is explained too (it may be the one that names the mistake)."""
         shown_hints, explained = set(), 0
         for case in self.cases:
-            if case.passed or explained >= self.max_details:
+            new_hint = bool(case.hint) and case.hint not in shown_hints
+            if case.passed or (explained >= self.max_details and not new_hint):
                 yield (case if case.passed else Case(case.name, False)), ""
                 continue
             explained += 1
@@ -344,12 +346,13 @@ class _Check:
             self.result.cases.append(Case(name, False, outcome))
 
     def finish(self, strict: bool, why_inputs_matter: str) -> CheckResult:
-        if not self.stopped:
-            borrowed = _lab_code_in(self.run.fn)
-            self.result.cases.insert(0, Case(
-                "your own code (it does not call the lab's reference)", borrowed is None,
-                f"your function uses {borrowed} from the lab" if borrowed else "",
-                "the exercise is to write it yourself from the equation, with torch operations" if borrowed else ""))
+        borrowed = None if self.stopped else _lab_code_in(self.run.fn)
+        if borrowed:  # every other check would pass on the reference's own answers: they count for nothing
+            self.result.cases = [Case("your own code (it does not call the lab's reference)", False,
+                                      f"your function uses {borrowed} from the lab",
+                                      "the exercise is to write it yourself from the equation, with torch operations")]
+        elif not self.stopped:
+            self.result.cases.insert(0, Case("your own code (it does not call the lab's reference)", True))
             mutated = sorted(set(self.run.mutated))
             self.result.cases.append(Case(
                 "leaves its inputs unchanged", not mutated,
@@ -675,6 +678,8 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         batch, clusters = scores.shape
         s = scores.float()
         variants = [
+            ("the marginals are swapped: the column step gives each cluster 1/K of the mass and the row step each "
+             "image 1/B (your rows sum to 1/K before the final ×B)", lambda: expected * batch / clusters),
             ("your rows sum to 1/B: rescale the result so every row sums to 1 (multiply by B)",
              lambda: expected / batch),
             ("the last normalisation must be the row step (so every image's q_i is a distribution); you end "
@@ -698,7 +703,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
                 f"epsilon={eps}, iterations={iters}\n{problem}", hint)
 
     for batch, clusters, eps, iters, seed in [(16, 4, 0.05, 3, 0), (64, 10, 0.05, 3, 1), (7, 3, 0.1, 1, 2),
-                                              (4, 16, 0.05, 3, 3), (32, 8, 0.5, 10, 4)]:
+                                              (4, 10, 0.05, 3, 3), (32, 8, 0.5, 10, 4)]:
         s = _cosines(batch, clusters, 16, seed)
         chk.case(f"matches the reference: B={batch}, K={clusters}, ε={eps}, iterations={iters}, seed {seed}",
                  lambda s=s, eps=eps, iters=iters: compare(s, eps, iters))
@@ -1160,6 +1165,25 @@ class _Timeout(BaseException):
     """Raised by the alarm; a BaseException so that the checks' `except Exception` cannot swallow it."""
 
 
+class _GlobalState:
+    """What a submission's cells may change for the whole process, taken down before they run and put back before
+    its function is checked and after: torch's grad mode and default dtype, and the lab's own module namespaces
+    (a solution cell that sets `selfsup_lab.balancing.sinkhorn = sinkhorn` would replace the reference it is
+    checked against, for this notebook and every one graded after it)."""
+
+    def __init__(self):
+        self.grad, self.dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+        self.namespaces = {name: dict(vars(module)) for name, module in list(sys.modules.items())
+                           if name == "selfsup_lab" or name.startswith("selfsup_lab.")}
+
+    def restore(self) -> None:
+        torch.set_grad_enabled(self.grad)
+        torch.set_default_dtype(self.dtype)
+        for name, saved in self.namespaces.items():
+            if name in sys.modules:
+                vars(sys.modules[name]).update(saved)  # names added since (a submodule imported) may stay
+
+
 def grade_notebook(path, exercise: str | None = None, strict: bool = False,
                    timeout: float | None = 120) -> CheckResult:
     """Run a notebook's `setup` and `solution` cells in a fresh namespace, then check the student's function.
@@ -1203,6 +1227,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             f"the last definition would count",
             "delete the copy you are not submitting (a copied cell keeps the 'solution' tag)")]))
 
+    state = _GlobalState()
     use_alarm = timeout and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
     if use_alarm:
         def on_alarm(signum, frame):
@@ -1232,6 +1257,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             return finish(CheckResult(ex.name, ex.report_title, [Case(
                 f"the notebook defines `{ex.function}`", False, "no function of that name after running the cells",
                 f"keep the name and signature of the scaffold: def {ex.function}(...)")]))
+        state.restore()  # the function is graded, not what the cells did to the process
         with open(os.devnull, "w") as discard, contextlib.redirect_stdout(discard):  # prints in the function
             result = ex.check(fn)
         return finish(result)
@@ -1240,6 +1266,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
             "look for a loop that never ends, or work on a huge tensor")]))
     finally:
+        state.restore()
         if use_alarm:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)

@@ -49,7 +49,8 @@ def test_model_answer_passes(name):
 ])
 def test_package_reference_passes_every_check_but_is_not_a_submission(name, reference):
     result = A.EXERCISES[name].check(reference)
-    assert [case.name for case in result.failures] == ["your own code (it does not call the lab's reference)"]
+    assert [case.name for case in result.cases] == ["your own code (it does not call the lab's reference)"]
+    assert not result.passed  # 0 of 1: the reference's own answers pass every other check and count for nothing
     assert f"`{reference.__module__}.{reference.__name__}` from the lab" in result.failures[0].detail
 
 
@@ -535,6 +536,33 @@ def test_report_explains_the_first_failures_in_full_and_a_repeated_hint_once():
     assert report.count("hint: the same hint") == 1 and report.count("hint: (as above)") == result.max_details - 1
 
 
+def test_a_hint_not_shown_yet_is_explained_after_the_first_failures_too():
+    # Five comparisons share a generic hint; the property check after them names the actual mistake
+    result = A.CheckResult("x", "Some exercise", [
+        A.Case(f"case {i}", False, f"detail {i}", "the generic hint") for i in range(5)] + [
+        A.Case("the property", False, "rows sum to 2", "normalise each row")])
+    report = result.report()
+    assert "detail 4" not in report  # the fifth repeat of a hint: by name only
+    assert "rows sum to 2" in report and "hint: normalise each row" in report
+
+
+def test_swapped_sinkhorn_marginals_are_named_in_every_case():
+    source = """
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            with torch.no_grad():
+                B, K = scores.shape
+                Q = torch.exp((scores.float() - scores.float().max()) / epsilon)
+                Q = Q / Q.sum()
+                for _ in range(iterations):
+                    Q = Q / Q.sum(dim=0, keepdim=True) / B  # columns get 1/B (should be 1/K)
+                    Q = Q / Q.sum(dim=1, keepdim=True) / K  # rows get 1/K (should be 1/B)
+                return Q * B
+    """
+    result = A.check_sinkhorn(student("sinkhorn", source))
+    compared = [case for case in result.failures if case.name.startswith("matches the reference")]
+    assert len(compared) == 5 and all(case.hint.startswith("the marginals are swapped") for case in compared)
+
+
 def test_failure_report_shows_input_expected_and_got():
     (source,) = [m[2] for m in MISTAKES if m[1] == "sign flipped"]
     result = A.check_coke_dual_step(student("coke_dual_step", source))
@@ -673,6 +701,34 @@ def test_grade_notebook(name, solved):
     assert A.grade_notebook(solved(name), strict=True).passed
     student_version = A.grade_notebook(ASSIGNMENTS / A.EXERCISES[name].notebook)
     assert not student_version.passed and "not implemented" in student_version.report()
+
+
+def test_one_submission_cannot_change_the_grades_of_those_after_it(solved, tmp_path):
+    # A solution cell that switches gradients off for the process, or replaces the lab's reference with its own
+    # (wrong) function, must neither pass itself nor fail the next, correct, submission.
+    nb = nbformat.read(solved("coke_dual_step"), as_version=4)
+    (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    solution.source = textwrap.dedent("""
+        import torch
+        import selfsup_lab.balancing
+
+        torch.set_grad_enabled(False)  # "targets carry no gradient"
+        torch.set_default_dtype(torch.float64)
+
+        def coke_dual_step(duals, counts, batch_size, gamma, eta):
+            return duals - eta * (gamma - counts / batch_size)  # sign flipped, no max(0, ·)
+
+        selfsup_lab.balancing.coke_dual_step = coke_dual_step  # "matches the reference"
+    """)
+    nbformat.write(nb, str(tmp_path / "patching.ipynb"))
+    reference = balancing.coke_dual_step
+    patched = A.grade_notebook(tmp_path / "patching.ipynb")
+    compared = [case for case in patched.cases if case.name.startswith("matches the reference")]
+    assert compared and not any(case.passed for case in compared)  # graded against the real reference
+    assert balancing.coke_dual_step is reference
+    assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+    for name in ("coke_dual_step", "nt_xent"):  # gradients checked after it still work
+        assert A.grade_notebook(solved(name)).passed
 
 
 def test_grading_survives_lost_tags_magics_and_finds_crashes(solved, tmp_path):
