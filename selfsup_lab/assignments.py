@@ -233,14 +233,18 @@ class _Runner:
         call_args = [_clone(a) for a in args]
         call_kwargs = {k: _clone(v) for k, v in kwargs.items()}
         before = [_clone(a) for a in call_args]
+        # torch counts every in-place write to a tensor: one that happens to leave the values as they were (a
+        # clamp_ of cosines already in [-1, 1]) still breaks a caller's expanded or shared tensor
+        versions = [a._version if isinstance(a, torch.Tensor) else None for a in call_args]
         try:
             out = self.fn(*call_args, **call_kwargs)
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
         except Exception as exc:  # the student's bug, reported as such
             raise _student_error(exc) from exc
-        for i, (a, b) in enumerate(zip(call_args, before)):
-            if isinstance(a, torch.Tensor) and (a.shape != b.shape or not torch.equal(a.detach(), b)):
+        for i, (a, b, version) in enumerate(zip(call_args, before, versions)):
+            if isinstance(a, torch.Tensor) and (a._version != version or a.shape != b.shape
+                                                or not torch.equal(a.detach(), b)):
                 self.mutated.append(f"`{self.names[i]}`" if i < len(self.names) else f"argument {i + 1}")
         if self.unpack_first and isinstance(out, (tuple, list)) and out:
             out = out[0]

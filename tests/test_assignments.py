@@ -546,6 +546,18 @@ def test_a_hint_not_shown_yet_is_explained_after_the_first_failures_too():
     assert "rows sum to 2" in report and "hint: normalise each row" in report
 
 
+def test_an_in_place_write_that_leaves_the_values_unchanged_still_counts():
+    # scores are cosines, already in [-1, 1]: clamp_ changes no value but writes into the caller's tensor (an
+    # expanded one raises) — the check must say so
+    source = A.SOLUTIONS["excb_balancing"].replace("def excb_balance_scores(scores, relative_sizes, boost=1.01):",
+                                                   "def excb_balance_scores(scores, relative_sizes, boost=1.01):\n"
+                                                   "    scores.clamp_(-1, 1)")
+    assert source != A.SOLUTIONS["excb_balancing"]
+    result = A.check_excb_balance(student("excb_balancing", source))
+    assert [case.name for case in result.failures] == ["leaves its inputs unchanged"]
+    assert "`scores`" in result.failures[0].detail
+
+
 def test_swapped_sinkhorn_marginals_are_named_in_every_case():
     source = """
         def sinkhorn(scores, epsilon=0.05, iterations=3):
