@@ -163,7 +163,8 @@ class CheckResult:
     def raise_if_failed(self, source: str = "") -> "CheckResult":
         """Raise AssertionError with the report (headed by `source`, e.g. the notebook graded) unless all passed."""
         if not self.passed:
-            raise AssertionError("\n" + (f"{source}\n" if source else "") + self.report())
+            # from None: the report is the whole story (not "during handling of" a timeout or a student's error)
+            raise AssertionError("\n" + (f"{source}\n" if source else "") + self.report()) from None
         return self
 
 
@@ -1205,7 +1206,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:
-        raise UserError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from exc
+        raise UserError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from None  # said here
     ex = _exercise_of(nb, path, exercise)
     namespace: dict = {"__name__": "__submission__"}
     cells = _grading_cells(nb, ex, path)

@@ -15,6 +15,7 @@ import torch
 
 from selfsup_lab import assignments as A
 from selfsup_lab import balancing
+from selfsup_lab.errors import UserError
 from selfsup_lab.methods.simclr import nt_xent_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -833,6 +834,14 @@ def test_grading_times_out_on_an_endless_loop(tmp_path):
     nbformat.write(nb, str(tmp_path / "loop.ipynb"))
     result = A.grade_notebook(tmp_path / "loop.ipynb", timeout=1)
     assert not result.passed and "finishes within 1 s" in result.report()
+    # under pytest (the instructor's grade_submissions.py) the failure is the report alone, no chained traceback
+    with pytest.raises(AssertionError, match="finishes within 1 s") as failure:
+        A.grade_notebook(tmp_path / "loop.ipynb", timeout=1, strict=True)
+    assert failure.value.__suppress_context__ and failure.value.__cause__ is None
+    (tmp_path / "truncated.ipynb").write_text('{"cells": [')
+    with pytest.raises(UserError, match="truncated.ipynb: not a readable notebook") as unreadable:
+        A.grade_notebook(tmp_path / "truncated.ipynb")
+    assert unreadable.value.__suppress_context__
 
 
 def test_cli_check(solved, capsys, tmp_path):
