@@ -225,6 +225,7 @@ class _Runner:
         self.fn = fn
         self.unpack_first = unpack_first
         self.mutated: list[str] = []
+        self.returned = 0  # calls that came back without an exception
         try:
             self.names = list(inspect.signature(fn).parameters)
         except (TypeError, ValueError):
@@ -243,6 +244,7 @@ class _Runner:
             raise _NotImplemented() from exc
         except Exception as exc:  # the student's bug, reported as such
             raise _student_error(exc) from exc
+        self.returned += 1
         for i, (a, b, version) in enumerate(zip(call_args, before, versions)):
             if isinstance(a, torch.Tensor) and (a._version != version or a.shape != b.shape
                                                 or not torch.equal(a.detach(), b)):
@@ -359,12 +361,17 @@ class _Check:
         elif not self.stopped:
             self.result.cases.insert(0, Case("your own code (it does not call the lab's reference)", True))
             mutated = sorted(set(self.run.mutated))
-            self.result.cases.append(Case(
-                "leaves its inputs unchanged", not mutated,
-                f"your function modified {', '.join(mutated)} in place" if mutated else "",
-                f"compute new tensors instead of changing {', '.join(mutated)} (no `+=`, `/=`, `.clamp_()` or "
-                f"`x[...] = `; `.float()` of a float32 tensor is that same tensor, not a copy): {why_inputs_matter}"
-                if mutated else ""))
+            if not self.run.returned:  # a function that never ran to the end earns no credit for what it did not do
+                self.result.cases.append(Case(
+                    "leaves its inputs unchanged", False, "your function never returned, so this could not be checked",
+                    "fix the error the first failed check shows"))
+            else:
+                self.result.cases.append(Case(
+                    "leaves its inputs unchanged", not mutated,
+                    f"your function modified {', '.join(mutated)} in place" if mutated else "",
+                    f"compute new tensors instead of changing {', '.join(mutated)} (no `+=`, `/=`, `.clamp_()` or "
+                    f"`x[...] = `; `.float()` of a float32 tensor is that same tensor, not a copy): "
+                    f"{why_inputs_matter}" if mutated else ""))
         if strict:
             self.result.raise_if_failed()
         return self.result

@@ -559,6 +559,15 @@ def test_an_in_place_write_that_leaves_the_values_unchanged_still_counts():
     assert "`scores`" in result.failures[0].detail
 
 
+def test_a_function_that_never_returns_gets_no_credit_for_leaving_its_inputs_alone():
+    result = A.check_coke_dual_step(student("coke_dual_step", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts / batch_siz)).clamp(min=0)  # a typo: NameError
+    """))
+    assert [case.name for case in result.cases if case.passed] == ["your own code (it does not call the lab's reference)"]
+    assert "NameError" in result.report()
+
+
 def test_swapped_sinkhorn_marginals_are_named_in_every_case():
     source = """
         def sinkhorn(scores, epsilon=0.05, iterations=3):
