@@ -1178,7 +1178,7 @@ class _Timeout(BaseException):
 
 
 class _GlobalState:
-    """What a submission's cells may change for the whole process, taken down before they run and put back before
+    """What a submission's cells may change for the whole process, noted before they run and put back before
     its function is checked and after: torch's grad mode and default dtype, and the lab's own module namespaces
     (a solution cell that sets `selfsup_lab.balancing.sinkhorn = sinkhorn` would replace the reference it is
     checked against, for this notebook and every one graded after it)."""
