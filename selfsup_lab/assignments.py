@@ -509,9 +509,10 @@ def _nt_xent_reference(z1, z2, temperature):
 
 def _nt_xent_mistakes(z1, z2, t):
     """Known wrong versions, only to recognise a mistake and name it in the hint."""
-    def variant(mask=True, normalise=True, both=True, cross_only=False, temp=t):
+    n = z1.shape[0]
+
+    def variant(mask=True, normalise=True, both=True, cross_only=False, temp=t, target_self=False):
         a, b = (F.normalize(z1, dim=1), F.normalize(z2, dim=1)) if normalise else (z1, z2)
-        n = a.shape[0]
         if cross_only:
             logits = a @ b.t() / temp
             return (F.cross_entropy(logits, torch.arange(n)) + F.cross_entropy(logits.t(), torch.arange(n))) / 2
@@ -519,7 +520,7 @@ def _nt_xent_mistakes(z1, z2, t):
         logits = z @ z.t() / temp
         if mask:
             logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        target = torch.arange(2 * n) if target_self else torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
         if not both:
             return F.cross_entropy(logits[:n], target[:n])
         return F.cross_entropy(logits, target)
@@ -534,6 +535,12 @@ def _nt_xent_mistakes(z1, z2, t):
         ("your negatives come only from the other view (B−1 of them); NT-Xent uses all 2B−2 other embeddings, "
          "same view included", lambda: variant(cross_only=True)),
         ("the temperature is missing: divide the cosine similarities by τ", lambda: variant(temp=1.0)),
+        ("you summed the 2B anchors' losses: NT-Xent is their mean (F.cross_entropy's default reduction, or "
+         "divide the sum by 2B)", lambda: variant() * 2 * n),
+        ("you added the two views' mean losses: the loss is the mean over all 2B anchors, so average the two "
+         "halves (or take one cross-entropy over the 2B rows)", lambda: variant() * 2),
+        ("each row's target is the row itself: the positive of anchor i is the other view of the same image, "
+         "row i + B (and of row i + B, row i)", lambda: variant(mask=False, target_self=True)),
     ]
 
 
@@ -558,6 +565,10 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
         hint = _diagnose(got, (), _nt_xent_mistakes(z1, z2, t), 1e-4, 1e-5,
                          "compare with the equation term by term on B = 2, where you can write out the "
                          "4×4 similarity matrix by hand")
+        if isinstance(got, torch.Tensor) and got.dim() == 0 and got.detach().float().isposinf():
+            # cross-entropy is +inf only when a target's logit is -inf: the masked diagonal
+            hint = ("the loss is infinite: a target points at a masked (−inf) logit, i.e. at the anchor itself; "
+                    "the positive of row i is row i + B, and of row i + B, row i")
         return (f"input: z1, z2 of shape {tuple(z1.shape)}, temperature {t}\n{problem}", hint)
 
     for batch, dim, t, seed in [(8, 16, 0.5, 0), (32, 128, 0.2, 1), (5, 3, 1.0, 2), (2, 8, 0.1, 3),
@@ -689,6 +700,14 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
             return None
         batch, clusters = scores.shape
         s = scores.float()
+
+        def alternations(q):  # the reference's loop on a positive matrix q, from its normalisation to sum 1 on
+            q = q / q.sum()
+            for _ in range(iters):
+                q = q / (clusters * q.sum(0, keepdim=True))
+                q = q / (batch * q.sum(1, keepdim=True))
+            return q * batch
+
         variants = [
             ("the marginals are swapped: the column step gives each cluster 1/K of the mass and the row step each "
              "image 1/B (your rows sum to 1/K before the final ×B)", lambda: expected * batch / clusters),
@@ -704,6 +723,10 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
              lambda: ref(scores, epsilon=eps, iterations=max(iters - 1, 0))),
             ("ε multiplies instead of divides: Q = exp(S / ε)",
              lambda: ref(scores * eps * eps, epsilon=eps, iterations=iters)),
+            ("you subtracted each row's own max before exp(): that rescales every image's row before the first "
+             "column step and changes the result; subtract one constant for the whole matrix (its largest s/ε), "
+             "which the normalisations cancel",
+             lambda: alternations(torch.exp(s / eps - (s / eps).max(dim=1, keepdim=True).values))),
         ]
         hint = _diagnose(got, expected.shape, variants, 1e-4, 1e-6,
                          "write the loop out on a 3×2 matrix by hand: scale columns to 1/K of the mass, then "
@@ -921,9 +944,9 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         small = 1 - (1 - z) * r
         big = (1 + z) / r - 1
 
-        def boosted(x, clamp=True):
-            top = x.argmax(dim=1, keepdim=True)
-            x = x.scatter(1, top, x.gather(1, top) * boost)
+        def boosted(x, clamp=True, dim=1):  # dim=0: each cluster's top image instead of each image's top cluster
+            top = x.argmax(dim=dim, keepdim=True)
+            x = x.scatter(dim, top, x.gather(dim, top) * boost)
             return x.clamp(-1, 1) if clamp else x
 
         variants = [
@@ -939,6 +962,8 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
              lambda: torch.where(r < 1, small, big).scatter(
                  1, z.argmax(1, keepdim=True),
                  torch.where(r < 1, small, big).gather(1, z.argmax(1, keepdim=True)) * boost).clamp(-1, 1)),
+            ("you boosted each column's largest score (argmax over dim 0, the images); the boost goes to each "
+             "row's top-1 cluster: argmax over dim 1", lambda: boosted(torch.where(r < 1, small, big), dim=0)),
         ]
         hint = _diagnose(got, expected.shape, variants, 1e-5, 1e-6,
                          "apply the formula per column (ρ_k < 1 or > 1), then boost each row's maximum, then clamp")
@@ -1218,8 +1243,9 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
     namespace: dict = {"__name__": "__submission__"}
     cells = _grading_cells(nb, ex, path)
     graded = ", ".join(str(index + 1) for index, _ in cells)
+    counted = "counting every cell from the top, text cells too"  # Jupyter shows no cell numbers: say how we count
     # Jupyter ran every cell; the grader runs these only: a name defined elsewhere is missing here.
-    only_these = (f"the grader runs only the cells tagged '{SETUP_TAG}' and '{SOLUTION_TAG}' (here cells {graded}), "
+    only_these = (f"the grader runs only the cells tagged '{SETUP_TAG}' and '{SOLUTION_TAG}' (here cells {graded}, {counted}), "
                   f"in order: import or define what your function uses in the solution cell")
 
     elsewhere = _names_bound_outside(nb, {index for index, _ in cells})
@@ -1235,8 +1261,8 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
     if len(defining) > 1:  # a copied cell keeps its tag: the last copy, perhaps still the scaffold, would count
         return finish(CheckResult(ex.name, ex.report_title, [Case(
             f"one graded cell defines `{ex.function}`", False,
-            f"cells {', '.join(map(str, defining))} each define it, and the grader runs every graded cell: only "
-            f"the last definition would count",
+            f"cells {', '.join(map(str, defining))} ({counted}) each define it, and the grader runs every graded "
+            f"cell: only the last definition would count",
             "delete the copy you are not submitting (a copied cell keeps the 'solution' tag)")]))
 
     state = _GlobalState()
@@ -1262,7 +1288,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
                 continue  # e.g. a scaffold that raises at import time: reported by the check below
             except Exception as exc:
                 return finish(CheckResult(ex.name, ex.report_title, [Case(
-                    f"cell {index + 1} of the notebook runs", False, _describe_exception(exc),
+                    f"cell {index + 1} of the notebook runs ({counted})", False, _describe_exception(exc),
                     "run the notebook top to bottom in Jupyter and fix the first error")]))
         fn = namespace.get(ex.function)
         if fn is None:

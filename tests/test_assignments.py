@@ -436,6 +436,51 @@ MISTAKES = [
             new = (duals + step_size * (min_fraction - counts.float() / batch_size)).clamp_min(0)
             return new.masked_fill(counts == 0, float("nan"))
         """, "1 of 3 entries are NaN or infinite (expected all finite)"),  # K=3 with one empty cluster
+    ("nt_xent", "reduction sum", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]), reduction="sum")
+        """, "you summed the 2B anchors' losses"),
+    ("nt_xent", "the two views' means added", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return (F.cross_entropy(logits[:n], torch.arange(n, 2 * n)) + F.cross_entropy(logits[n:], torch.arange(n)))
+        """, "you added the two views' mean losses"),
+    ("nt_xent", "targets point at the anchor itself (masked)", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.arange(n).repeat(2))
+        """, "the loss is infinite: a target points at a masked"),
+    ("nt_xent", "targets point at the anchor itself (unmasked)", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            return F.cross_entropy(z @ z.t() / temperature, torch.arange(2 * z1.shape[0]))
+        """, "each row's target is the row itself"),
+    ("sinkhorn", "per-row max subtracted", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max(dim=1, keepdim=True).values)
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "you subtracted each row's own max"),
+    ("excb_balancing", "boost by column (argmax over dim 0)", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(0, keepdim=True)
+            return z.scatter(0, top, z.gather(0, top) * boost).clamp(-1, 1)
+        """, "you boosted each column's largest score"),
 ]
 
 
@@ -453,6 +498,17 @@ EQUIVALENT = [  # (exercise, how, source): right answers written differently fro
                 log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
                 log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
             return log_q.exp()
+        """),
+    ("sinkhorn", "each column's max subtracted (the column step cancels it)", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max(dim=0, keepdim=True).values)
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
         """),
 ]
 
@@ -797,6 +853,19 @@ def test_grading_quotes_the_failing_line_of_the_cell_and_keeps_prints_out(solved
     assert "debugging output" not in capsys.readouterr().out
 
 
+def test_grading_names_a_cell_that_fails_to_run_and_how_cells_are_counted(solved, tmp_path):
+    nb = nbformat.read(solved("excb_balancing"), as_version=4)
+    (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    index = nb.cells.index(cell)
+    assert any(c.cell_type == "markdown" for c in nb.cells[:index])  # the count includes text cells
+    cell.source += "\ntoy_scores = torch.ones(2, 3) @ torch.ones(2, 3)"  # a trial run left in the cell, and wrong
+    nbformat.write(nb, str(tmp_path / "toplevel.ipynb"))
+    result = A.grade_notebook(tmp_path / "toplevel.ipynb")
+    (case,) = result.cases
+    assert case.name == f"cell {index + 1} of the notebook runs (counting every cell from the top, text cells too)"
+    assert not case.passed and "toy_scores = torch.ones(2, 3) @" in case.detail and "top to bottom" in case.hint
+
+
 def test_grading_says_that_only_the_tagged_cells_run(solved, tmp_path):
     nb = nbformat.read(solved("nt_xent"), as_version=4)
     (solution,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
@@ -831,7 +900,8 @@ def test_grading_refuses_two_graded_definitions_and_names_the_notebook_when_stri
     nbformat.write(nb, str(tmp_path / "copied.ipynb"))
     result = A.grade_notebook(tmp_path / "copied.ipynb")
     assert [c.name for c in result.cases] == ["one graded cell defines `sinkhorn`"]
-    assert f"cells {index + 1}, {index + 2} each define it, and the grader runs every graded cell" in result.report()
+    assert (f"cells {index + 1}, {index + 2} (counting every cell from the top, text cells too) each define it, "
+            "and the grader runs every graded cell") in result.report()
     with pytest.raises(AssertionError, match=f"^\n{tmp_path / 'copied.ipynb'}\n✗ Sinkhorn-Knopp"):
         A.grade_notebook(tmp_path / "copied.ipynb", strict=True)
 
