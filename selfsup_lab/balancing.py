@@ -132,8 +132,9 @@ def excb_balance_scores(scores: Tensor, relative_sizes: Tensor, boost: float = 1
     Both maps keep z' in [-1, 1] and keep the order of the images within a cluster (they are increasing in
     z), so they only change *which cluster wins*, never who is most typical of a cluster. Then the top-1
     entry of each row is multiplied by `boost` (1.01, "boost the choice": a slightly sharper target) and the
-    result is clamped to [-1, 1]. (For the rare row whose best cosine is negative, ×1.01 lowers it a little;
-    we follow the paper's rule as stated.)
+    result is clamped to [-1, 1]. (For the rare row whose best cosine is negative, ×1.01 lowers it a little and
+    can even hand the win to a runner-up within 1%, e.g. [−0.500, −0.502] → [−0.505, −0.502]; we follow the
+    paper's rule as stated.)
 
     Args:
         scores: (B, K) teacher cosines (never the student's).

@@ -133,6 +133,16 @@ def test_aggregate_seeds_keeps_constants_and_skips_failed_runs():
     assert "1.5 ± 2.1" in markdown_table([{**row, "batch_size": 32}])  # whole-number column: one decimal
 
 
+def test_a_measurement_the_seeds_agree_on_still_reads_as_a_mean_over_seeds():
+    from selfsup_lab.experiments import aggregate_seeds, table_cell
+
+    rows = [{"method": "coke", "k": 10, "epochs": 5, "knn_top1": 0.75, "empty": 0, "seed": s} for s in (0, 1)]
+    row = aggregate_seeds(rows)
+    assert table_cell(row, "knn_top1", ".3f") == "0.750 ± 0.000" and table_cell(row, "empty", "d") == "0 ± 0.0"
+    assert table_cell(row, "k", "d") == "10" and table_cell(row, "epochs", "d") == "5"  # settings: no ±
+    assert table_cell(aggregate_seeds(rows[:1]), "knn_top1", ".3f") == "0.750"  # one seed: a single run's value
+
+
 def test_one_method_against_itself_with_other_options(tmp_path):
     result = compare_balancing(methods=("naive", "naive:hard_targets=true"), batch_sizes=(16,), out=tmp_path, **TINY)
     assert [r["method"] for r in result["rows"]] == ["naive", "naive:hard_targets=true"]

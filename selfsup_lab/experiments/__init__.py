@@ -36,16 +36,25 @@ def aggregate_seeds(rows: list[dict]) -> dict:
     return out
 
 
+# Table columns that are the protocol, not a measurement: equal for every seed by design, so shown without ± 0.
+SETTING_COLUMNS = ("k", "epochs", "steps")
+
+
 def table_cell(row: dict, key: str, fmt: str) -> str:
-    """A value as the column formats it; a mean over seeds ± its std (a whole-number column gets one decimal)."""
+    """A value as the column formats it; a mean over seeds ± its std (a whole-number column gets one decimal).
+    A measurement that every seed got exactly the same reads "± 0", so that no cell of a several-seed row looks
+    like a single run's."""
     value = row.get(key)
     if value is None:
         return "–"
     if fmt == "d" and isinstance(value, float):  # e.g. 0.7 empty clusters on average over seeds
         value, fmt = (int(value), "d") if value.is_integer() else (value, ".1f")
     cell = format(value + 0, fmt).replace("-0.000", "0.000")  # no "-0.000" for a tiny negative (or -0.0)
-    if row.get(key + "_std") is not None:
-        cell += f" ± {format(row[key + '_std'], '.1f' if fmt == 'd' else fmt)}"
+    std = row.get(key + "_std")
+    if std is None and len(row.get("seeds") or ()) > 1 and key not in SETTING_COLUMNS:
+        std = 0.0  # aggregate_seeds keeps a value the seeds agree on as it is
+    if std is not None:
+        cell += f" ± {format(std, '.1f' if fmt == 'd' else fmt)}"
     return cell
 
 

@@ -36,8 +36,8 @@ results.md (with a last row for the untrained network, the reference every run m
 figures/comparison.png (entropy over epochs, with and without the rule, one batch alone dotted, + the
 sorted-occupancy heatmap per method, one row per batch size; the first seed's runs),
 figures/batch_size_sweep.png (with several batch sizes) and one run directory per (method, batch size), or per
-(method, batch size, seed) with several seeds. With several seeds a table cell that differs between seeds reads
-mean ± sample standard deviation.
+(method, batch size, seed) with several seeds. With several seeds a measured table cell reads mean ± sample
+standard deviation (± 0 where every seed measured the same).
 """
 from __future__ import annotations
 
