@@ -226,6 +226,9 @@ def test_compare_negatives_quick_is_ci_scale(monkeypatch):
     assert main(["compare-negatives", "--quick"]) == 130
     assert tuple(received["batch_sizes"]) == (32, 64) and received["epochs"] == 1  # --help: 1 epoch on 128 images
     assert received["train_subset"] == 128 and received["knn_k"] == 20  # a bank of 128 images: 20 neighbours
+    received.clear()
+    assert main(["compare-negatives", "--quick", "--dataset", "synthetic:n=96,classes=3,size=8"]) == 130
+    assert "train_subset" not in received  # 96 images: all of them, without a warning about a subset nobody typed
     assert main(["compare-negatives", "--quick", "--batch-sizes", "64", "256"]) == 130
     assert tuple(received["batch_sizes"]) == (64, 256)  # given, though they are the defaults: not replaced by QUICK's
     received.clear()

@@ -1,5 +1,6 @@
 """compare-balancing at toy scale: every run, the table's columns, the figures, and the command line."""
 import json
+import warnings
 
 import pytest
 
@@ -344,7 +345,10 @@ def test_a_row_without_the_rule_is_the_same_head_with_the_rule_off(tmp_path):
 def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
     from selfsup_lab.experiments import balancing
 
-    result = compare_balancing(methods=("naive",), batch_sizes=(16,), quick=True, out=tmp_path, **TINY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compare_balancing(methods=("naive",), batch_sizes=(16,), quick=True, out=tmp_path, **TINY)
+    assert not [w for w in caught if "train_subset" in str(w.message)]  # 96 images: quick's 128 means all of them
     assert [r["batch_size"] for r in result["rows"]] == [16]
     assert "kNN k=20 " in (tmp_path / "results.md").read_text()  # quick's neighbours for a bank of ~100 images
 
@@ -358,6 +362,17 @@ def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             compare_balancing(methods=("naive",), batch_sizes=given, quick=True, out=tmp_path, overwrite=True, **TINY)
         assert trained == [expected]
+
+
+def test_quick_mode_subsets_only_a_training_set_larger_than_its_subset():
+    from selfsup_lab.experiments import use_quick_subset
+
+    for dataset, given, expected in (("synthetic:n=400,classes=3,size=8", None, 128),  # 400 training images
+                                     ("synthetic:n=400,classes=3,size=8", 200, 200),   # the user's number stays
+                                     ("synthetic:n=96,classes=3,size=8", None, None)):  # 96: all of them
+        options = {} if given is None else {"train_subset": given}
+        use_quick_subset(dataset, options, 128)
+        assert options.get("train_subset") == expected, dataset
 
 
 def test_the_command_exits_non_zero_when_a_run_failed(tmp_path, capsys):

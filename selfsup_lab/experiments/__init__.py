@@ -261,6 +261,18 @@ def train_or_reuse(config, reuse: bool = False, linear: bool = True):
     return run
 
 
+def use_quick_subset(dataset: str, train_options: dict, size: int) -> None:
+    """Quick mode's seeded subset of `size` training images, unless the user gave train_subset or the training
+    set has no more than `size` images: then all of them are trained on, without the warning that a too-large
+    train_subset of the user's own gets."""
+    from .. import data
+
+    if train_options.get("train_subset") is not None:
+        return
+    if len(data.load_dataset(dataset, "train", train_options.get("data_dir"))) > size:
+        train_options["train_subset"] = size
+
+
 def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict) -> dict[int, int]:
     """Epochs that give each batch size about `steps` optimiser steps (the trainer drops the last partial
     batch, so an epoch of N images is N // B steps; at least one epoch)."""

@@ -69,7 +69,7 @@ COLUMNS = [  # (key, header, format)
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_reuse_arguments, add_training_arguments, aggregate_seeds, distinct,
     epoch_budget, folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell,
-    train_or_reuse, training_options,
+    train_or_reuse, training_options, use_quick_subset,
 )
 
 
@@ -209,7 +209,7 @@ def compare_balancing(methods=DEFAULT_METHODS, dataset: str = "digits", epochs: 
         batch_sizes = QUICK["batch_sizes"] if quick else DEFAULT_BATCH_SIZES
     if quick:
         epochs = QUICK["epochs"] if epochs is None and steps is None else epochs
-        train_options.setdefault("train_subset", QUICK["train_subset"])
+        use_quick_subset(dataset, train_options, QUICK["train_subset"])
         train_options.setdefault("knn_k", QUICK["knn_k"])
         shared_options = {**QUICK["shared_options"], **(shared_options or {})}
     batch_sizes = distinct(batch_sizes, "--batch-sizes", at_least=2)  # self-supervised losses compare images
@@ -325,7 +325,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
                         help="one run per seed; several give mean ± std in the table")
     add_training_arguments(parser, explicit_auto=True)
-    parser.add_argument("--quick", action="store_true", help="CI scale: 128 images, 2 epochs, B = 32")
+    parser.add_argument("--quick", action="store_true", help="CI scale: 128 images (or all of a smaller training set), 2 epochs, B = 32")
     add_progress_argument(parser, "a progress bar per run")
     add_reuse_arguments(parser, "OUT")
 

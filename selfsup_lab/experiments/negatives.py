@@ -52,7 +52,7 @@ COLUMNS = [  # (key, header, format)
 from . import (  # noqa: E402  (shared by both experiments)
     UNTRAINED_NOTE, add_progress_argument, add_reuse_arguments, add_training_arguments, aggregate_seeds, distinct,
     epoch_budget, folder_name, knn_protocol, parse_methods, refuse_to_replace, says_how_to_continue, table_cell,
-    train_or_reuse, training_options,
+    train_or_reuse, training_options, use_quick_subset,
 )
 
 
@@ -246,7 +246,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="several seeds give error bars")
     parser.add_argument("--out", default="runs/compare-negatives")
     add_training_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 128 images, B = 32 and 64")
+    parser.add_argument("--quick", action="store_true", help="CI scale: 1 epoch on 128 images (or all of a smaller training set), B = 32 and 64")
     add_progress_argument(parser, "a progress bar per run")
     add_reuse_arguments(parser, "OUT/runs")
 
@@ -262,7 +262,7 @@ def run_cli(args) -> int:
         if args.batch_sizes:  # batch sizes given on the command line win over QUICK's
             skip.add("batch_sizes")
         settings.update({k: v for k, v in QUICK.items() if k not in skip})
-        options.setdefault("train_subset", QUICK["train_subset"])
+        use_quick_subset(args.dataset, options, QUICK["train_subset"])
         options.setdefault("knn_k", 20)  # a bank of 128 images: 20 neighbours, not 200
     result = compare_negatives(methods=tuple(args.methods), dataset=args.dataset, out=args.out,
                                progress=args.progress, reuse=args.reuse, overwrite=args.overwrite, **settings, **options)
