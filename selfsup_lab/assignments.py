@@ -16,8 +16,9 @@ In a notebook (the last line of the cell displays a ✓/✗ report):
     from selfsup_lab.assignments import check_sinkhorn
     check_sinkhorn(sinkhorn)                 # strict=True raises AssertionError instead
 
-Outside Jupyter, grade a submitted notebook (runs its cells tagged `setup` and `solution`, then the check;
-exit status 0 = all checks pass, 1 = some failed, 2 = the notebook could not be graded):
+Outside Jupyter, grade a submitted notebook (runs its cells tagged `setup` and `solution`, then the check, in
+a Python process of its own; exit status 0 = all checks pass, 1 = some failed, 2 = the notebook could not be
+graded):
 
     python -m selfsup_lab.assignments check submissions/alice/sinkhorn.ipynb
     python -m selfsup_lab.assignments check --csv submissions/*/*.ipynb > grades.csv   # checks passed per notebook
@@ -32,7 +33,7 @@ With pytest (one test per submitted notebook; the AssertionError message is the 
 
     @pytest.mark.parametrize("notebook", sorted(glob.glob("submissions/*/*.ipynb")))
     def test_submission(notebook):
-        grade_notebook(notebook, strict=True)
+        grade_notebook(notebook, strict=True, isolate=True)   # each in a fresh Python process
 
 The model answers are kept here as source text (`SOLUTIONS[name]`), not as importable functions, so that
 `from selfsup_lab.assignments import *` hands a student nothing to copy (the package's references can be
@@ -242,7 +243,7 @@ class _Runner:
             out = self.fn(*call_args, **call_kwargs)
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
-        except Exception as exc:  # the student's bug, reported as such
+        except (Exception, SystemExit) as exc:  # the student's bug (exit() too), reported as such
             raise _student_error(exc) from exc
         self.returned += 1
         for i, (a, b, version) in enumerate(zip(call_args, before, versions)):
@@ -594,7 +595,7 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
             loss = student_fn(a1, a2, 0.3)
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _student_error(exc) from exc
         if isinstance(loss, (tuple, list)):
             loss = loss[0]
@@ -802,7 +803,7 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
             q = student_fn(scores, epsilon=0.05, iterations=3)
         except NotImplementedError as exc:
             raise _NotImplemented() from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _student_error(exc) from exc
         if isinstance(q, torch.Tensor) and q.requires_grad:
             return ("the targets carry a gradient (requires_grad is True)",
@@ -1221,25 +1222,36 @@ class _GlobalState:
                 vars(sys.modules[name]).update(saved)  # names added since (a submodule imported) may stay
 
 
-def grade_notebook(path, exercise: str | None = None, strict: bool = False,
-                   timeout: float | None = 120) -> CheckResult:
-    """Run a notebook's `setup` and `solution` cells in a fresh namespace, then check the student's function.
-
-    The exercise is read from the notebook's metadata (`selfsup_lab.exercise`), else from the file name.
-    `timeout` (seconds, POSIX main thread only) stops a solution that never returns.
-    """
+def _read_submission(path: Path, exercise: str | None):
+    """(notebook, Exercise) of a submitted notebook, or a UserError saying why it cannot be graded."""
     import nbformat
 
     from .errors import UserError
 
-    path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such notebook")
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:
         raise UserError(f"{path}: not a readable notebook ({type(exc).__name__}: {exc})") from None  # said here
-    ex = _exercise_of(nb, path, exercise)
+    return nb, _exercise_of(nb, path, exercise)
+
+
+def grade_notebook(path, exercise: str | None = None, strict: bool = False,
+                   timeout: float | None = 120, isolate: bool = False) -> CheckResult:
+    """Run a notebook's `setup` and `solution` cells in a fresh namespace, then check the student's function.
+
+    The exercise is read from the notebook's metadata (`selfsup_lab.exercise`), else from the file name.
+    `timeout` (seconds, POSIX main thread only) stops a solution that never returns.
+    `isolate=True` grades in a fresh Python process (what the command line does): whatever the submission does
+    to its process — patch torch, end it with os._exit(), crash it — cannot change the grade of the notebooks
+    graded after it, and a crash becomes this notebook's failed check. It costs a few seconds per notebook.
+    """
+    path = Path(path)
+    if isolate:
+        result = _grade_in_fresh_process(path, exercise, timeout)
+        return result.raise_if_failed(str(path)) if strict else result
+    nb, ex = _read_submission(path, exercise)
     namespace: dict = {"__name__": "__submission__"}
     cells = _grading_cells(nb, ex, path)
     graded = ", ".join(str(index + 1) for index, _ in cells)
@@ -1286,10 +1298,11 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
                 raise
             except NotImplementedError:
                 continue  # e.g. a scaffold that raises at import time: reported by the check below
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # exit() in a cell ends that cell, not the grading
                 return finish(CheckResult(ex.name, ex.report_title, [Case(
                     f"cell {index + 1} of the notebook runs ({counted})", False, _describe_exception(exc),
-                    "run the notebook top to bottom in Jupyter and fix the first error")]))
+                    "remove the exit() call: the grader runs the cell to its end" if isinstance(exc, SystemExit)
+                    else "run the notebook top to bottom in Jupyter and fix the first error")]))
         fn = namespace.get(ex.function)
         if fn is None:
             return finish(CheckResult(ex.name, ex.report_title, [Case(
@@ -1308,6 +1321,65 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
         if use_alarm:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
+
+
+# Seconds a fresh process may take beyond the notebook's own timeout: starting Python, importing torch, the checks.
+_PROCESS_MARGIN = 60
+
+
+def _grade_in_fresh_process(path: Path, exercise: str | None, timeout: float | None) -> CheckResult:
+    """`grade_notebook(path)` run by a new Python process, which hands the result back as a JSON file."""
+    import json
+    import subprocess
+    import tempfile
+
+    from .errors import UserError
+
+    _, ex = _read_submission(path, exercise)  # a notebook that cannot be graded is said so here, at once
+    package_root = str(Path(__file__).resolve().parents[1])  # so that the child imports this same selfsup_lab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.TemporaryDirectory() as tmp:
+        result_file = Path(tmp) / "result.json"
+        command = [sys.executable, "-c", "import sys; from selfsup_lab.assignments import _grade_to_file; "
+                   "_grade_to_file(*sys.argv[1:])", str(path), ex.name, str(timeout or 0), str(result_file)]
+        # stderr goes to a file, not to memory: a submission printing in a loop until its timeout fills neither
+        try:
+            with open(Path(tmp) / "stderr.txt", "w+b") as stderr:
+                done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=stderr, timeout=timeout + _PROCESS_MARGIN if timeout else None)
+                stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 2000))
+                error_output = stderr.read().decode(errors="replace")
+        except subprocess.TimeoutExpired:  # the alarm in the child did not fire (a long call inside C code)
+            return CheckResult(ex.name, ex.report_title, [Case(
+                f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
+                "look for a loop that never ends, or work on a huge tensor")])
+        if not result_file.exists():
+            last = (error_output.strip().splitlines() or ["no error output"])[-1]
+            return CheckResult(ex.name, ex.report_title, [Case(
+                "the notebook lets the grader finish", False,
+                f"the Python process grading it ended (exit code {done.returncode}) before the checks reported: "
+                f"{last}", "look for os._exit(), os.kill() or code that crashes Python in the graded cells")])
+        payload = json.loads(result_file.read_text())
+    if "user_error" in payload:
+        raise UserError(payload["user_error"])
+    result = payload["result"]
+    return CheckResult(result["exercise"], result["title"], [Case(**case) for case in result["cases"]],
+                       result["max_details"])
+
+
+def _grade_to_file(path: str, exercise: str, timeout: str, result_file: str) -> None:
+    """The fresh process's side of `_grade_in_fresh_process`: grade, then write the result (or the reason the
+    notebook cannot be graded) as JSON."""
+    import dataclasses
+    import json
+
+    from .errors import UserError
+
+    try:
+        payload = {"result": dataclasses.asdict(grade_notebook(path, exercise, timeout=float(timeout) or None))}
+    except UserError as exc:
+        payload = {"user_error": str(exc)}
+    Path(result_file).write_text(json.dumps(payload))
 
 
 def fill_solution(nb, exercise: str | None = None):
@@ -1336,6 +1408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebooks", nargs="+", type=Path)
     p.add_argument("--exercise", choices=sorted(EXERCISES), help="default: read from the notebook")
     p.add_argument("--timeout", type=float, default=120, help="seconds per notebook (default 120)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once, each in its own Python process "
+                                                       "(default 1)")
     p.add_argument("--quiet", action="store_true", help="one summary line per notebook")
     p.add_argument("--csv", action="store_true",
                    help="a table instead of reports: notebook, exercise, checks passed, checks run, summary")
@@ -1374,27 +1448,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
         return 0
 
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+
+    def grade(path: Path) -> CheckResult | UserError:
+        # Each notebook in a fresh process: one submission cannot change another's grade.
+        try:
+            return grade_notebook(path, exercise=args.exercise, timeout=args.timeout, isolate=True)
+        except UserError as exc:
+            return exc
+
     status = 0
     table = csv.writer(sys.stdout) if args.csv else None
     if table:
         table.writerow(["notebook", "exercise", "passed", "checks", "summary"])
-    for path in args.notebooks:
-        try:
-            result = grade_notebook(path, exercise=args.exercise, timeout=args.timeout)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if table:  # a row all the same, so that no submission goes missing from the grade sheet
-                table.writerow([path, "", 0, 0, f"not graded: {exc}"])
-            status = 2
-            continue
-        prefix = f"{path}: " if len(args.notebooks) > 1 or args.quiet else ""
-        if table:
-            table.writerow([path, result.exercise, len(result.cases) - len(result.failures), len(result.cases),
-                            result.summary()])
-        else:
-            print(prefix + (result.summary() if args.quiet else result.report()))
-        if not result.passed:
-            status = max(status, 1)
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=args.jobs)  # threads that wait on the grading processes
+    try:
+        for path, result in zip(args.notebooks, pool.map(grade, args.notebooks)):  # in order, each when ready
+            if isinstance(result, UserError):
+                print(f"error: {result}", file=sys.stderr)
+                if table:  # a row all the same, so that no submission goes missing from the grade sheet
+                    table.writerow([path, "", 0, 0, f"not graded: {result}"])
+                status = 2
+                continue
+            prefix = f"{path}: " if len(args.notebooks) > 1 or args.quiet else ""
+            if table:
+                table.writerow([path, result.exercise, len(result.cases) - len(result.failures), len(result.cases),
+                                result.summary()])
+            else:
+                print(prefix + (result.summary() if args.quiet else result.report()), flush=True)
+            if not result.passed:
+                status = max(status, 1)
+    finally:  # Ctrl-C: the notebooks not yet started are not started
+        pool.shutdown(cancel_futures=True)
     return status
 
 

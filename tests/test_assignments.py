@@ -951,9 +951,9 @@ def test_cli_check_csv_has_a_row_per_notebook(solved, tmp_path, capsys):
     assert "print(" in solution.source
     nbformat.write(nb, str(chatty))  # what the function prints must not land in the grade sheet
     notebooks = [chatty, ASSIGNMENTS / "nt_xent.ipynb", tmp_path / "missing.ipynb"]
-    assert A.main(["check", "--csv", *map(str, notebooks)]) == 2
+    assert A.main(["check", "--csv", "--jobs", "2", *map(str, notebooks)]) == 2
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    assert [row["notebook"] for row in rows] == list(map(str, notebooks))
+    assert [row["notebook"] for row in rows] == list(map(str, notebooks))  # in the order given, whatever finished first
     assert rows[0]["exercise"] == "coke_dual_step" and rows[0]["passed"] == rows[0]["checks"] != "0"
     assert (rows[1]["passed"], rows[1]["checks"]) == ("0", "1") and "not implemented" in rows[1]["summary"]
     assert rows[2]["summary"].startswith("not graded:") and "no such notebook" in rows[2]["summary"]
@@ -987,9 +987,64 @@ def test_cli_grades_every_notebook_even_after_a_broken_one(solved, tmp_path, cap
     (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
     cell.source = textwrap.dedent(WRONG_SHAPES[0][2])
     nbformat.write(nb, str(tmp_path / "per_anchor.ipynb"))
-    assert A.main(["check", "--quiet", str(tmp_path / "per_anchor.ipynb"), str(solved("sinkhorn"))]) == 1
+    assert A.main(["check", "--quiet", "--jobs", "2", str(tmp_path / "per_anchor.ipynb"), str(solved("sinkhorn"))]) == 1
     out = capsys.readouterr().out
     assert "per_anchor.ipynb: ✗ NT-Xent loss" in out and "sinkhorn.ipynb: ✓" in out
+
+
+def _with_solution_cell(tmp_path, exercise: str, name: str, edit) -> str:
+    """A copy of the exercise's notebook whose solution cell is edit(model answer), written as NAME.ipynb."""
+    nb = A.fill_solution(nbformat.read(ASSIGNMENTS / A.EXERCISES[exercise].notebook, as_version=4))
+    (cell,) = [c for c in nb.cells if A.SOLUTION_TAG in c.metadata.get("tags", [])]
+    cell.source = edit(cell.source)
+    nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+    return str(tmp_path / f"{name}.ipynb")
+
+
+def test_exit_in_a_cell_or_in_the_function_fails_that_check_instead_of_ending_the_grading(tmp_path):
+    in_cell = _with_solution_cell(tmp_path, "coke_dual_step", "exit_in_cell", lambda src: src + "\nexit()")
+    (case,) = A.grade_notebook(in_cell).cases
+    assert not case.passed and case.detail.startswith("SystemExit") and "remove the exit() call" in case.hint
+    in_function = _with_solution_cell(tmp_path, "coke_dual_step", "exit_in_function", lambda src: src.replace(
+        "def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):",
+        "def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):\n    import sys\n    sys.exit(1)"))
+    result = A.grade_notebook(in_function)
+    assert not result.passed and "SystemExit: 1" in result.report()
+    assert "leaves its inputs unchanged" in [c.name for c in result.failures]  # it never returned
+
+
+def test_cli_grades_each_notebook_in_its_own_process(tmp_path, capsys):
+    import csv
+
+    wrong = _with_solution_cell(tmp_path, "coke_dual_step", "wrong", lambda src: textwrap.dedent(mistake("sign flipped")))
+    alone = A.grade_notebook(wrong, isolate=True)
+    passed_alone = sum(c.passed for c in alone.cases)
+    assert 0 < passed_alone < len(alone.cases) - 1
+    patcher = _with_solution_cell(tmp_path, "coke_dual_step", "patcher",  # right, then patches torch for everyone
+                                  lambda src: src + "\nimport torch\ntorch.allclose = lambda *a, **k: True")
+    crasher = _with_solution_cell(tmp_path, "coke_dual_step", "crasher", lambda src: "import os\nos._exit(3)\n" + src)
+    assert A.main(["check", "--csv", patcher, crasher, wrong]) == 1
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["notebook"] for r in rows] == [patcher, crasher, wrong]
+    assert rows[0]["passed"] == rows[0]["checks"]
+    assert (rows[1]["passed"], rows[1]["checks"]) == ("0", "1") and "lets the grader finish" in rows[1]["summary"]
+    assert rows[2]["passed"] == str(passed_alone)  # the patch did not follow it into the next notebook
+    crashed = A.grade_notebook(crasher, isolate=True)
+    assert "ended (exit code 3) before the checks reported" in crashed.report()
+
+
+def test_a_fresh_grading_process_that_outlives_its_time_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(A, "_PROCESS_MARGIN", 0)  # 1 s in all: less than the fresh process needs to start
+    right = _with_solution_cell(tmp_path, "sinkhorn", "right", str)
+    result = A.grade_notebook(right, timeout=1, isolate=True)
+    assert [c.name for c in result.cases] == ["finishes within 1 s"] and not result.passed
+    monkeypatch.undo()
+    assert A.grade_notebook(right, timeout=1, isolate=True).passed  # the same notebook with the usual margin
+
+
+def test_cli_refuses_a_jobs_count_below_one(capsys):
+    assert A.main(["check", "--jobs", "0", str(ASSIGNMENTS / "sinkhorn.ipynb")]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
