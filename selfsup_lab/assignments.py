@@ -1448,8 +1448,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
         return 0
 
-    if args.jobs < 1:
-        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+    if args.jobs < 1 or args.timeout <= 0:
+        problem = f"--jobs must be at least 1, got {args.jobs}" if args.jobs < 1 else \
+            f"--timeout must be a positive number of seconds, got {args.timeout:g}"
+        print(f"error: {problem}", file=sys.stderr)
         return 2
 
     def grade(path: Path) -> CheckResult | UserError:
@@ -1482,7 +1484,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(prefix + (result.summary() if args.quiet else result.report()), flush=True)
             if not result.passed:
                 status = max(status, 1)
-    finally:  # Ctrl-C: the notebooks not yet started are not started
+    except KeyboardInterrupt:  # Ctrl-C reaches the grading processes too: they stop at once
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:  # the notebooks not yet started are not started
         pool.shutdown(cancel_futures=True)
     return status
 

@@ -1042,9 +1042,20 @@ def test_a_fresh_grading_process_that_outlives_its_time_is_stopped(tmp_path, mon
     assert A.grade_notebook(right, timeout=1, isolate=True).passed  # the same notebook with the usual margin
 
 
-def test_cli_refuses_a_jobs_count_below_one(capsys):
+def test_cli_refuses_a_jobs_count_below_one_and_a_timeout_that_is_not_positive(capsys):
     assert A.main(["check", "--jobs", "0", str(ASSIGNMENTS / "sinkhorn.ipynb")]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert A.main(["check", "--timeout", "-5", str(ASSIGNMENTS / "sinkhorn.ipynb")]) == 2
+    assert "--timeout must be a positive number of seconds, got -5" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_says_interrupted_and_exits_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "grade_notebook", interrupted)
+    assert A.main(["check", str(ASSIGNMENTS / "sinkhorn.ipynb")]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_python_dash_m_entry_point():
