@@ -126,19 +126,19 @@ class CheckResult:
         return "\n".join(lines)
 
     def _explained(self):
-        """(case, hint to show) pairs: the first `max_details` failures in full, a repeated hint only once; a later
-        failure whose hint has not been shown yet is explained too (it may be the one that names the mistake)."""
-        shown_hints, explained = set(), 0
+        """(case, hint to show) pairs: the first `max_details` failures in full, the hint of the failure just above
+        as "(as above)"; a later failure whose hint has not been shown yet is explained too (it may be the one that
+        names the mistake)."""
+        shown_hints, explained, last_hint = set(), 0, None
         for case in self.cases:
             new_hint = bool(case.hint) and case.hint not in shown_hints
             if case.passed or (explained >= self.max_details and not new_hint):
                 yield (case if case.passed else Case(case.name, False)), ""
                 continue
             explained += 1
-            hint = case.hint
-            if hint and hint in shown_hints:
-                hint = "(as above)"
+            hint = "(as above)" if case.hint and case.hint == last_hint else case.hint  # else said in full again
             shown_hints.add(case.hint)
+            last_hint = case.hint
             yield case, hint
 
     __str__ = report
@@ -483,6 +483,20 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _defaults_case(chk: "_Check", args: tuple, defaults: dict, expected: torch.Tensor, rtol: float, atol: float):
+    """A case body: the function called without its defaulted arguments must give what it gives with the
+    scaffold's values written out (the training code relies on the defaults)."""
+    got = chk.run(*args)
+    problem = _mismatch(got, expected, rtol, atol)
+    if problem is None:
+        return None
+    written_out = ", ".join(f"{k}={v}" for k, v in defaults.items())
+    explicit_right = _mismatch(chk.run(*args, **defaults), expected, rtol, atol) is None
+    return (f"called without {', '.join(defaults)}:\n{problem}",
+            f"keep the scaffold's defaults ({written_out}) in the `def` line" if explicit_right
+            else "fix the comparisons above first")
+
+
 def _diagnose(got, shape: tuple, variants: list[tuple[str, Callable[[], torch.Tensor]]], rtol: float, atol: float,
               default: str) -> str:
     """If the student's output equals a known wrong variant, say which mistake that is. An output that is not a
@@ -512,8 +526,11 @@ def _nt_xent_mistakes(z1, z2, t):
     """Known wrong versions, only to recognise a mistake and name it in the hint."""
     n = z1.shape[0]
 
-    def variant(mask=True, normalise=True, both=True, cross_only=False, temp=t, target_self=False):
+    def variant(mask=True, normalise=True, both=True, cross_only=False, temp=t, target_self=False,
+                columns=False, positive_in_denominator=True):
         a, b = (F.normalize(z1, dim=1), F.normalize(z2, dim=1)) if normalise else (z1, z2)
+        if columns:  # normalised over the 2B embeddings (dim=0) instead of each embedding's d entries
+            a, b = F.normalize(torch.cat([z1, z2]), dim=0).split(n)
         if cross_only:
             logits = a @ b.t() / temp
             return (F.cross_entropy(logits, torch.arange(n)) + F.cross_entropy(logits.t(), torch.arange(n))) / 2
@@ -522,6 +539,9 @@ def _nt_xent_mistakes(z1, z2, t):
         if mask:
             logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
         target = torch.arange(2 * n) if target_self else torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        if not positive_in_denominator:  # −s_ip/τ + log Σ_{k ≠ i, p} exp(s_ik/τ)
+            positive = logits.gather(1, target[:, None]).squeeze(1)
+            return (torch.logsumexp(logits.scatter(1, target[:, None], float("-inf")), dim=1) - positive).mean()
         if not both:
             return F.cross_entropy(logits[:n], target[:n])
         return F.cross_entropy(logits, target)
@@ -538,8 +558,15 @@ def _nt_xent_mistakes(z1, z2, t):
         ("the temperature is missing: divide the cosine similarities by τ", lambda: variant(temp=1.0)),
         ("you summed the 2B anchors' losses: NT-Xent is their mean (F.cross_entropy's default reduction, or "
          "divide the sum by 2B)", lambda: variant() * 2 * n),
-        ("you added the two views' mean losses: the loss is the mean over all 2B anchors, so average the two "
-         "halves (or take one cross-entropy over the 2B rows)", lambda: variant() * 2),
+        ("your loss is twice the reference: it is the mean over all 2B anchors (did you add the two views' mean "
+         "losses, or divide a sum by B?)", lambda: variant() * 2),
+        ("you divided the mean by 2B again: F.cross_entropy already averages over the rows",
+         lambda: variant() / (2 * n)),
+        ("τ is applied twice: divide the cosine similarities by τ once", lambda: variant(temp=t * t)),
+        ("you normalised over dim 0 (across the embeddings): normalise each embedding to unit length, "
+         "F.normalize(z, dim=1)", lambda: variant(columns=True)),
+        ("you left the positive out of the denominator: Σ_{k ≠ i} runs over all 2B − 1 others, the partner included",
+         lambda: variant(positive_in_denominator=False)),
         ("each row's target is the row itself: the positive of anchor i is the other view of the same image, "
          "row i + B (and of row i + B, row i)", lambda: variant(mask=False, target_self=True)),
     ]
@@ -568,8 +595,8 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
                          "4×4 similarity matrix by hand")
         if isinstance(got, torch.Tensor) and got.dim() == 0 and got.detach().float().isposinf():
             # cross-entropy is +inf only when a target's logit is -inf: the masked diagonal
-            hint = ("the loss is infinite: a target points at a masked (−inf) logit, i.e. at the anchor itself; "
-                    "the positive of row i is row i + B, and of row i + B, row i")
+            hint = ("the loss is infinite: a target points at a masked (−inf) logit. Mask only the diagonal (each "
+                    "anchor's similarity to itself) and let row i's target be row i + B (row i + B's: row i)")
         return (f"input: z1, z2 of shape {tuple(z1.shape)}, temperature {t}\n{problem}", hint)
 
     for batch, dim, t, seed in [(8, 16, 0.5, 0), (32, 128, 0.2, 1), (5, 3, 1.0, 2), (2, 8, 0.1, 3),
@@ -702,11 +729,11 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         batch, clusters = scores.shape
         s = scores.float()
 
-        def alternations(q):  # the reference's loop on a positive matrix q, from its normalisation to sum 1 on
+        def alternations(q, swapped=False):  # the reference's loop on a positive matrix q (swapped: sum dims)
             q = q / q.sum()
             for _ in range(iters):
-                q = q / (clusters * q.sum(0, keepdim=True))
-                q = q / (batch * q.sum(1, keepdim=True))
+                q = q / (clusters * q.sum(1 if swapped else 0, keepdim=True))
+                q = q / (batch * q.sum(0 if swapped else 1, keepdim=True))
             return q * batch
 
         variants = [
@@ -728,6 +755,11 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
              "column step and changes the result; subtract one constant for the whole matrix (its largest s/ε), "
              "which the normalisations cancel",
              lambda: alternations(torch.exp(s / eps - (s / eps).max(dim=1, keepdim=True).values))),
+            ("ε is missing: Q = exp(S/ε) (ε = 0.05 sharpens the scores 20×)",
+             lambda: ref(scores, epsilon=1.0, iterations=iters)),
+            ("the sums run over the wrong dimension: the cluster step divides by q.sum(dim=0) (over the B images, "
+             "one total per cluster), the image step by q.sum(dim=1)",
+             lambda: alternations(torch.exp(s / eps - (s / eps).max()), swapped=True)),
         ]
         hint = _diagnose(got, expected.shape, variants, 1e-4, 1e-6,
                          "write the loop out on a 3×2 matrix by hand: scale columns to 1/K of the mass, then "
@@ -735,6 +767,9 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
         if isinstance(got, torch.Tensor) and not torch.isfinite(got.detach().float()).all():
             hint = ("exp(s/ε) overflowed: compute in float32 and subtract the largest s/ε before exp() "
                     "(the normalisations cancel the constant)")
+            if scores.dtype in (torch.float16, torch.bfloat16):  # subtracting the max is not enough in float16
+                hint = ("compute in float32 (scores.float()): in float16 exp(s/ε) over- or underflows (whole rows "
+                        "become 0, then 0/0), even with the largest s/ε subtracted")
         return (f"input: scores of shape {tuple(scores.shape)} ({str(scores.dtype).replace('torch.', '')}), "
                 f"epsilon={eps}, iterations={iters}\n{problem}", hint)
 
@@ -750,6 +785,10 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
     s_sharp = 0.5 + 0.5 * torch.rand(24, 5, generator=_generator(6))
     chk.case("edge case: ε = 0.01 and scores in [0.5, 1] (exp(100) overflows float32)",
              lambda: compare(s_sharp, 0.01, 3))
+
+    s_default = _cosines(12, 4, 8, 7)
+    chk.case("keeps the scaffold's defaults: sinkhorn(scores) uses ε = 0.05 and 3 iterations",
+             lambda: _defaults_case(chk, (s_default,), dict(epsilon=0.05, iterations=3), ref(s_default), rtol, atol))
 
     def marginals():
         scores = _cosines(48, 6, 16, 7)
@@ -841,6 +880,14 @@ def check_coke_dual_step(student_fn: Callable, strict: bool = False) -> CheckRes
              "`/`, or `counts.float() / batch_size`",
              lambda: (duals + eta * (gamma - torch.div(counts, batch, rounding_mode="floor"))).clamp_min(0)),
             ("the step size η is missing", lambda: (duals + (gamma - n / batch)).clamp_min(0)),
+            ("divide the counts by the batch size B, not by the number of clusters K",
+             lambda: (duals + eta * (gamma - n / n.numel())).clamp_min(0)),
+            ("min_fraction is already γ, the smallest share one cluster may have (ratio/K): do not divide it by K "
+             "again", lambda: (duals + eta * (gamma / n.numel() - n / batch)).clamp_min(0)),
+            ("clamp the new dual, not the step: an over-filled cluster's dual must be able to fall (down to 0)",
+             lambda: duals + (eta * (gamma - n / batch)).clamp_min(0)),
+            ("empty clusters (n_k = 0) are the most under-filled of all: their duals must rise too",
+             lambda: torch.where(counts > 0, (duals + eta * (gamma - n / batch)).clamp_min(0), duals)),
         ]
         hint = _diagnose(got, expected.shape, variants, 1e-5, 1e-6,
                          "ρ_k ← max(0, ρ_k + η·(γ − n_k/B)), elementwise over the K clusters")
@@ -945,9 +992,9 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
         small = 1 - (1 - z) * r
         big = (1 + z) / r - 1
 
-        def boosted(x, clamp=True, dim=1):  # dim=0: each cluster's top image instead of each image's top cluster
+        def boosted(x, clamp=True, dim=1, added=False):  # dim=0: each cluster's top image, not each image's top
             top = x.argmax(dim=dim, keepdim=True)
-            x = x.scatter(dim, top, x.gather(dim, top) * boost)
+            x = x.scatter(dim, top, x.gather(dim, top) + (boost - 1) if added else x.gather(dim, top) * boost)
             return x.clamp(-1, 1) if clamp else x
 
         variants = [
@@ -965,6 +1012,14 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
                  torch.where(r < 1, small, big).gather(1, z.argmax(1, keepdim=True)) * boost).clamp(-1, 1)),
             ("you boosted each column's largest score (argmax over dim 0, the images); the boost goes to each "
              "row's top-1 cluster: argmax over dim 1", lambda: boosted(torch.where(r < 1, small, big), dim=0)),
+            ("clamp to [−1, 1], not [0, 1]: cosines can be negative",
+             lambda: boosted(torch.where(r < 1, small, big), clamp=False).clamp(0, 1)),
+            ("the boost multiplies the row's top score (z_top·boost), it is not added",
+             lambda: boosted(torch.where(r < 1, small, big), added=True)),
+            ("relative_sizes is already ρ_k (each cluster's size over the mean size): use it as given, without "
+             "normalising it again", lambda: boosted(torch.where(r * r.numel() / r.sum() < 1,
+                                                                 1 - (1 - z) * r * r.numel() / r.sum(),
+                                                                 (1 + z) / (r * r.numel() / r.sum()) - 1))),
         ]
         hint = _diagnose(got, expected.shape, variants, 1e-5, 1e-6,
                          "apply the formula per column (ρ_k < 1 or > 1), then boost each row's maximum, then clamp")
@@ -984,9 +1039,14 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
              lambda: compare(s, torch.ones(4), 1.01))
     chk.case("edge case: a never-visited cluster (ρ_k ≈ 1e-8 from excb_relative_sizes)",
              lambda: compare(s, excb_relative_sizes(torch.tensor([0.0, 0.5, 0.3, 0.2])), 1.01))
+    chk.case("edge case: ρ as given, not summing to K (ρ = 0.5, 2, 1, 3)",
+             lambda: compare(s, torch.tensor([0.5, 2.0, 1.0, 3.0]), 1.01))
     negative = torch.tensor([[-0.3, -0.6, -0.9], [0.4, -0.2, -0.5]])
     chk.case("edge case: a row whose best score is negative (×boost applies to it as to any other: it goes down)",
              lambda: compare(negative, torch.ones(3), 1.05))
+    rho_default = excb_relative_sizes(torch.tensor([0.1, 0.4, 0.2, 0.3]))
+    chk.case("keeps the scaffold's default: excb_balance_scores(scores, relative_sizes) boosts by 1.01",
+             lambda: _defaults_case(chk, (s, rho_default), dict(boost=1.01), ref(s, rho_default), rtol, atol))
 
     def direction():
         scores = _cosines(30, 6, 8, 21)
@@ -1014,14 +1074,16 @@ def check_excb_balance(student_fn: Callable, strict: bool = False) -> CheckResul
     def clamp():
         scores = torch.tensor([[0.999, 0.2, -0.5], [0.3, 0.995, -0.999], [-1.0, -0.98, -0.99]])
         rho = torch.tensor([0.5, 0.9, 4.0])
-        new = chk.run(scores, rho, boost=1.01)
-        problem = _output_problem(new, scores.shape)
+        near_minus_one = torch.tensor([[-0.995, -1.0, -1.0]])  # ×1.01 pushes the winner below −1
+        outputs = [chk.run(scores, rho, boost=1.01), chk.run(near_minus_one, torch.ones(3), boost=1.01)]
+        problem = _output_problem(outputs[0], scores.shape) or _output_problem(outputs[1], near_minus_one.shape)
         if problem:
             return problem
-        v = new.detach().float()
+        v = torch.cat([o.detach().float().flatten() for o in outputs])
         if v.max() > 1 + 1e-6 or v.min() < -1 - 1e-6:
             return (f"values must stay in [−1, 1], got min {float(v.min()):.5g}, max {float(v.max()):.5g}",
-                    "clamp the result to [−1, 1] after the ×boost (cosines cannot exceed 1)")
+                    "clamp the result to [−1, 1] after the ×boost, at both ends (a negative winner ×1.01 can "
+                    "fall below −1)")
         return None
 
     chk.case("property: results are clamped to [−1, 1]", clamp)

@@ -449,7 +449,7 @@ MISTAKES = [
             n = z1.shape[0]
             logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
             return (F.cross_entropy(logits[:n], torch.arange(n, 2 * n)) + F.cross_entropy(logits[n:], torch.arange(n)))
-        """, "you added the two views' mean losses"),
+        """, "your loss is twice the reference"),
     ("nt_xent", "targets point at the anchor itself (masked)", """
         def nt_xent(z1, z2, temperature):
             z = F.normalize(torch.cat([z1, z2]), dim=1)
@@ -474,6 +474,133 @@ MISTAKES = [
                 q = q / (B * q.sum(1, keepdim=True))
             return q * B
         """, "you subtracted each row's own max"),
+    ("nt_xent", "τ applied twice", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits / temperature, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "τ is applied twice"),
+    ("nt_xent", "normalised over dim 0", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=0)
+            n = z1.shape[0]
+            logits = (z @ z.t() / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        """, "you normalised over dim 0"),
+    ("nt_xent", "positive left out of the denominator", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            sim = z @ z.t() / temperature
+            partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+            positive = sim[torch.arange(2 * n), partner]
+            others = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+            others[torch.arange(2 * n), partner] = float("-inf")
+            return (torch.logsumexp(others, dim=1) - positive).mean()
+        """, "you left the positive out of the denominator"),
+    ("nt_xent", "partner masked instead of the diagonal", """
+        def nt_xent(z1, z2, temperature):
+            z = F.normalize(torch.cat([z1, z2]), dim=1)
+            n = z1.shape[0]
+            partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+            logits = (z @ z.t() / temperature).index_put((torch.arange(2 * n), partner), torch.tensor(float("-inf")))
+            return F.cross_entropy(logits, partner)
+        """, "Mask only the diagonal"),
+    ("sinkhorn", "ε missing", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float()
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "ε is missing"),
+    ("sinkhorn", "sum dimensions swapped", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(1, keepdim=True))
+                q = q / (B * q.sum(0, keepdim=True))
+            return q * B
+        """, "the sums run over the wrong dimension"),
+    ("sinkhorn", "float16 kept (max subtracted)", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return (q * B).float()
+        """, "compute in float32 (scores.float()): in float16"),
+    ("sinkhorn", "defaults changed", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.5, iterations=10):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.max())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "keep the scaffold's defaults (epsilon=0.05, iterations=3) in the `def` line"),
+    ("coke_dual_step", "divided by K", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction - counts.float() / len(counts))).clamp_min(0)
+        """, "not by the number of clusters K"),
+    ("coke_dual_step", "min_fraction divided by K again", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return (duals + step_size * (min_fraction / len(counts) - counts.float() / batch_size)).clamp_min(0)
+        """, "do not divide it by K again"),
+    ("coke_dual_step", "the step clamped, not the dual", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            return duals + (step_size * (min_fraction - counts.float() / batch_size)).clamp_min(0)
+        """, "clamp the new dual, not the step"),
+    ("coke_dual_step", "empty clusters skipped", """
+        def coke_dual_step(duals, counts, batch_size, min_fraction, step_size):
+            new = (duals + step_size * (min_fraction - counts.float() / batch_size)).clamp_min(0)
+            return torch.where(counts > 0, new, duals)
+        """, "their duals must rise too"),
+    ("excb_balancing", "clamp to [0, 1]", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(0, 1)
+        """, "not [0, 1]"),
+    ("excb_balancing", "boost added", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) + (boost - 1)).clamp(-1, 1)
+        """, "it is not added"),
+    ("excb_balancing", "ρ normalised again", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.01):
+            z, r = scores.float(), relative_sizes.float()
+            r = r * r.numel() / r.sum()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "use it as given"),
+    ("excb_balancing", "default boost changed", """
+        def excb_balance_scores(scores, relative_sizes, boost=1.1):
+            z, r = scores.float(), relative_sizes.float()
+            z = torch.where(r < 1, 1 - (1 - z) * r, (1 + z) / r - 1)
+            top = z.argmax(1, keepdim=True)
+            return z.scatter(1, top, z.gather(1, top) * boost).clamp(-1, 1)
+        """, "keep the scaffold's defaults (boost=1.01)"),
     ("excb_balancing", "boost by column (argmax over dim 0)", """
         def excb_balance_scores(scores, relative_sizes, boost=1.01):
             z, r = scores.float(), relative_sizes.float()
@@ -553,6 +680,9 @@ PROPERTY_MISTAKES = [  # (exercise, mistake, source, the property check that mus
         """, "property: small clusters' scores go up, big ones' go down (boost=1)", "should go UP"),
     ("excb_balancing", "no clamp", mistake("no clamp"), "property: results are clamped to [−1, 1]",
      "max 1.0095"),  # only 0.0095 past 1
+    ("excb_balancing", "clamped above only", mistake("no clamp").replace(
+        "z.gather(1, top) * boost)", "z.gather(1, top) * boost).clamp(max=1)"),
+     "property: results are clamped to [−1, 1]", "got min -1.005"),  # −0.995 × 1.01
     ("excb_balancing", "jitter to break ties", """
         def excb_balance_scores(scores, relative_sizes, boost=1.01):
             z, r = scores.float(), relative_sizes.float()
@@ -591,6 +721,14 @@ def test_report_explains_the_first_failures_in_full_and_a_repeated_hint_once():
     assert all(f"detail {i}" in report for i in range(result.max_details))  # the first four in full
     assert "detail 4" not in report and "detail 5" not in report and "  ✗ case 5" in report  # then by name only
     assert report.count("hint: the same hint") == 1 and report.count("hint: (as above)") == result.max_details - 1
+
+
+def test_as_above_refers_only_to_the_hint_just_above():
+    result = A.CheckResult("x", "Some exercise", [A.Case("a", False, "detail a", "hint one"),
+                                                  A.Case("b", False, "detail b", "hint two"),
+                                                  A.Case("c", False, "detail c", "hint one")])
+    hints = [line.strip() for line in result.report().splitlines() if line.strip().startswith("hint:")]
+    assert hints == ["hint: hint one", "hint: hint two", "hint: hint one"]  # not "(as above)": that is hint two
 
 
 def test_a_hint_not_shown_yet_is_explained_after_the_first_failures_too():
