@@ -694,7 +694,8 @@ def check_nt_xent(student_fn: Callable, strict: bool = False) -> CheckResult:
             return problem
         if not torch.allclose(a.detach().float(), b.detach().float(), rtol=1e-4, atol=1e-5):
             return (f"loss(z1, z2) = {float(a):.5f} but loss(z2, z1) = {float(b):.5f}",
-                    "both views are anchors: average over all 2B embeddings, not only view 1's")
+                    "treat the two views alike: all 2B embeddings are anchors (average over all of them, not "
+                    "only view 1's), and both views are normalised the same way")
         return None
 
     chk.case("property: symmetric in the two views", symmetric)
