@@ -27,8 +27,8 @@ Where the images come from (`load_dataset(spec, split)`):
   offline, trains in seconds on a CPU: the default for notebooks and tests.
 * ``synthetic[:n=..,classes=..,size=..,seed=..]`` -- seeded procedural images of any size, for tests.
 * ``imagefolder:PATH`` -- your own images: a folder of class sub-folders (optionally split into
-  ``train/`` and ``test/``), or a ``.tar``/``.tar.gz`` archive of one. Decoded once with PIL, cached under
-  ``data_dir/cache/``. A training sub-folder named ``unlabelled`` (or ``unlabeled``) is not a class: its
+  ``train/`` and ``test/``, or ``val/`` for want of ``test/``), or a ``.tar``/``.tar.gz`` archive of one.
+  Decoded once with PIL (turned upright as the EXIF orientation says), cached under ``data_dir/cache/``. A training sub-folder named ``unlabelled`` (or ``unlabeled``) is not a class: its
   images are trained on with label -1, as STL-10's unlabelled split.
 """
 
@@ -91,7 +91,7 @@ UNLABELLED = -1
 UNLABELLED_FOLDERS = ("unlabelled", "unlabeled")
 
 # Bump when the layout of the cached .pt files changes, so that old caches are rebuilt, not misread.
-CACHE_FORMAT = 2  # 2: imagefolder's unlabelled/ sub-folder is label -1, no longer a class
+CACHE_FORMAT = 3  # 2: imagefolder's unlabelled/ sub-folder is label -1; 3: EXIF rotation, 16-bit scaling
 
 
 def default_data_dir() -> Path:
@@ -569,6 +569,7 @@ def _write_cache(path: Path, obj: dict) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # a read-only data dir or a full disk (RuntimeError from torch.save)
         warnings.warn(f"could not write the dataset cache {path} ({e}); the data will be decoded again next time")
+    finally:  # also on Ctrl-C: a half-written temporary file (150 MB for CIFAR) is never left behind
         with contextlib.suppress(OSError):  # e.g. a data dir that is a file: there is no temporary file either
             tmp.unlink(missing_ok=True)
 
@@ -577,7 +578,10 @@ def _write_cache(path: Path, obj: dict) -> None:
 # imagefolder: folders and tar archives of class sub-folders
 # ----------------------------------------------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                   ".pgm", ".pbm", ".pnm", ".tga", ".avif"}
+# Folders of these names next to train/ hold a data set's test split when there is no test/ (ImageNet's val/).
+_TEST_ALIASES = ("val", "valid", "validation")
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
@@ -585,12 +589,41 @@ def _is_archive(path: Path) -> bool:
     return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
+def _is_hidden(relpath: str) -> bool:
+    """Hidden files and folders, and macOS '._x.jpg' / '__MACOSX' litter: never part of a data set."""
+    return any(p.startswith(".") or p == "__MACOSX" for p in PurePosixPath(relpath).parts)
+
+
 def _is_image(relpath: str) -> bool:
-    """An image file we should read: skips hidden files and macOS '._x.jpg' / '__MACOSX' litter."""
-    parts = PurePosixPath(relpath).parts
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return False
-    return PurePosixPath(relpath).suffix.lower() in _IMAGE_SUFFIXES
+    """An image file we should read (by its extension), outside hidden folders."""
+    return not _is_hidden(relpath) and PurePosixPath(relpath).suffix.lower() in _IMAGE_SUFFIXES
+
+
+def _warn_left_out(source: Path, relpaths: list[str]) -> None:
+    """Say which files were not read because they are not images of a known type (a folder of .heic photos
+    would otherwise vanish from the data set without a word)."""
+    if relpaths:
+        kinds = Counter(PurePosixPath(r).suffix.lower() or PurePosixPath(r).name for r in relpaths)
+        shown = ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common(5))
+        warnings.warn(f"left out {len(relpaths)} file(s) in {source} that are not images of a type read here "
+                      f"({shown}); convert any images among them to .png or .jpg", stacklevel=4)
+
+
+def _walk_files(root: Path):
+    """Every file below `root`, following symbolic links to folders (a subset built from links to class folders
+    is a common layout), each real folder once (a link to a parent folder cannot loop)."""
+    seen = set()
+    for folder, subfolders, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()
+        for filename in filenames:
+            path = Path(folder) / filename
+            if path.is_file():
+                yield path
 
 
 def _imagefolder(path_arg: str, data_dir: Path) -> tuple[ImageDataset, ImageDataset]:
@@ -630,6 +663,10 @@ def _imagefolder(path_arg: str, data_dir: Path) -> tuple[ImageDataset, ImageData
         raise UserError(f"the test images of {path} include an unlabelled/ folder, but test images need a class to "
                         f"be scored against; move it into the training images")
     classes = sorted(set(train["classes"]) | set(test["classes"]))  # one label space for both splits
+    if len(classes) == 1:
+        warnings.warn(f"{path} has one class ({classes[0]}), so every image has the same label and the accuracies "
+                      f"and clustering scores read 1.0 whatever is learnt; give it a sub-folder per class",
+                      stacklevel=3)
     unseen = sorted(set(test["classes"]) - set(train["classes"]))
     if unseen:  # evaluation predicts training classes only: these test images are scored wrong whatever is learnt
         warnings.warn(f"the test images of {path} have classes the training images lack ({', '.join(unseen[:5])}"
@@ -667,22 +704,28 @@ def _find_sources(path: Path) -> tuple[Path, Path | None]:
 
     Layouts understood:
       (a) a folder of class sub-folders               -> 20% held out as test
-      (b) a folder with train/<class>/ and test/<class>/
+      (b) a folder with train/<class>/ and test/<class>/ (any case; val/ when there is no test/)
       (c) a .tar/.tar.gz/.tgz archive of (a) or (b), read directly (nothing is extracted to disk)
       (d) 'x-train.tar.gz' holding train/<class>/ only, next to 'x-test.tar.gz' holding the test split
       (e) a folder with no images in it but such a train/test pair of archives (or a single archive)
     """
     if path.is_file():
         if not _is_archive(path):
+            zipped = " (a .zip: unzip it and pass the folder, or repack it with `tar czf NAME.tar.gz FOLDER`)"
             raise UserError(
-                f"imagefolder path {path} is a file but not a .tar/.tar.gz/.tgz archive; "
-                f"pass a folder of class sub-folders or an archive of one"
+                f"imagefolder path {path} is a file but not a .tar/.tar.gz/.tgz archive"
+                f"{zipped if path.suffix.lower() == '.zip' else ''}; pass a folder of class sub-folders or an "
+                f"archive of one"
             )
         return path, _sibling(path)
-    has_images = any(_is_image(str(p.relative_to(path))) for p in path.rglob("*") if p.is_file())
+    has_images = any(_is_image(p.relative_to(path).as_posix()) for p in _walk_files(path))
     if has_images:
         return path, _sibling(path)
     archives = sorted(p for p in path.iterdir() if p.is_file() and _is_archive(p))
+    zips = sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".zip")
+    if not archives and zips:
+        raise UserError(f"imagefolder path {path} holds {', '.join(zips)}, and .zip files are not read; unzip it "
+                        f"there (or repack it with `tar czf NAME.tar.gz FOLDER`)")
     train_archives = [p for p in archives if _role_from_name(p.name) == "train"]
     if len(train_archives) == 1:
         return train_archives[0], _sibling(train_archives[0])
@@ -698,9 +741,9 @@ def _find_sources(path: Path) -> tuple[Path, Path | None]:
 def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str]:
     """Images in a folder as (relative posix path, file) pairs, and a fingerprint of their sizes and times."""
     files, stamp = [], hashlib.sha1()
-    for p in sorted(source.rglob("*")):
+    for p in sorted(_walk_files(source)):
         rel = p.relative_to(source).as_posix()
-        if p.is_file() and _is_image(rel):
+        if _is_image(rel):
             st = p.stat()
             files.append((rel, p))
             stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -744,13 +787,19 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
             pass
 
     log.info("decoding the images in %s once; the result is cached in %s", source, cache)
-    items = _read_archive(source) if files is None else [(rel, p.read_bytes()) for rel, p in files]
+    if files is None:
+        items = _read_archive(source)
+    else:
+        items = [(rel, p.read_bytes()) for rel, p in files]
+        listed = {rel for rel, _ in files}
+        _warn_left_out(source, [rel for p in _walk_files(source)
+                                if (rel := p.relative_to(source).as_posix()) not in listed and not _is_hidden(rel)])
     splits = {split: _decode_part(source, split, members) for split, members in _group(source, items).items()}
     sizes = {split: tuple(part["images"].shape[2:]) for split, part in splits.items()}
     if len(set(sizes.values())) > 1:  # the splits are one data set: one network must take both
         found = ", ".join(f"{split} {w}x{h}" for split, (h, w) in sizes.items())
         raise UserError(f"the splits in {source} have images of different sizes ({found}); resize them all to one "
-                        f"size first, e.g. `mogrify -resize 32x32! */*/*.jpg`")
+                        f"size first, e.g. with ImageMagick: `mogrify -auto-orient -resize 32x32! FILES`")
     # Store the parts back to back in one tensor so the cache file is a handful of tensors, not thousands.
     offsets, start = {}, 0
     for split, part in splits.items():
@@ -768,18 +817,76 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
     return splits
 
 
+class _TailReader:
+    """A read-only file that remembers the last 1,024 bytes read through it: a complete tar archive ends with
+    two blocks of zeros, so what is left there tells a whole archive from one cut short at a file boundary."""
+
+    def __init__(self, fileobj):
+        self.fileobj, self.tail = fileobj, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fileobj.read(size)
+        self.tail = (self.tail + data)[-1024:]
+        return data
+
+
+def _open_decompressed(archive: Path):
+    """The archive's tar stream: gzip, bzip2 and xz are recognised by their first bytes, not by the name."""
+    import bz2
+    import gzip
+    import lzma
+
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(archive, "rb")
+    return open(archive, "rb")
+
+
 def _read_archive(archive: Path) -> list[tuple[str, bytes]]:
-    """Every image file in a tar archive as (member path, bytes), read in one sequential pass."""
-    items = []
+    """Every image file in a tar archive as (member path, bytes), read in one sequential pass.
+
+    An archive cut short (a download that stopped) is refused: tar's stream format cannot tell the end of a
+    truncated archive from its real end when the cut falls between two files, so the compressed stream is read
+    to its end marker and the tar stream must end with its two blocks of zeros."""
+    items, left_out, links = [], [], []
     try:
-        with tarfile.open(archive, "r|*") as tar:  # stream mode: one forward pass, fast for .tar.gz
-            for member in tar:
-                if member.isfile() and _is_image(member.name):
-                    items.append((member.name.removeprefix("./"), tar.extractfile(member).read()))
-    except (tarfile.TarError, OSError, EOFError) as e:
+        with _open_decompressed(archive) as stream:
+            reader = _TailReader(stream)
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # stream mode: one forward pass, fast
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if member.isfile() and _is_image(name):
+                        items.append((name, tar.extractfile(member).read()))
+                    elif member.issym() or member.islnk():  # a stream cannot go back to what a link points to
+                        links.append(name)
+                    elif member.isfile() and not _is_hidden(name):
+                        left_out.append(name)
+            while reader.read(1 << 20):  # the rest (padding) up to the compressed stream's end marker
+                pass
+            complete = reader.tail == bytes(len(reader.tail)) and len(reader.tail) == 1024
+    except EOFError:  # the compressed stream stops before its end marker
+        complete = False
+    except tarfile.ReadError as e:
+        if "unexpected end of data" not in str(e):  # a cut inside a file: the same as any other cut
+            raise UserError(f"could not read the archive {archive} ({e}); check that it is a complete .tar/.tar.gz "
+                            f"file") from None
+        complete = False
+    except (tarfile.TarError, OSError) as e:
         raise UserError(
             f"could not read the archive {archive} ({e}); check that it is a complete .tar/.tar.gz file"
         ) from None
+    if not complete:
+        raise UserError(f"the archive {archive} ends early (it was cut short, e.g. by a download that stopped); "
+                        f"download or copy it again")
+    if links:
+        warnings.warn(f"the archive {archive} holds {len(links)} link(s) (e.g. {links[0]}), which are not followed: "
+                      f"what they point to is left out; make the archive with `tar -h` (--dereference)", stacklevel=4)
+    _warn_left_out(archive, left_out)
     return items
 
 
@@ -787,42 +894,69 @@ def _group(source: Path, items: list[tuple[str, bytes]]) -> dict[str, list[tuple
     """Sort image files into splits and classes by their paths: {split: [(class, path, bytes), ...]}.
 
     'train/cat/1.jpg' -> split 'train', class 'cat'; 'cat/1.jpg' -> split 'all', class 'cat'. A single
-    wrapping folder ('photos/cat/1.jpg', as `tar czf photos.tgz photos` makes) is skipped over.
+    wrapping folder ('photos/cat/1.jpg', as `tar czf photos.tgz photos` makes) is skipped over. Split folders
+    are matched whatever their case (Train/); without a test/ folder, val/ (or valid/, validation/) is the test
+    split, as in ImageNet's layout. Images in other folders next to the split folders are not used (a warning
+    names them).
     """
     if not items:
         raise UserError(f"found no images (.jpg, .png, ...) in {source}; it should hold class sub-folders of images")
     paths = [PurePosixPath(rel).parts for rel, _ in items]
     depth = 0
     def one_wrapper(d: int) -> bool:  # every image sits below the same non-split folder at depth d
-        return all(len(p) > d + 2 for p in paths) and len({p[d] for p in paths}) == 1 and paths[0][d] not in SPLITS
+        return (all(len(p) > d + 2 for p in paths) and len({p[d] for p in paths}) == 1
+                and paths[0][d].lower() not in SPLITS)
 
     while one_wrapper(depth):
         depth += 1
-    has_splits = any(p[depth] in SPLITS for p in paths)
+    tops = {p[depth].lower() for p in paths}
+    has_splits = bool(tops & set(SPLITS))
+    test_folder = "test" if "test" in tops else next((a for a in _TEST_ALIASES if a in tops), None)
+    if has_splits and test_folder not in (None, "test"):
+        warnings.warn(f"{source} has no test/ folder: its {test_folder}/ folder is used as the test split",
+                      stacklevel=4)
 
     groups: dict[str, list[tuple[str, str, bytes]]] = {}
+    unused: Counter = Counter()
     for parts, (rel, data) in zip(paths, items):
         parts = parts[depth:]
         if has_splits:
-            if parts[0] not in SPLITS:
-                continue  # e.g. a val/ folder next to train/ and test/: not used
-            split, parts = parts[0], parts[1:]
+            top = parts[0].lower()
+            split = "test" if top == test_folder else top
+            if split not in SPLITS:
+                unused[parts[0]] += 1  # e.g. a val/ folder next to train/ and test/
+                continue
+            parts = parts[1:]
         else:
             split = "all"
         if len(parts) < 2:
+            split_folder = PurePosixPath(rel).parts[depth]
             raise UserError(
-                f"image {rel} in {source} is not inside a class sub-folder; "
-                f"put every image in a folder named after its class"
+                f"image {rel} in {source} is not inside a class sub-folder; put every image in a folder named "
+                f"after its class" + (f" (a folder named {split_folder}/ is read as a split holding class "
+                                      f"folders: if {split_folder} is a class, rename its folder, e.g. to "
+                                      f"{split_folder}_)" if has_splits else "")
             )
         groups.setdefault(split, []).append((parts[0], rel, data))
+    if unused:
+        shown = ", ".join(f"{folder}/ ({n} images)" for folder, n in unused.most_common(5))
+        warnings.warn(f"{source} is split into train/ and test/ folders, so the images next to them are not used: "
+                      f"{shown}", stacklevel=4)
     return groups
 
 
 def _decode_image(data: bytes) -> np.ndarray:
-    """One encoded image -> (H, W, 3) uint8 RGB."""
-    from PIL import Image
+    """One encoded image -> (H, W, 3) uint8 RGB, turned upright as its EXIF orientation says (a phone photo is
+    stored sideways with a note to rotate it), 16-bit grey scaled to 8 bits (PIL's convert would clip it)."""
+    from PIL import Image, ImageOps
 
+    if not data:
+        raise ValueError("empty file")
     with Image.open(io.BytesIO(data)) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I;16") or (img.mode == "I" and np.asarray(img).max(initial=0) > 255):
+            grey = np.asarray(img).astype(np.float64) / 257.0  # 0..65535 -> 0..255
+            return np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
         return np.asarray(img.convert("RGB"))
 
 
@@ -835,22 +969,29 @@ def _decode_part(source: Path, split: str, members: list[tuple[str, str, bytes]]
     """
     members = sorted(members, key=lambda m: (m[0], m[1]))
     classes = sorted({cls for cls, _, _ in members if cls.lower() not in UNLABELLED_FOLDERS})
-    arrays, labels = [], []
+    arrays, labels, failed = [], [], []
     for cls, rel, data in members:
         try:
             arrays.append(_decode_image(data))
-        except Exception as e:
+        except Exception as e:  # noted, and the other files still tried: one message lists every bad file
             # PIL's "cannot identify image file <_io.BytesIO object at 0x…>" names a buffer, not the file: say it plainly.
-            reason = "not an image format PIL can read" if type(e).__name__ == "UnidentifiedImageError" else str(e)
-            raise UserError(f"could not decode image {rel} in {source} ({reason}); remove or re-save that file") from None
+            failed.append(f"{rel} ({'not an image format PIL can read' if type(e).__name__ == 'UnidentifiedImageError' else e})")
+            continue
         labels.append(UNLABELLED if cls.lower() in UNLABELLED_FOLDERS else classes.index(cls))
+    if failed:
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise UserError(f"could not decode {len(failed)} image file(s) in {source}: {'; '.join(failed[:5])}{more}; "
+                        f"remove or re-save {'that file' if len(failed) == 1 else 'those files'}")
 
     sizes = Counter((a.shape[1], a.shape[0]) for a in arrays)
     if len(sizes) > 1:
-        found = ", ".join(f"{w}x{h} ({n} images)" for (w, h), n in sizes.most_common(5))
+        found = ", ".join(f"{w}x{h} ({n} image{'s' if n > 1 else ''})" for (w, h), n in sizes.most_common(5))
+        (w, h), _ = sizes.most_common()[-1]
+        odd = next(rel for (_, rel, _), a in zip(members, arrays) if (a.shape[1], a.shape[0]) == (w, h))
         raise UserError(
-            f"the {'' if split == 'all' else split + ' '}images in {source} have different sizes ({found}); "
-            f"resize them all to one size first, e.g. `mogrify -resize 32x32! */*.jpg`"
+            f"the {'' if split == 'all' else split + ' '}images in {source} have different sizes ({found}; e.g. "
+            f"{odd} is {w}x{h}); resize them all to one size first, e.g. with ImageMagick: "
+            f"`mogrify -auto-orient -resize 32x32! FILES`"
         )
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes}

@@ -311,7 +311,7 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagefolder", data_dir=tmp_path)
     src = make_folder(tmp_path / "mixed", per_class=3)
     Image.new("RGB", (12, 10)).save(src / "dog" / "big.png")
-    with pytest.raises(UserError, match=r"different sizes \(8x8 \(9 images\), 12x10 \(1 images\)\); resize"):
+    with pytest.raises(UserError, match=r"different sizes \(8x8 \(9 images\), 12x10 \(1 image\); e.g. dog/big.png is 12x10\); resize"):
         load_dataset(f"imagefolder:{src}", data_dir=tmp_path)
     splits = make_folder(tmp_path / "two-sizes", per_class=2, splits=("train",))
     make_folder(splits, per_class=2, size=12, splits=("test",))
@@ -327,8 +327,105 @@ def test_imagefolder_errors(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'notes.txt'}", data_dir=tmp_path)
     broken = make_folder(tmp_path / "broken", per_class=2)
     (broken / "cat" / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match=r"could not decode image cat/bad.png in .* \(not an image format PIL can read\)"):
+    with pytest.raises(UserError, match=r"could not decode 1 image file\(s\) in .*: cat/bad.png \(not an image format "
+                                        r"PIL can read\); remove or re-save that file"):
         load_dataset(f"imagefolder:{broken}", data_dir=tmp_path)
+    (broken / "dog" / "empty.jpg").write_bytes(b"")  # every bad file in one message, not one per run
+    with pytest.raises(UserError, match=r"could not decode 2 image file\(s\) in .*: cat/bad.png \(not an image "
+                                        r"format PIL can read\); dog/empty.jpg \(empty file\); remove or re-save those"):
+        load_dataset(f"imagefolder:{broken}", data_dir=tmp_path)
+
+
+def test_a_truncated_archive_is_refused_even_when_cut_between_two_files(tmp_path):
+    import gzip
+
+    archive = make_archive(make_folder(tmp_path / "src", per_class=4), tmp_path / "photos.tar")
+    whole = archive.read_bytes()
+    with tarfile.open(archive) as tar:  # a cut right after a member's data: tar's stream sees a clean end there
+        last = tar.getmembers()[-1]
+        cut = last.offset_data + ((last.size + 511) // 512) * 512
+    (tmp_path / "cut").mkdir()
+    for name, content in (("cut.tar", whole[:cut]), ("cut.tar.gz", gzip.compress(whole)[:-200])):
+        (tmp_path / "cut" / name).write_bytes(content)
+        with pytest.raises(UserError, match=f"the archive .*{name} ends early .*download or copy it again"):
+            load_dataset(f"imagefolder:{tmp_path / 'cut' / name}", data_dir=tmp_path)
+    assert len(load_dataset(f"imagefolder:{archive}", "train", data_dir=tmp_path)) > 0  # the whole one reads
+
+
+def test_imagefolder_follows_linked_class_folders_and_says_what_it_leaves_out(tmp_path):
+    originals = make_folder(tmp_path / "all", per_class=5)
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for cls in CLASSES[:2]:  # a subset made of links to class folders
+        (subset / cls).symlink_to(originals / cls, target_is_directory=True)
+    (subset / "loop").symlink_to(subset, target_is_directory=True)  # a link to its own parent must not loop
+    (subset / CLASSES[0] / "notes.txt").write_text("labels checked")  # (in the original folder)
+    Image.new("RGB", (8, 8)).save(originals / CLASSES[1] / "photo.heic.png")
+    (originals / CLASSES[1] / "photo.heic").write_bytes(b"HEIC")
+    with pytest.warns(UserWarning, match=r"left out 2 file\(s\) in .*subset that are not images") as caught:
+        train, test = load_splits(f"imagefolder:{subset}", data_dir=tmp_path)
+    assert ".heic ×1" in str(caught[0].message) and ".txt ×1" in str(caught[0].message)
+    assert train.classes == list(CLASSES[:2]) and len(train) + len(test) == 11  # 5 + 6 images (loop/ adds nothing)
+
+
+def test_imagefolder_splits_any_case_val_as_test_and_names_unused_folders(tmp_path):
+    root = tmp_path / "cased"
+    make_folder(root / "Train", per_class=3)
+    make_folder(root / "Test", per_class=2)
+    train, test = load_splits(f"imagefolder:{root}", data_dir=tmp_path)
+    assert (len(train), len(test)) == (3 * len(CLASSES), 2 * len(CLASSES)) and train.classes == list(CLASSES)
+    imagenet = tmp_path / "imagenet"
+    make_folder(imagenet / "train", per_class=3)
+    make_folder(imagenet / "val", per_class=2)
+    make_folder(imagenet / "extra", per_class=1)
+    with pytest.warns(UserWarning) as caught:
+        train, test = load_splits(f"imagefolder:{imagenet}", data_dir=tmp_path)
+    messages = " ".join(str(w.message) for w in caught)
+    assert (len(train), len(test)) == (3 * len(CLASSES), 2 * len(CLASSES))
+    assert "its val/ folder is used as the test split" in messages
+    assert f"not used: extra/ ({len(CLASSES)} images)" in messages
+
+
+def test_a_class_folder_named_like_a_split_gets_a_message_saying_so(tmp_path):
+    root = make_folder(tmp_path / "vehicles", per_class=2)
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save((root / "train").mkdir() or root / "train" / f"{i}.png") if i == 0 else \
+            Image.new("RGB", (8, 8)).save(root / "train" / f"{i}.png")
+    with pytest.raises(UserError, match=r"a folder named train/ is read as a split holding class folders: if train "
+                                        r"is a class, rename its folder, e.g. to train_"):
+        load_splits(f"imagefolder:{root}", data_dir=tmp_path)
+
+
+def test_images_are_decoded_upright_and_16_bit_grey_is_scaled(tmp_path):
+    sideways = Image.new("RGB", (12, 8), (200, 10, 10))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    buffer = __import__("io").BytesIO()
+    sideways.save(buffer, "JPEG", exif=exif.tobytes())
+    assert data._decode_image(buffer.getvalue()).shape == (12, 8, 3)  # as a viewer shows it: 8 wide, 12 high
+    deep = Image.fromarray(np.array([[0, 20000, 40000, 65535]], dtype=np.uint16))
+    buffer = __import__("io").BytesIO()
+    deep.save(buffer, "PNG")
+    assert data._decode_image(buffer.getvalue())[0, :, 0].tolist() == [0, 78, 156, 255]
+
+
+def test_one_class_warns_that_the_scores_mean_nothing(tmp_path):
+    root = tmp_path / "one"
+    make_folder(root, per_class=5)
+    for cls in CLASSES[1:]:
+        for f in (root / cls).iterdir():
+            f.unlink()
+        (root / cls).rmdir()
+    with pytest.warns(UserWarning, match=f"has one class \\({CLASSES[0]}\\).* read 1.0 whatever is learnt"):
+        load_splits(f"imagefolder:{root}", data_dir=tmp_path)
+
+
+def test_a_zip_gets_told_to_unzip(tmp_path):
+    (tmp_path / "photos.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match=r"\(a .zip: unzip it and pass the folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'photos.zip'}", data_dir=tmp_path)
+    with pytest.raises(UserError, match=r"holds photos.zip, and .zip files are not read; unzip it there"):
+        load_dataset(f"imagefolder:{tmp_path}", data_dir=tmp_path)
 
 
 def test_a_data_dir_that_cannot_hold_the_cache_only_warns(tmp_path):
