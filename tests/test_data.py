@@ -428,6 +428,17 @@ def test_a_zip_gets_told_to_unzip(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}", data_dir=tmp_path)
 
 
+def test_ctrl_c_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def interrupted_save(obj, path):
+        Path(path).write_bytes(b"half a cache")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        data._write_cache(tmp_path / "cache" / "x.pt", {"images": torch.zeros(1)})
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_a_data_dir_that_cannot_hold_the_cache_only_warns(tmp_path):
     src = make_folder(tmp_path / "src", per_class=3)
     not_a_folder = tmp_path / "file"
