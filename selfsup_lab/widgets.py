@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import html
 import io
 import math
 import sys
@@ -161,7 +162,7 @@ def _handle_clicks_while_busy(widget) -> bool:
 def _kept_checkpoint(trainer) -> str:
     """What a stopped run leaves behind, and how to continue it."""
     if not trainer.epoch:
-        return "no epoch was completed, so there is no checkpoint"
+        return "no epoch was completed, so there is no checkpoint: run the cell again to start over"
     return f"the checkpoint of epoch {trainer.epoch} is kept in {trainer.out}; train(..., resume=True) continues"
 
 
@@ -332,16 +333,18 @@ class LiveDashboard(Callback):
             return "waiting for training to start"
         done = t.global_step - self._start_step
         elapsed = time.perf_counter() - self._start_time
-        parts = [f"<b>{t.config.method}</b> on {data.display_name(t.config.dataset)}",
-                 f"epoch {min(t.epoch + 1, t.epochs)}/{t.epochs}", f"step {t.global_step}/{t.total_steps}"]
+        status = getattr(t, "status", "")
+        stopped = status.startswith("stopped")
+        epoch = f"{t.epoch} of {t.epochs} epochs done" if stopped else f"epoch {min(t.epoch + 1, t.epochs)}/{t.epochs}"
+        parts = [f"<b>{t.config.method}</b> on {data.display_name(t.config.dataset)}", epoch,
+                 f"step {t.global_step}/{t.total_steps}"]
         if self.losses:
             parts.append(f"loss {self.losses[-1]:.3f}")
         if self.views_per_s:
             parts.append(f"{self.views_per_s:,.0f} views/s")
         if done > 0:
             left = elapsed / done * max(t.total_steps - t.global_step, 0)
-            parts.append(f"{elapsed:.0f} s elapsed, ~{left:.0f} s left")
-        status = getattr(t, "status", "")
+            parts.append(f"{elapsed:.0f} s elapsed" + ("" if stopped or status == "finished" else f", ~{left:.0f} s left"))
         if status.startswith("stopped"):
             parts.append(f"<b>{status}</b>: {_kept_checkpoint(t)}")
         elif status == "finished":
@@ -667,6 +670,13 @@ class PlaygroundParams:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("num_clusters", "batch_size", "steps", "num_blobs", "dim", "coke_epoch", "window", "seed"):
+            value = getattr(self, name)  # 1e3 or 20.0 from a calculation: the whole number it is
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}; PlaygroundParams() lists every "
+                                 f"default")
         checks = [
             (self.num_clusters >= 2, "num_clusters (K) must be at least 2"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
@@ -972,17 +982,19 @@ def playground_figure(histories: dict, step: int | None = None, fig=None):
         if i == 0:
             ax.set_ylabel(f"share of the last {params['window']} batches", fontsize=8)
     ax = fig.add_subplot(grid[1, :])
+    marker = "o" if steps <= 20 else None  # a line of one point draws nothing without a marker
     for rule in rules:
         ax.plot(range(1, steps + 1), histories[rule]["entropy"].tolist(), color=_rule_color(rules, rule),
-                label=RULE_TITLES.get(rule, rule))
+                label=RULE_TITLES.get(rule, rule), marker=marker, ms=3)
         ax.plot(range(1, steps + 1), histories[rule]["batch_entropy"].tolist(), color=_rule_color(rules, rule),
-                ls="--", lw=0.9, alpha=0.8)
+                ls="--", lw=0.9, alpha=0.8, marker=marker, ms=2)
     ax.axvline(step, color="0.5", lw=0.8, ls=":")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlim(1, steps)
+    ax.set_xlim(1, max(steps, 2))
     ax.set_xlabel("step", fontsize=8)
     ax.set_ylabel("H / log K", fontsize=8)
-    shares = ", ".join(f"{100 * float(s):.0f}%" for s in any_history["class_shares"])
+    shares = ", ".join(f"{100 * float(s):.0f}%" if s >= 0.01 else f"{100 * float(s):.1f}%"
+                       for s in any_history["class_shares"])
     ax.set_title(f"occupancy entropy (1 = balanced, 0 = one cluster; solid: last {params['window']} batches "
                  f"together, dashed: each batch alone) — K={K}, B={params['batch_size']}, blob sizes {shares}",
                  fontsize=9)
@@ -1024,6 +1036,17 @@ def _show_on_slider(slider, value) -> None:
     slider.value = value
 
 
+# The PlaygroundParams fields each built-in rule's simulation never reads: moving one of their sliders leaves that
+# rule's history as it was, so only the rules that read it are simulated again (a test checks these sets
+# against a full recomputation). Rules of your own are always simulated again: they may read any field.
+UNUSED_BY = {
+    "naive": {"sinkhorn_epsilon", "excb_momentum", "coke_step", "coke_ratio", "coke_epoch"},
+    "sinkhorn": {"teacher_temperature", "excb_momentum", "coke_step", "coke_ratio", "coke_epoch"},
+    "excb": {"sinkhorn_epsilon", "coke_step", "coke_ratio", "coke_epoch"},
+    "coke": {"teacher_temperature", "sinkhorn_epsilon", "excb_momentum", "prototype_lr"},
+}
+
+
 class ClusterSizePlayground:
     """Sliders → `simulate` for every rule → the picture of `playground_figure`, redrawn in place.
 
@@ -1034,7 +1057,10 @@ class ClusterSizePlayground:
     Each slider is an ipywidgets slider with a description ("K clusters", "batch size B", ...) in
     `self.sliders[field]`; the picture is one `ipywidgets.Image` (`self.image`). Moving a slider (or setting
     its `.value` from code) recomputes `self.histories` with the new `self.params` and redraws; the "show
-    step" slider only moves through the stored history, so it needs no recomputation.
+    step" slider only moves through the stored history, so it needs no recomputation. Only the rules that read
+    the moved parameter are simulated again (`UNUSED_BY`); `self.recomputed` names them. A value that cannot be
+    simulated (a rule of your own that fails on it, say) is reported in the status line and the slider moves
+    back: the picture always shows `self.params`.
     """
 
     def __init__(self, params: PlaygroundParams | None = None, rules=RULES, dpi: int = 72):
@@ -1045,6 +1071,7 @@ class ClusterSizePlayground:
         self.dpi = dpi
         self.recomputes = 0
         self._syncing = False  # True while code (not the user) moves a slider: no second recomputation
+        self.histories: dict = {}
         self.histories = self.compute()
 
         self.sliders = {}
@@ -1067,8 +1094,9 @@ class ClusterSizePlayground:
         self.step_slider = W.IntSlider(value=self.params.steps, min=1, max=self.params.steps, description="show step",
                                        continuous_update=True, style=style, layout=layout)
         self.step_slider.observe(self._on_step_change, names="value")
-        self.play = W.Play(value=self.params.steps, min=1, max=self.params.steps, step=5, interval=100,
-                           description="play")
+        # ~40 frames a run, 250 ms apart: a redraw takes 0.1–0.3 s, so faster frames would only queue up
+        self.play = W.Play(value=self.params.steps, min=1, max=self.params.steps,
+                           step=max(1, self.params.steps // 40), interval=250, description="play")
         W.jslink((self.play, "value"), (self.step_slider, "value"))
         self.image = W.Image(format="png")
         self.image.add_class("selfsup-playground-plot")
@@ -1081,10 +1109,22 @@ class ClusterSizePlayground:
         self.widget.add_class("selfsup-playground")
         self.redraw()
 
-    def compute(self) -> dict:
+    def compute(self, params: PlaygroundParams | None = None) -> dict:
+        """The histories for `params` (default: self.params), reusing each built-in rule's current history
+        when only fields it never reads have changed. Changes nothing on the playground."""
+        params = params or self.params
         self.recomputes += 1
         start = time.perf_counter()
-        histories = simulate_all(self.params, self.rules)
+        new, histories, self.recomputed = dataclasses.asdict(params), {}, []
+        for name, rule in self.rules.items():
+            old = self.histories.get(name)
+            unused = UNUSED_BY.get(rule) if isinstance(rule, str) else None
+            if old is not None and unused is not None and all(old["params"][k] == v for k, v in new.items()
+                                                               if k not in unused):
+                histories[name] = {**old, "params": new}  # what simulate(rule, params) would return
+            else:
+                histories[name] = simulate(rule, params, name=name)
+                self.recomputed.append(name)
         self.compute_seconds = time.perf_counter() - start
         return histories
 
@@ -1094,29 +1134,46 @@ class ClusterSizePlayground:
         names = {id(s): n for n, s in self.sliders.items()}
         name = names[id(change["owner"])]
         value = change["new"]
-        self.set_params(**{name: int(value) if isinstance(getattr(self.params, name), int) else float(value)})
+        try:
+            self.set_params(**{name: int(value) if isinstance(getattr(self.params, name), int) else float(value)})
+        except Exception as error:  # e.g. a rule of your own that fails on this value: say so where it is seen
+            self._show_params(self.params)
+            self.redraw()
+            self.status.value = (f"<small><b>{name} = {value:g} could not be simulated</b> "
+                                 f"({html.escape(str(error))}); the slider is back at "
+                                 f"{getattr(self.params, name):g}</small>")
 
     def set_params(self, **changes) -> None:
         """Change parameters (as the sliders do), recompute, redraw; the sliders follow (widened if the value
-        lies outside their range). A value `PlaygroundParams` refuses raises ValueError and changes nothing."""
+        lies outside their range). A value `PlaygroundParams` refuses, or one a rule fails on, raises and
+        changes nothing (the sliders move back)."""
         params = dataclasses.replace(self.params, **changes)  # checks the values before anything changes
-        self._syncing = True
+        self.status.value = "<small>simulating…</small>"
         try:
-            for name, value in changes.items():
-                if name in self.sliders:
-                    _show_on_slider(self.sliders[name], value)
-        finally:
-            self._syncing = False
-        self.params = params
-        self.histories = self.compute()
-        steps = self.params.steps
-        for w in (self.step_slider, self.play):
-            w.max = steps
-            w.value = steps
+            histories = self.compute(params)
+        except Exception:
+            self._show_params(self.params)  # a slider the user moved goes back to what is simulated
+            raise
+        self.params, self.histories = params, histories
+        self._show_params(params)
         self.redraw()
 
+    def _show_params(self, params: PlaygroundParams) -> None:
+        """The sliders (and the time slider's range) show `params`, without triggering a recomputation."""
+        self._syncing = True
+        try:
+            for name, slider in self.sliders.items():
+                _show_on_slider(slider, getattr(params, name))
+            for w in (self.step_slider, self.play):
+                w.max = params.steps
+                w.value = params.steps
+            self.play.step = max(1, params.steps // 40)
+        finally:
+            self._syncing = False
+
     def _on_step_change(self, change) -> None:
-        self.redraw(step=change["new"])
+        if not self._syncing:  # the time slider reset by set_params: one redraw follows anyway
+            self.redraw(step=change["new"])
 
     def redraw(self, step: int | None = None) -> None:
         self.shown_step = step or self.params.steps
@@ -1135,6 +1192,8 @@ class ClusterSizePlayground:
 # --- embeddings -------------------------------------------------------------------------------------------
 
 PROJECTIONS = ("umap", "tsne", "pca")
+# Below these, UMAP's spectral start (k >= N) and t-SNE's perplexity (< N) fail, and PCA has nothing to show.
+MIN_MAP_POINTS = {"umap": 10, "tsne": 10, "pca": 3}
 
 
 def _check_projection(method: str) -> None:
@@ -1150,6 +1209,9 @@ def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
     """
     _check_projection(method)
     x = F.normalize(features.float(), dim=1).cpu().numpy()
+    if len(x) < MIN_MAP_POINTS[method]:
+        raise ValueError(f"{len(x)} images are too few for a {method} map ({MIN_MAP_POINTS[method]} or more); "
+                         f"use a larger test split" + (", or method='pca'" if method != "pca" else ""))
     if method == "umap":
         import warnings
 

@@ -228,6 +228,63 @@ def test_playground_slider_change_recomputes_and_redraws():
     assert pg.recomputes == recomputes and pg.shown_step == 5 and pg.image.value != image
 
 
+def _same_history(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+                                        for k in a)
+
+
+def test_playground_simulates_again_only_the_rules_that_read_the_moved_slider():
+    pg = ClusterSizePlayground(PlaygroundParams(steps=20))
+    new_values = {"num_clusters": 9, "batch_size": 32, "imbalance": 5.0, "teacher_temperature": 0.2,
+                  "student_temperature": 0.3, "sinkhorn_epsilon": 0.2, "excb_momentum": 0.5, "coke_step": 1.0,
+                  "coke_ratio": 0.8, "encoder_lr": 0.05, "steps": 30}
+    assert set(new_values) == set(pg.sliders)  # every slider is moved once
+    for name, value in new_values.items():
+        pg.sliders[name].value = value
+        fresh = simulate_all(pg.params)  # what a full recomputation gives: the reused histories must equal it
+        assert all(_same_history(pg.histories[rule], fresh[rule]) for rule in RULES), name
+        assert set(pg.recomputed) == {r for r in RULES if name not in widgets.UNUSED_BY[r]}, name
+    pg.sliders["excb_momentum"].value = 0.7
+    assert pg.recomputed == ["excb"]
+
+
+def test_a_rule_of_your_own_that_fails_on_a_slider_value_leaves_the_playground_as_it_was():
+    def sharp_softmax(scores, state, params):  # exp(s/τ) overflows for τ = 0.01: rows of NaN
+        e = torch.exp(scores / params.teacher_temperature)
+        return e / e.sum(1, keepdim=True)
+
+    pg = ClusterSizePlayground(PlaygroundParams(steps=20), rules=["naive", sharp_softmax])
+    image = pg.image.value
+    pg.sliders["teacher_temperature"].value = 0.01  # what dragging the slider does: no exception escapes
+    assert pg.params.teacher_temperature == 0.05 and pg.sliders["teacher_temperature"].value == pytest.approx(0.05)
+    assert "teacher_temperature = 0.01 could not be simulated" in pg.status.value
+    assert "not probability distributions" in pg.status.value and pg.image.value == image
+    with pytest.raises(ValueError, match="not probability distributions"):
+        pg.set_params(teacher_temperature=0.01)  # from code: raised, nothing changed
+    pg.sliders["num_clusters"].value = 10  # the next move works as usual
+    assert pg.params.num_clusters == 10 and pg.histories["naive"]["params"]["teacher_temperature"] == 0.05
+
+
+def test_playground_params_take_whole_numbers_written_as_floats_and_refuse_fractions():
+    assert PlaygroundParams(steps=1e2, num_clusters=12.0).steps == 100
+    assert isinstance(PlaygroundParams(steps=1e2).steps, int)
+    with pytest.raises(ValueError, match="steps must be a whole number, got 2.5"):
+        PlaygroundParams(steps=2.5)
+    assert simulate("naive", steps=1e1)["counts"].shape[0] == 10
+
+
+def test_playground_redraws_once_per_change_and_a_short_run_still_draws_its_curve(monkeypatch):
+    pg = ClusterSizePlayground(PlaygroundParams(steps=20))
+    pg.step_slider.value = 5
+    calls = []
+    monkeypatch.setattr(pg, "redraw", lambda step=None: calls.append(step))
+    pg.sliders["num_clusters"].value = 13
+    assert calls == [None]  # not a second time for the time slider's reset
+    fig = widgets.playground_figure(simulate_all(PlaygroundParams(steps=1)))
+    curves = [line for line in fig.axes[-1].get_lines() if len(line.get_xdata()) == 1]
+    assert curves and all(line.get_marker() == "o" for line in curves)  # one point: visible as a marker
+
+
 def test_playground_set_params_from_code_recomputes_once_and_the_sliders_show_the_truth():
     pg = ClusterSizePlayground(PlaygroundParams(steps=20))
     pg.set_params(num_clusters=12)
@@ -310,6 +367,9 @@ def test_dashboard_collects_data_redraws_in_place_and_stop_button_requests_stop(
     trainer.status = "stopped during epoch 2"
     dash.on_train_end(trainer)
     assert "checkpoint of epoch 1 is kept" in dash.header.value and dash.stop_button.description == "stopped"
+    assert f"1 of {trainer.epochs} epochs done" in dash.header.value and "left" not in dash.header.value
+    trainer.epoch = 0
+    assert "no checkpoint: run the cell again to start over" in dash.header_text()
 
 
 def test_dashboard_redraws_every_refresh_steps_steps():
@@ -483,6 +543,15 @@ def test_occupancy_board_follows_a_resumed_run_without_repeating_its_windows(tmp
                       **TINY)
     assert series["steps"][-1] == 4 and series["steps"] == sorted(set(series["steps"]))
     assert [step for step, _ in series["batch_entropy"]] == [4]
+
+
+@pytest.mark.parametrize("method, too_few", [("umap", 9), ("tsne", 5), ("pca", 2)])
+def test_a_map_of_too_few_images_is_refused_in_one_sentence(method, too_few):
+    features = torch.randn(too_few, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=f"{too_few} images are too few for a {method} map"):
+        widgets.project_2d(features, method=method)
+    if method != "umap":  # (umap-learn compiles for ~20 s on its first call: left to the explorer's own tests)
+        assert widgets.project_2d(torch.randn(12, 8), method=method).shape == (12, 2)
 
 
 def test_embedding_explorer_recolours_with_the_dropdown(text_mode_run):
