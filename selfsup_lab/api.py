@@ -211,6 +211,8 @@ def train(method: str | type | None = None, dataset: str | None = None, callback
     if resume:
         method, dataset, options = resume_settings(method, dataset, options)
     config = make_config(method or "simclr", dataset or "digits", **options)
+    if resume:
+        _check_run_data_present(config, "continue")
     trainer = Trainer(config, callbacks=callbacks, resume=resume, overwrite=overwrite).fit()
     run = Run(trainer)
     if trainer.status == "finished":
@@ -222,6 +224,15 @@ def train(method: str | type | None = None, dataset: str | None = None, callback
                 warnings.warn(f"the figures were not drawn: {err}; the checkpoint and metrics.json are saved, and "
                               f"selfsup_lab.load_run({str(run.out)!r}).figures() draws them later", stacklevel=2)
     return run
+
+
+def _check_run_data_present(config: TrainConfig, doing: str) -> None:
+    """A run reopened or resumed needs its own data, at the path it was trained from (the path is part of the
+    run's settings): say so if that folder or archive has gone, rather than ask for another --dataset."""
+    name, _, path = config.dataset.partition(":")
+    if name == "imagefolder" and path and not Path(path).expanduser().exists():
+        raise UserError(f"the run in {config.out} was trained on {path}, which is no longer there (moved or deleted); "
+                        f"put it back at that path to {doing} the run")
 
 
 def resume_settings(method: str | None, dataset: str | None, options: dict) -> tuple[str, str, dict]:
@@ -266,6 +277,7 @@ def load_run(out: str | Path, device: str = "auto") -> Run:
     values = dict(checkpoint["config"])
     values.update(out=str(out), device=device, progress=False, compile=False)
     config = TrainConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    _check_run_data_present(config, "reopen")
     trainer = Trainer(config, callbacks=[])
     trainer._load(checkpoint)
     trainer.status = "finished" if trainer.epoch >= trainer.epochs else f"stopped after epoch {trainer.epoch}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +21,9 @@ def _parse_set(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise UserError(f"--set expects key=value, got '{pair}'")
         key, value = (part.strip() for part in pair.split("=", 1))  # "temperature = 0.5" is temperature=0.5
+        if re.search(r",\s*[A-Za-z_]\w*\s*=", value):  # the comparisons' method:a=1,b=2 spelling
+            raise UserError(f"--set takes its key=value pairs separated by spaces, not commas: --set "
+                            f"{' '.join(p.strip() for p in pair.split(','))}")
         if key in options:  # which one was meant? Say so rather than keep the last silently
             raise UserError(f"--set gives '{key}' twice ({options[key]} and {value}); give it once")
         options[key] = value
@@ -231,6 +235,13 @@ def _run(argv: list[str] | None) -> int:
         parser.print_help()
         return 0
     try:
+        empty = [name for name, value in vars(args).items() if isinstance(value, str) and not value.strip()]
+        if empty and empty[0] == "run_dir":  # e.g. --dataset "$D" with D unset: not quietly the default
+            raise UserError("the run directory given is an empty string (an unset shell variable?); pass the --out "
+                            "directory of a training run")
+        if empty:
+            raise UserError(f"--{empty[0].replace('_', '-')} is empty; give it a value or leave it out (an unset "
+                            f"shell variable?)")
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -320,6 +320,19 @@ def canonical_spec(spec: str) -> str:
     return f"{name}:{arg}" if arg else name
 
 
+def same_dataset(a: str, b: str) -> bool:
+    """True when two specs name the same data: canonical forms alike, and synthetic options compared as values
+    ('synthetic:classes=4,n=64' is 'synthetic:n=64,classes=4,seed=0')."""
+    a, b = canonical_spec(a), canonical_spec(b)
+    if a == b:
+        return True
+    try:
+        (name_a, arg_a), (name_b, arg_b) = _parse_spec(a), _parse_spec(b)
+        return name_a == name_b == "synthetic" and _synthetic_options(arg_a, {}) == _synthetic_options(arg_b, {})
+    except UserError:
+        return False
+
+
 def display_name(spec: str) -> str:
     """A short label for titles: 'imagefolder:/long/path/cifar10-jpg-train.tar.gz' -> 'cifar10-jpg-train.tar.gz'.
 

@@ -274,8 +274,8 @@ def _write_atomically(path: Path, write) -> None:
         if not isinstance(err, (OSError, RuntimeError)):  # torch.save reports file errors as RuntimeError
             raise
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        advice = "choose a writable place with --out" if isinstance(err, PermissionError) else \
-            "free some disk space or choose a writable place with --out"
+        advice = (f"make {path.parent} writable" if isinstance(err, PermissionError) else "free some disk space") \
+            + " (a new run can also go to another --out)"
         raise UserError(f"cannot write {path} ({reason}); {advice}") from None
 
 
@@ -394,6 +394,11 @@ def _first_non_finite(module: torch.nn.Module) -> str | None:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             return f"{'parameter' if isinstance(tensor, torch.nn.Parameter) else 'buffer'} {name}"
     return None
+
+
+def _shown(value) -> str:
+    """A setting as a message shows it: None is the setting left to its default ("auto"), not a Python word."""
+    return "auto (left to its default)" if value is None else repr(value)
 
 
 def _comparable(value):
@@ -578,6 +583,7 @@ class Trainer:
             "backbone": self.backbone_name,
             "epoch": self.epoch,  # completed epochs
             "global_step": self.global_step,
+            "data": self._data_summary(),  # checked when the run is resumed or reopened
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
@@ -594,7 +600,8 @@ class Trainer:
         self.status = "diverged"
         if self.epoch:
             kept = f"the checkpoint of epoch {self.epoch} is kept in {self.out}"
-            advice = "lower the learning rate (--lr; with --resume to continue from the checkpoint)"
+            advice = ("lower the learning rate (--lr; with --resume to continue from the checkpoint — if that "
+                      "diverges again, the checkpoint's weights have blown up too: start again with --overwrite)")
         else:
             kept, advice = "no checkpoint was written yet", "lower the learning rate (--lr)"
         raise TrainingDiverged(f"{what}; {kept} — {advice} or check the method's options", what=what)
@@ -612,15 +619,17 @@ class Trainer:
                 continue
             if name == "backbone" and saved[name] == "auto":  # compared below as the network auto chose
                 continue
-            recorded = data.canonical_spec(saved[name]) if name == "dataset" else saved[name]  # older runs: as given
-            if _comparable(recorded) != _comparable(value):
-                changed.append(f"{_FLAGS.get(name, name)} is {value!r} here and {saved[name]!r} in the run")
+            if name == "dataset" and data.same_dataset(saved[name], value):  # older runs: the spec as given
+                continue
+            if _comparable(saved[name]) != _comparable(value):
+                changed.append(f"{_FLAGS.get(name, name)} is {_shown(value)} here and {_shown(saved[name])} in the run")
         if saved["method"] == self.config.method:
             saved_options = dataclasses.asdict(parse_options(type(self.method.options), saved.get("method_options"),
                                                              saved["method"]))
             for name, value in dataclasses.asdict(self.method.options).items():
                 if _comparable(saved_options[name]) != _comparable(value):
-                    changed.append(f"option '{name}' is {value!r} here and {saved_options[name]!r} in the run")
+                    changed.append(f"option '{name}' is {_shown(value)} here and {_shown(saved_options[name])} in "
+                                   f"the run")
         if not changed and checkpoint.get("backbone", self.backbone_name) != self.backbone_name:
             changed.append(f"the backbone would be {self.backbone_name} here and is {checkpoint['backbone']} in the run "
                            f"(--backbone auto follows the device: pass --backbone {checkpoint['backbone']})")
@@ -632,7 +641,25 @@ class Trainer:
             raise UserError(f"--resume continues the run in {self.out} with its own settings, but "
                             f"{'; '.join(changed)}; drop the changed settings, or start a new run with another --out")
 
+    def _data_summary(self) -> dict:
+        return {"num_train": len(self.train_set), "num_test": len(self.test_set),
+                "classes": list(self.train_set.classes)}
+
+    def _check_data_unchanged(self, checkpoint: dict) -> None:
+        """The data set must be the one the run was trained on: a folder of images that gained or lost images
+        since would otherwise be trained or scored on without a word (or fail on per-image state's size)."""
+        saved, now = checkpoint.get("data"), self._data_summary()
+        if not saved or saved == now:  # (checkpoints written before this check have no "data")
+            return
+        differs = [f"{saved[k]} → {now[k]} {what}" for k, what in (("num_train", "training images"),
+                                                                    ("num_test", "test images")) if saved[k] != now[k]]
+        if saved["classes"] != now["classes"]:
+            differs.append(f"classes {', '.join(saved['classes'][:5])} → {', '.join(now['classes'][:5])}")
+        raise UserError(f"the data of {self.config.dataset} changed since the run in {self.out} was trained "
+                        f"({'; '.join(differs)}); restore it as it was, or train a new run with another --out")
+
     def _load(self, checkpoint: dict) -> None:
+        self._check_data_unchanged(checkpoint)
         try:
             self.method.load_state_dict(checkpoint["method"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -213,6 +213,21 @@ def test_the_summary_line_gives_the_occupancy_per_epoch_per_batch_and_without_th
     assert "per batch" not in cli._summary(run)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", ""], "--dataset is empty; give it a value or leave it out (an unset shell variable?)"),
+    (["train", "--method", ""], "--method is empty"),
+    (["train", "--out", " "], "--out is empty"),
+    (["compare-negatives", "--dataset", ""], "--dataset is empty"),
+    (["eval", ""], "the run directory given is an empty string"),
+    (["train", "--set", "temperature=0.5,proj_dim=64"], "--set takes its key=value pairs separated by spaces, not "
+                                                        "commas: --set temperature=0.5 proj_dim=64"),
+])
+def test_an_empty_or_comma_joined_value_is_refused_not_taken_for_the_default(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1  # one sentence, one line
+
+
 def test_compare_negatives_quick_is_ci_scale(monkeypatch):
     from selfsup_lab.experiments import negatives
 

@@ -364,6 +364,16 @@ def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
         assert trained == [expected]
 
 
+@pytest.mark.parametrize("budget", [{"epochs": 1}, {"steps": 2}])
+def test_a_batch_size_larger_than_the_training_set_names_the_comparisons_flag(tmp_path, budget):
+    settings = {**TINY, **budget} if "epochs" in budget else {**{k: v for k, v in TINY.items() if k != "epochs"},
+                                                              **budget}
+    with pytest.raises(UserError, match="batch size 128 is larger than the 96-image training set; use smaller "
+                                        "--batch-sizes"):
+        compare_balancing(methods=("naive",), batch_sizes=(16, 128), out=tmp_path, **settings)
+    assert not list(tmp_path.iterdir())  # refused before any run trained
+
+
 def test_quick_mode_subsets_only_a_training_set_larger_than_its_subset():
     from selfsup_lab.experiments import use_quick_subset
 

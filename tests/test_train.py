@@ -80,7 +80,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
                     for p in trainer.method.projector.parameters():
                         p.fill_(float("nan"))
 
-    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1.*checkpoint of epoch 1 is kept"):
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, step 1.*checkpoint of epoch 1 is kept.*if that diverges "
+                                               r"again, the checkpoint's weights have blown up too: start again with "
+                                               r"--overwrite"):
         selfsup_lab.train("simclr", epochs=3, out=str(tmp_path / "nan"), callbacks=[Poison()], **QUICK)
     saved = torch.load(tmp_path / "nan" / CHECKPOINT, weights_only=False)
     assert saved["epoch"] == 1
@@ -201,6 +203,46 @@ def test_resume_refuses_settings_that_would_make_it_another_run(tmp_path):
         selfsup_lab.train("simclr", epochs=1, out=out, resume=True, **QUICK)  # would train nothing
 
 
+def test_resume_accepts_the_same_synthetic_data_written_otherwise_and_says_auto_not_none(tmp_path):
+    out = str(tmp_path / "r")
+    selfsup_lab.train("simclr", epochs=1, out=out, **QUICK)
+    reordered = "synthetic:size=16,classes=3,n=96,seed=0"  # the run's data, options in another order
+    run = selfsup_lab.train("simclr", epochs=2, out=out, resume=True, **{**QUICK, "dataset": reordered})
+    assert run.trainer.epoch == 2
+    with pytest.raises(UserError, match=r"--warmup-epochs is 0 here and auto \(left to its default\) in the run"):
+        selfsup_lab.train("simclr", epochs=3, out=out, resume=True, warmup_epochs=0, **QUICK)
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=10):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), (40 * c, 10 * i, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_run_whose_image_folder_changed_or_moved_says_so_on_resume_and_reopen(tmp_path):
+    images = _image_folder(tmp_path / "imgs")
+    settings = {**QUICK, "dataset": f"imagefolder:{images}", "batch_size": 8, "knn_k": 4}
+    out = str(tmp_path / "r")
+    selfsup_lab.train("deepcluster", epochs=1, out=out, data_dir=str(tmp_path / "cache"), **settings)
+    _image_folder(images, classes=("bird",))  # a class added after training
+    for attempt in (lambda: selfsup_lab.train(resume=True, out=out, epochs=2, progress=False),
+                    lambda: selfsup_lab.load_run(out)):
+        with pytest.raises(UserError, match=r"the data of imagefolder:.*imgs changed since the run in .* was trained "
+                                            r"\(16 → 24 training images; 4 → 6 test images; classes cat, dog → bird, "
+                                            r"cat, dog\); restore it as it was"):
+            attempt()
+    images.rename(tmp_path / "moved")
+    for attempt, doing in ((lambda: selfsup_lab.train(resume=True, out=out, epochs=2, progress=False), "continue"),
+                           (lambda: selfsup_lab.load_run(out), "reopen")):
+        with pytest.raises(UserError, match=rf"was trained on .*imgs, which is no longer there \(moved or deleted\); "
+                                            rf"put it back at that path to {doing} the run"):
+            attempt()
+
+
 def test_resume_from_python_takes_the_runs_own_settings(tmp_path):
     out = str(tmp_path / "r")
     with pytest.raises(KeyboardInterrupt):
@@ -268,7 +310,8 @@ def test_ctrl_c_while_writing_keeps_the_previous_file_and_leaves_no_temporary(tm
     def no_permission(tmp):
         raise PermissionError(13, "Permission denied")
 
-    with pytest.raises(UserError, match=r"\(Permission denied\); choose a writable place with --out$"):
+    with pytest.raises(UserError, match=rf"\(Permission denied\); make {tmp_path} writable \(a new run can also go to "
+                                        r"another --out\)$"):
         _write_atomically(target, no_permission)  # not "free some disk space"
 
 

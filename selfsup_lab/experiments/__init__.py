@@ -281,23 +281,32 @@ def epochs_for_steps(steps: int, batch_sizes, dataset: str, train_options: dict)
 
 def _steps_budget(steps: int, batch_sizes, dataset: str, train_options: dict) -> tuple[dict[int, int], dict[int, int]]:
     """(epochs, optimiser steps those epochs really give) per batch size, for `epochs_for_steps`."""
-    from .. import data
     from ..errors import UserError
 
     if steps < 1:
         raise UserError(f"steps must be at least 1, got {steps}")
-    num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
-    if train_options.get("train_subset"):
-        num_train = min(num_train, int(train_options["train_subset"]))
+    num_train = _check_batch_sizes_fit(batch_sizes, dataset, train_options)
     epochs, taken = {}, {}
     for batch_size in batch_sizes:
         per_epoch = num_train // batch_size
-        if per_epoch < 1:
-            raise UserError(f"batch size {batch_size} is larger than the {num_train}-image training set; "
-                            "use smaller --batch-sizes")
         epochs[batch_size] = max(1, round(steps / per_epoch))
         taken[batch_size] = epochs[batch_size] * per_epoch
     return epochs, taken
+
+
+def _check_batch_sizes_fit(batch_sizes, dataset: str, train_options: dict) -> int:
+    """The number of training images every run gets; a batch size larger than that is refused before any run
+    trains, naming this command's own flag (--batch-sizes)."""
+    from .. import data
+    from ..errors import UserError
+
+    num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
+    if train_options.get("train_subset"):
+        num_train = min(num_train, int(train_options["train_subset"]))
+    if max(batch_sizes) > num_train:
+        raise UserError(f"batch size {max(batch_sizes)} is larger than the {num_train}-image training set; "
+                        "use smaller --batch-sizes")
+    return num_train
 
 
 def distinct(values, flag: str, at_least: int | None = None) -> list[int]:
@@ -333,6 +342,7 @@ def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: st
         return epochs_for, (f"about {steps} steps per run (whole epochs: "
                             + ", ".join(f"{n} at B = {b}" for b, n in taken.items()) + ")")
     epochs = default_epochs if epochs is None else int(epochs)
+    _check_batch_sizes_fit(batch_sizes, dataset, train_options)
     return {b: epochs for b in batch_sizes}, f"{epochs} epochs"
 
 
