@@ -251,6 +251,10 @@ class HistoryWriter(Callback):
 
 # --- checkpoints --------------------------------------------------------------------------------------
 
+# What a run directory holds (a fresh run in a folder with other files warns that it mixes in with them).
+RUN_FILES = {CHECKPOINT, "config.json", "metrics.json", "history.jsonl", "figures"}
+
+
 def make_output_dir(path: Path) -> Path:
     """Create a run (or experiment) directory, or say in one sentence why it cannot be created."""
     try:
@@ -692,6 +696,12 @@ class Trainer:
                 raise UserError(f"{self.out} already holds a run (checkpoint.pt); continue it with --resume --out "
                                 f"{self.out}, train it again from scratch with --overwrite, or choose another --out")
             if distributed.is_main_process():
+                if self.out.is_dir() and not (self.out / CHECKPOINT).exists():
+                    foreign = sorted(p.name for p in self.out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+                    if foreign:  # e.g. --out . or --out runs: the run would be mixed in with them (nothing is lost)
+                        warnings.warn(f"{self.out} already holds files that are not a run's ({', '.join(foreign[:3])}"
+                                      f"{', …' if len(foreign) > 3 else ''}); the run's files are written among them "
+                                      f"— a new folder per run keeps runs apart", stacklevel=3)
                 make_output_dir(self.out)
                 stale_files = [self.out / name for name in ("metrics.json", "history.jsonl", CHECKPOINT)]
                 stale_files += (self.out / "figures").glob("*.png")  # a replaced run's pictures are not this run's

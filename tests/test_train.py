@@ -243,6 +243,19 @@ def test_a_run_whose_image_folder_changed_or_moved_says_so_on_resume_and_reopen(
             attempt()
 
 
+def test_a_fresh_run_in_a_folder_of_other_files_warns_that_it_mixes_in(tmp_path):
+    mine = tmp_path / "mydocs"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    with pytest.warns(UserWarning, match=r"mydocs already holds files that are not a run's \(notes.txt\)"):
+        selfsup_lab.train("simclr", epochs=1, out=str(mine), **QUICK)
+    assert (mine / "notes.txt").read_text() == "my notes"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not a run's")  # a new folder, or a run's trained again
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "fresh"), **QUICK)
+        selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "fresh"), **QUICK)
+
+
 def test_resume_from_python_takes_the_runs_own_settings(tmp_path):
     out = str(tmp_path / "r")
     with pytest.raises(KeyboardInterrupt):
