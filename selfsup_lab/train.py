@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -278,8 +279,12 @@ def _write_atomically(path: Path, write) -> None:
         if not isinstance(err, (OSError, RuntimeError)):  # torch.save reports file errors as RuntimeError
             raise
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        advice = (f"make {path.parent} writable" if isinstance(err, PermissionError) else "free some disk space") \
-            + " (a new run can also go to another --out)"
+        if isinstance(err, PermissionError):
+            advice = f"make {path.parent} writable (a new run can also go to another --out)"
+        elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = "free some disk space (a new run can also go to another --out)"
+        else:  # e.g. a folder of the system's, such as /proc/self
+            advice = f"{path.parent} cannot hold the run's files: choose another --out"
         raise UserError(f"cannot write {path} ({reason}); {advice}") from None
 
 
@@ -687,6 +692,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> "Trainer":
+        foreign = []  # e.g. --out . or --out runs: the run is mixed in with other files (nothing is lost)
         if self.resume:
             checkpoint = load_checkpoint(self.out / CHECKPOINT)
             self._check_resume_matches(checkpoint)
@@ -697,11 +703,8 @@ class Trainer:
                                 f"{self.out}, train it again from scratch with --overwrite, or choose another --out")
             if distributed.is_main_process():
                 if self.out.is_dir() and not (self.out / CHECKPOINT).exists():
-                    foreign = sorted(p.name for p in self.out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
-                    if foreign:  # e.g. --out . or --out runs: the run would be mixed in with them (nothing is lost)
-                        warnings.warn(f"{self.out} already holds files that are not a run's ({', '.join(foreign[:3])}"
-                                      f"{', …' if len(foreign) > 3 else ''}); the run's files are written among them "
-                                      f"— a new folder per run keeps runs apart", stacklevel=3)
+                    foreign = sorted(p.name for p in self.out.iterdir()
+                                     if p.name not in RUN_FILES and not p.name.startswith("."))
                 make_output_dir(self.out)
                 stale_files = [self.out / name for name in ("metrics.json", "history.jsonl", CHECKPOINT)]
                 stale_files += (self.out / "figures").glob("*.png")  # a replaced run's pictures are not this run's
@@ -714,6 +717,10 @@ class Trainer:
             self.method.on_train_start(self)
         if distributed.is_main_process():
             self.write_config()
+            if not self.resume and foreign:  # said once the folder is known to take the run's files
+                warnings.warn(f"{self.out} already holds files that are not a run's ({', '.join(foreign[:3])}"
+                              f"{', …' if len(foreign) > 3 else ''}); the run's files are written among them — a new "
+                              f"folder per run keeps runs apart", stacklevel=2)
 
         for cb in self.callbacks:
             cb.on_train_start(self)

@@ -357,10 +357,11 @@ def test_quick_keeps_the_batch_sizes_it_is_given(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # no need to train it
 
     monkeypatch.setattr(balancing, "train_or_reuse", first_run)
+    larger = {**TINY, "dataset": "synthetic:n=400,classes=3,size=16", "train_subset": 300}  # room for B = 256
     for given, expected in ((None, balancing.QUICK["batch_sizes"][0]), ((256,), 256)):  # 256: the default, typed
         trained = []
         with pytest.raises(KeyboardInterrupt):
-            compare_balancing(methods=("naive",), batch_sizes=given, quick=True, out=tmp_path, overwrite=True, **TINY)
+            compare_balancing(methods=("naive",), batch_sizes=given, quick=True, out=tmp_path, overwrite=True, **larger)
         assert trained == [expected]
 
 

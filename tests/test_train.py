@@ -327,6 +327,12 @@ def test_ctrl_c_while_writing_keeps_the_previous_file_and_leaves_no_temporary(tm
                                         r"another --out\)$"):
         _write_atomically(target, no_permission)  # not "free some disk space"
 
+    def disk_full(tmp):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match=r"\(No space left on device\); free some disk space"):
+        _write_atomically(target, disk_full)
+
 
 def test_replacing_a_run_whose_files_cannot_be_deleted_is_one_sentence(tmp_path, monkeypatch):
     from pathlib import Path
