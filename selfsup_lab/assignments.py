@@ -1266,6 +1266,12 @@ class _Timeout(BaseException):
     """Raised by the alarm; a BaseException so that the checks' `except Exception` cannot swallow it."""
 
 
+def _timed_out(ex: "Exercise", timeout: float) -> CheckResult:
+    return CheckResult(ex.name, ex.report_title, [Case(
+        f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
+        "look for a loop that never ends, or work on a huge tensor")])
+
+
 class _GlobalState:
     """What a submission's cells may change for the whole process, noted before they run and put back before
     its function is checked and after: torch's grad mode and default dtype, and the lab's own module namespaces
@@ -1376,9 +1382,7 @@ def grade_notebook(path, exercise: str | None = None, strict: bool = False,
             result = ex.check(fn)
         return finish(result)
     except _Timeout:
-        return finish(CheckResult(ex.name, ex.report_title, [Case(
-            f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
-            "look for a loop that never ends, or work on a huge tensor")]))
+        return finish(_timed_out(ex, timeout))
     finally:
         state.restore()
         if use_alarm:
@@ -1413,9 +1417,7 @@ def _grade_in_fresh_process(path: Path, exercise: str | None, timeout: float | N
                 stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 2000))
                 error_output = stderr.read().decode(errors="replace")
         except subprocess.TimeoutExpired:  # the alarm in the child did not fire (a long call inside C code)
-            return CheckResult(ex.name, ex.report_title, [Case(
-                f"finishes within {timeout:g} s", False, "the solution was still running when time ran out",
-                "look for a loop that never ends, or work on a huge tensor")])
+            return _timed_out(ex, timeout)
         if not result_file.exists():
             last = (error_output.strip().splitlines() or ["no error output"])[-1]
             return CheckResult(ex.name, ex.report_title, [Case(

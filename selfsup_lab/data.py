@@ -751,16 +751,19 @@ def _find_sources(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str]:
-    """Images in a folder as (relative posix path, file) pairs, and a fingerprint of their sizes and times."""
-    files, stamp = [], hashlib.sha1()
+def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str, list[str]]:
+    """Images in a folder as (relative posix path, file) pairs, a fingerprint of their sizes and times, and the
+    other files that are not hidden (not read: `_warn_left_out` names them)."""
+    files, stamp, left_out = [], hashlib.sha1(), []
     for p in sorted(_walk_files(source)):
         rel = p.relative_to(source).as_posix()
         if _is_image(rel):
             st = p.stat()
             files.append((rel, p))
             stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return files, stamp.hexdigest()
+        elif not _is_hidden(rel):
+            left_out.append(rel)
+    return files, stamp.hexdigest(), left_out
 
 
 def _cache_path(source: Path, data_dir: Path, content_stamp: str) -> Path:
@@ -781,9 +784,9 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
     its own classes. Read from the cache when it is there; decoded and cached otherwise.
     """
     if source.is_dir():
-        files, stamp = _list_files(source)
+        files, stamp, left_out = _list_files(source)
     else:
-        files, stamp = None, ""
+        files, stamp, left_out = None, "", []
     cache = _cache_path(source, data_dir, stamp)
     cached = _read_cache(cache, ("parts", dict))
     if cached is not None:
@@ -804,9 +807,7 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
         items = _read_archive(source)
     else:
         items = [(rel, p.read_bytes()) for rel, p in files]
-        listed = {rel for rel, _ in files}
-        _warn_left_out(source, [rel for p in _walk_files(source)
-                                if (rel := p.relative_to(source).as_posix()) not in listed and not _is_hidden(rel)])
+        _warn_left_out(source, left_out)
     splits = {split: _decode_part(source, split, members) for split, members in _group(source, items).items()}
     sizes = {split: tuple(part["images"].shape[2:]) for split, part in splits.items()}
     if len(set(sizes.values())) > 1:  # the splits are one data set: one network must take both

@@ -265,11 +265,7 @@ def use_quick_subset(dataset: str, train_options: dict, size: int) -> None:
     """Quick mode's seeded subset of `size` training images, unless the user gave train_subset or the training
     set has no more than `size` images: then all of them are trained on, without the warning that a too-large
     train_subset of the user's own gets."""
-    from .. import data
-
-    if train_options.get("train_subset") is not None:
-        return
-    if len(data.load_dataset(dataset, "train", train_options.get("data_dir"))) > size:
+    if train_options.get("train_subset") is None and _num_training_images(dataset, train_options) > size:
         train_options["train_subset"] = size
 
 
@@ -294,15 +290,22 @@ def _steps_budget(steps: int, batch_sizes, dataset: str, train_options: dict) ->
     return epochs, taken
 
 
-def _check_batch_sizes_fit(batch_sizes, dataset: str, train_options: dict) -> int:
-    """The number of training images every run gets; a batch size larger than that is refused before any run
-    trains, naming this command's own flag (--batch-sizes)."""
+def _num_training_images(dataset: str, train_options: dict) -> int:
+    """How many training images every run gets (the data set's, or its train_subset)."""
     from .. import data
-    from ..errors import UserError
 
     num_train = len(data.load_dataset(dataset, "train", train_options.get("data_dir")))
     if train_options.get("train_subset"):
         num_train = min(num_train, int(train_options["train_subset"]))
+    return num_train
+
+
+def _check_batch_sizes_fit(batch_sizes, dataset: str, train_options: dict) -> int:
+    """The number of training images every run gets; a batch size larger than that is refused before any run
+    trains, naming this command's own flag (--batch-sizes)."""
+    from ..errors import UserError
+
+    num_train = _num_training_images(dataset, train_options)
     if max(batch_sizes) > num_train:
         raise UserError(f"batch size {max(batch_sizes)} is larger than the {num_train}-image training set; "
                         "use smaller --batch-sizes")
