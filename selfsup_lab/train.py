@@ -717,7 +717,7 @@ class Trainer:
             self.method.on_train_start(self)
         if distributed.is_main_process():
             self.write_config()
-            if not self.resume and foreign:  # said once the folder is known to take the run's files
+            if foreign:  # said once the folder is known to take the run's files
                 warnings.warn(f"{self.out} already holds files that are not a run's ({', '.join(foreign[:3])}"
                               f"{', …' if len(foreign) > 3 else ''}); the run's files are written among them — a new "
                               f"folder per run keeps runs apart", stacklevel=2)
