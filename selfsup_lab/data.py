@@ -622,9 +622,21 @@ def _warn_left_out(source: Path, relpaths: list[str]) -> None:
                       f"({shown}); convert any images among them to .png or .jpg", stacklevel=4)
 
 
-def _walk_files(root: Path):
+def _warn_empty_folders(source: Path, folders: list[str], image_relpaths: list[str]) -> None:
+    """Name the folders with no image anywhere in them: an empty class folder is a class left out, and torchvision's
+    ImageFolder refuses one where this loader would otherwise drop it without a word."""
+    holding = {str(PurePosixPath(rel).parents[i]) for rel in image_relpaths
+               for i in range(len(PurePosixPath(rel).parts) - 1)}
+    empty = sorted(f for f in folders if f not in holding and not _is_hidden(f))
+    if empty:
+        warnings.warn(f"{len(empty)} folder(s) in {source} hold no images and are left out: "
+                      f"{', '.join(f + '/' for f in empty[:5])}{', …' if len(empty) > 5 else ''}", stacklevel=4)
+
+
+def _walk_files(root: Path, folders: list[str] | None = None):
     """Every file below `root`, following symbolic links to folders (a subset built from links to class folders
-    is a common layout), each real folder once (a link to a parent folder cannot loop)."""
+    is a common layout), each real folder once (a link to a parent folder cannot loop). The folders visited
+    below `root` are appended to `folders` (relative posix paths) when a list is given."""
     seen = set()
     for folder, subfolders, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -632,6 +644,8 @@ def _walk_files(root: Path):
             subfolders[:] = []
             continue
         seen.add(real)
+        if folders is not None and Path(folder) != root:
+            folders.append(Path(folder).relative_to(root).as_posix())
         subfolders.sort()
         for filename in filenames:
             path = Path(folder) / filename
@@ -751,11 +765,11 @@ def _find_sources(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str, list[str]]:
-    """Images in a folder as (relative posix path, file) pairs, a fingerprint of their sizes and times, and the
-    other files that are not hidden (not read: `_warn_left_out` names them)."""
-    files, stamp, left_out = [], hashlib.sha1(), []
-    for p in sorted(_walk_files(source)):
+def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str, list[str], list[str]]:
+    """Images in a folder as (relative posix path, file) pairs, a fingerprint of their sizes and times, the
+    other files that are not hidden (not read: `_warn_left_out` names them), and every sub-folder."""
+    files, stamp, left_out, folders = [], hashlib.sha1(), [], []
+    for p in sorted(_walk_files(source, folders)):
         rel = p.relative_to(source).as_posix()
         if _is_image(rel):
             st = p.stat()
@@ -763,7 +777,7 @@ def _list_files(source: Path) -> tuple[list[tuple[str, Path]], str, list[str]]:
             stamp.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         elif not _is_hidden(rel):
             left_out.append(rel)
-    return files, stamp.hexdigest(), left_out
+    return files, stamp.hexdigest(), left_out, folders
 
 
 def _cache_path(source: Path, data_dir: Path, content_stamp: str) -> Path:
@@ -784,9 +798,9 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
     its own classes. Read from the cache when it is there; decoded and cached otherwise.
     """
     if source.is_dir():
-        files, stamp, left_out = _list_files(source)
+        files, stamp, left_out, folders = _list_files(source)
     else:
-        files, stamp, left_out = None, "", []
+        files, stamp, left_out, folders = None, "", [], []
     cache = _cache_path(source, data_dir, stamp)
     cached = _read_cache(cache, ("parts", dict))
     if cached is not None:
@@ -808,6 +822,7 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
     else:
         items = [(rel, p.read_bytes()) for rel, p in files]
         _warn_left_out(source, left_out)
+        _warn_empty_folders(source, folders, [rel for rel, _ in files])
     splits = {split: _decode_part(source, split, members) for split, members in _group(source, items).items()}
     sizes = {split: tuple(part["images"].shape[2:]) for split, part in splits.items()}
     if len(set(sizes.values())) > 1:  # the splits are one data set: one network must take both
@@ -867,7 +882,7 @@ def _read_archive(archive: Path) -> list[tuple[str, bytes]]:
     An archive cut short (a download that stopped) is refused: tar's stream format cannot tell the end of a
     truncated archive from its real end when the cut falls between two files, so the compressed stream is read
     to its end marker and the tar stream must end with its two blocks of zeros."""
-    items, left_out, links = [], [], []
+    items, left_out, links, folders = [], [], [], []
     try:
         with _open_decompressed(archive) as stream:
             reader = _TailReader(stream)
@@ -878,6 +893,8 @@ def _read_archive(archive: Path) -> list[tuple[str, bytes]]:
                         items.append((name, tar.extractfile(member).read()))
                     elif member.issym() or member.islnk():  # a stream cannot go back to what a link points to
                         links.append(name)
+                    elif member.isdir() and name.strip("/") not in ("", "."):
+                        folders.append(name.strip("/"))
                     elif member.isfile() and not _is_hidden(name):
                         left_out.append(name)
             while reader.read(1 << 20):  # the rest (padding) up to the compressed stream's end marker
@@ -901,6 +918,7 @@ def _read_archive(archive: Path) -> list[tuple[str, bytes]]:
         warnings.warn(f"the archive {archive} holds {len(links)} link(s) (e.g. {links[0]}), which are not followed: "
                       f"what they point to is left out; make the archive with `tar -h` (--dereference)", stacklevel=4)
     _warn_left_out(archive, left_out)
+    _warn_empty_folders(archive, folders, [name for name, _ in items])
     return items
 
 

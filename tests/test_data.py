@@ -368,6 +368,20 @@ def test_imagefolder_follows_linked_class_folders_and_says_what_it_leaves_out(tm
     assert train.classes == list(CLASSES[:2]) and len(train) + len(test) == 11  # 5 + 6 images (loop/ adds nothing)
 
 
+def test_an_empty_class_folder_is_named_in_a_warning_in_a_folder_and_an_archive(tmp_path):
+    root = make_folder(tmp_path / "animals", per_class=3)
+    (root / "owl").mkdir()  # copied without its images
+    (root / ".ipynb_checkpoints").mkdir()  # hidden: not a class anyway
+    with pytest.warns(UserWarning, match=r"1 folder\(s\) in .*animals hold no images and are left out: owl/$"):
+        train, _ = load_splits(f"imagefolder:{root}", data_dir=tmp_path / "dd")
+    assert train.classes == list(CLASSES)
+    archive = tmp_path / "animals.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname="animals")
+    with pytest.warns(UserWarning, match=r"in .*animals.tar hold no images and are left out: animals/owl/$"):
+        load_splits(f"imagefolder:{archive}", data_dir=tmp_path / "dd")
+
+
 def test_imagefolder_splits_any_case_val_as_test_and_names_unused_folders(tmp_path):
     root = tmp_path / "cased"
     make_folder(root / "Train", per_class=3)
