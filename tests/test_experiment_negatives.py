@@ -60,6 +60,15 @@ def test_method_spec_parsing():
         parse_method("swav:temperature=0.5,temperature=0.2")
 
 
+def test_two_specs_of_the_same_run_are_refused_before_training():
+    from selfsup_lab.experiments import parse_methods
+
+    with pytest.raises(UserError, match="'simclr' and 'simclr:temperature=0.2' are the same run .*defaults included"):
+        parse_methods(["simclr", "simclr:temperature=0.2"])  # 0.2 is SimCLR's default temperature
+    assert [label for label, _, _ in parse_methods(["simclr", "simclr:temperature=0.5"])] == [
+        "simclr", "simclr:temperature=0.5"]
+
+
 def test_steps_budget_equalises_optimiser_steps_across_batch_sizes(tmp_path):
     options = {k: v for k, v in TINY.items() if k != "epochs"}
     # 48 synthetic images: B = 8 → 6 steps per epoch, B = 16 → 3 steps per epoch

@@ -3,6 +3,7 @@
 Each module exposes HELP, add_arguments(parser), run_cli(args) -> exit code, and a Python function that
 notebooks call directly. `EXPERIMENTS` maps the `selfsup-lab` subcommand to the module.
 """
+import dataclasses
 import functools
 import re
 import sys
@@ -141,7 +142,7 @@ def parse_methods(specs) -> list[tuple[str, str, dict]]:
     run's row and folder, so one method can be compared with itself under other options. A Method subclass of
     your own (from Python) is labelled by its class name."""
     from ..errors import UserError
-    from ..methods import method_path, short_name
+    from ..methods import get_method_class, method_path, parse_options, short_name
 
     parsed = []
     for spec in specs:
@@ -155,6 +156,13 @@ def parse_methods(specs) -> list[tuple[str, str, dict]]:
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise UserError(f"method {repeated[0]!r} is listed twice; list each method or spec once")
+    same = {}  # 'simclr' and 'simclr:temperature=0.2' (its default) would train one run twice under two names
+    for label, name, options in parsed:
+        resolved = (name, repr(dataclasses.asdict(parse_options(get_method_class(name).Options, options, name))))
+        if resolved in same:
+            raise UserError(f"{same[resolved]!r} and {label!r} are the same run (the same method and options, "
+                            f"defaults included); list it once")
+        same[resolved] = label
     return parsed
 
 
