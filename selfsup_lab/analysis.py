@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .metrics import check_finite
+
 # --------------------------------------------------------------------------------------------------------
 # Same-class negatives in a batch
 # --------------------------------------------------------------------------------------------------------
@@ -37,10 +39,17 @@ def _labels(x) -> torch.Tensor:
     return (x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))).long().flatten()
 
 
+def _indices(batch) -> torch.Tensor:
+    """A batch as image indices; a boolean mask over the data set (an easy slip) is turned into the indices it
+    selects rather than read as indices 0 and 1."""
+    b = batch.detach().cpu() if isinstance(batch, torch.Tensor) else torch.as_tensor(np.asarray(batch))
+    return b.nonzero().flatten() if b.dtype == torch.bool else b.long().flatten()
+
+
 def _labelled_groups(labels, batches=None) -> list[torch.Tensor]:
     """The labels of each batch (or of the one batch `labels`), without the unlabelled images (label < 0)."""
     labels = _labels(labels)
-    groups = [labels] if batches is None else [labels[_labels(b)] for b in batches]
+    groups = [labels] if batches is None else [labels[_indices(b)] for b in batches]
     return [y[y >= 0] for y in groups]
 
 
@@ -174,6 +183,9 @@ def clustering_report(features, true_labels, k: int | None = None, seed: int = 0
     from .metrics import kmeans_clusters
 
     y = _labels(true_labels)
+    if not (y >= 0).any():
+        raise ValueError("clustering_report scores a clustering against the classes, but no point has a label "
+                         "(all are -1)")
     k = k or int(y[y >= 0].unique().numel())
     ids = kmeans_clusters(torch.as_tensor(features).float(), k, seed)
     frag, mix = fragmentation(y, ids), mixing(y, ids)
@@ -198,6 +210,7 @@ def cosine_distributions(features, labels, max_points: int = 2000, seed: int = 0
     with one class (no inter pairs) or no two of a class (no intra pairs) the summaries are NaN.
     """
     x = F.normalize(torch.as_tensor(features).float().cpu(), dim=1)
+    check_finite(x)
     y = _labels(labels)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"features and labels differ in length ({x.shape[0]} vs {y.shape[0]})")
@@ -228,6 +241,11 @@ def alignment(z1, z2, alpha: float = 2.0) -> float:
     """Wang & Isola's alignment: E ‖ẑ1 − ẑ2‖^α over positive pairs (two views of one image). Lower = better;
     0 when both views map to the same point, 4 (α = 2) when they are antipodal."""
     a, b = F.normalize(torch.as_tensor(z1).float(), dim=1), F.normalize(torch.as_tensor(z2).float(), dim=1)
+    if a.shape != b.shape:
+        raise ValueError(f"alignment compares the two views of the same images: z1 and z2 must have one shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    check_finite(a, "z1")
+    check_finite(b, "z2")
     return float((a - b).norm(dim=1).pow(alpha).mean())
 
 
@@ -235,8 +253,11 @@ def uniformity(z, t: float = 2.0, max_points: int = 4000, seed: int = 0) -> floa
     """Wang & Isola's uniformity: log E_{i≠j} exp(−t ‖ẑ_i − ẑ_j‖²). Lower = more uniform on the sphere;
     0 at full collapse (all points equal); about −4 for uniform points on a high-dimensional sphere (t = 2)."""
     x = F.normalize(torch.as_tensor(z).float().cpu(), dim=1)
+    check_finite(x)
     if x.shape[0] < 2:
         raise ValueError(f"uniformity compares pairs of points: it needs at least 2, got {x.shape[0]}")
+    if max_points < 2:
+        raise ValueError(f"uniformity compares pairs of points: max_points must be at least 2, got {max_points}")
     if x.shape[0] > max_points:
         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
     sq = torch.pdist(x, p=2).pow(2)

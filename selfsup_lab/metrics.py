@@ -51,6 +51,16 @@ def _check_features(features: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a 2-D (N, d) array, got shape {tuple(features.shape)}.")
     if features.shape[0] == 0:
         raise ValueError(f"{name} is empty.")
+    check_finite(features, name)
+
+
+def check_finite(features: Tensor, name: str = "features") -> None:
+    """One NaN row would rank nearest to every query (kNN), pull a k-means centre, or make every summary NaN:
+    refuse non-finite features rather than return a number that looks like a result."""
+    finite = torch.isfinite(torch.as_tensor(features)).reshape(len(features), -1).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} hold NaN or infinite values in {int((~finite).sum())} of {len(finite)} rows "
+                         f"(a diverged run?); evaluate finite features only.")
 
 
 def _check_labels(labels: Tensor, n: int, name: str) -> None:
@@ -180,6 +190,9 @@ def linear_probe(
     y_test = _as_tensor(test_labels, torch.long).to(device)
     _check_labels(y_train, x_train.shape[0], "train_labels")
     _check_labels(y_test, x_test.shape[0], "test_labels")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"train_features have {x_train.shape[1]} dimensions but test_features "
+                         f"{x_test.shape[1]}; use features from the same network layer.")
     num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
 
     x_train = x_train.float()
@@ -228,12 +241,10 @@ def cluster_accuracy(true_labels, cluster_ids) -> float:
     found exactly by the Hungarian algorithm (scipy's linear_sum_assignment maximising Σ n). If there are
     more clusters than classes, only C clusters can be matched and points in the others count as wrong —
     so over-clustering is penalised rather than rewarded by mapping many clusters onto one class. Labels
-    and cluster ids may be any integers (they are relabelled to 0..C-1 first).
+    and cluster ids may be any integers (they are relabelled to 0..C-1 first); points labelled −1 (unlabelled)
+    are left out, as everywhere in the lab.
     """
-    y = _as_numpy_labels(true_labels, "true_labels")
-    c = _as_numpy_labels(cluster_ids, "cluster_ids")
-    if y.shape != c.shape:
-        raise ValueError(f"true_labels and cluster_ids differ in length ({y.shape[0]} vs {c.shape[0]}).")
+    y, c = _labelled(true_labels, cluster_ids)
     if y.size == 0:
         raise ValueError("cannot score an empty clustering.")
     classes, y_idx = np.unique(y, return_inverse=True)
@@ -244,6 +255,17 @@ def cluster_accuracy(true_labels, cluster_ids) -> float:
     return float(table[rows, cols].sum() / y.size)
 
 
+def _labelled(true_labels, cluster_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, cluster ids) of the labelled points (label ≥ 0), checked to pair up."""
+    y = _as_numpy_labels(true_labels, "true_labels")
+    c = _as_numpy_labels(cluster_ids, "cluster_ids")
+    if y.shape != c.shape:
+        raise ValueError(f"true_labels and cluster_ids differ in length ({y.shape[0]} vs {c.shape[0]}).")
+    if y.size and not (y >= 0).any():
+        raise ValueError("no point has a label (all are -1): a clustering can only be scored against labels.")
+    return y[y >= 0], c[y >= 0]
+
+
 def clustering_scores(true_labels, cluster_ids) -> dict:
     """{"acc", "nmi", "ari"} of a clustering against the true classes, as plain floats.
 
@@ -252,9 +274,9 @@ def clustering_scores(true_labels, cluster_ids) -> dict:
       0 when the clusters say nothing about the classes (e.g. one cluster for everything).
     * ari — adjusted Rand index: agreement over pairs of points, corrected so that a random clustering
       scores 0 in expectation (it can go slightly negative); 1 for perfect.
+    Points labelled −1 (unlabelled) are left out.
     """
-    y = _as_numpy_labels(true_labels, "true_labels")
-    c = _as_numpy_labels(cluster_ids, "cluster_ids")
+    y, c = _labelled(true_labels, cluster_ids)
     return {
         "acc": cluster_accuracy(y, c),
         "nmi": float(normalized_mutual_info_score(y, c)),
@@ -271,6 +293,7 @@ def kmeans_clusters(features, k: int, seed: int = 0, iters: int = 30) -> Tensor:
     embedding explorer all cluster through here, so they agree on the same features.
     """
     generator = torch.Generator().manual_seed(seed)
+    check_finite(_as_tensor(features))
     _, assignments = spherical_kmeans(_as_tensor(features), k, iters=iters, generator=generator, init="k-means++")
     return assignments.cpu()
 
@@ -281,7 +304,7 @@ def kmeans_clustering_scores(features, true_labels, k: int | None = None, seed: 
     k defaults to the number of distinct true classes (K = C, METHODS.md §5)."""
     y = _as_numpy_labels(true_labels, "true_labels")
     if k is None:
-        k = int(np.unique(y).size)
+        k = int(np.unique(y[y >= 0]).size)  # the classes; unlabelled points (−1) are clustered, not scored
     return clustering_scores(y, kmeans_clusters(features, k, seed, iters))
 
 

@@ -70,13 +70,27 @@ def training_curves(history: list[dict], title: str = ""):
 
 def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None, method: str = "tsne",
                  max_points: int = 2000, seed: int = 0, title: str = "", ax=None):
-    """Features projected to 2-D (t-SNE, PCA, or UMAP if umap-learn is installed), coloured by label."""
+    """Features projected to 2-D (t-SNE, PCA, or UMAP if umap-learn is installed), coloured by label; unlabelled
+    points (label −1) in grey. Fewer than 10 points take PCA (t-SNE and UMAP need more), and features that are
+    all one point (a collapsed representation) get a panel that says so."""
+    if method not in ("tsne", "umap", "pca"):
+        raise ValueError(f"unknown projection {method!r}; choose tsne, umap or pca")
     plt = _plt()
     x = torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy()
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if len(x) > max_points:
         keep = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
         x, y = x[keep], y[keep]
+    if len(x) < 2 or float(x.std(axis=0).max()) < 1e-6:  # (t-SNE's start would divide by this spread: a crash)
+        fig, ax = _figure(ax, (5, 4.5))
+        ax.text(0.5, 0.5, f"all {len(x)} features are the same point:\nthe representation has collapsed",
+                ha="center", va="center", transform=ax.transAxes, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title or "backbone features", fontsize=10)
+        return fig
+    if method != "pca" and len(x) < 10:
+        method = "pca"
     if method == "umap":
         import umap  # notebook extra: imported only when asked for
 
@@ -92,6 +106,8 @@ def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None,
     fig, ax = _figure(ax, (5, 4.5))
     n_colors = int(y.max()) + 1 if len(y) else 1
     cmap = plt.get_cmap("tab10" if n_colors <= 10 else "tab20")
+    if (y < 0).any():
+        ax.scatter(xy[y < 0, 0], xy[y < 0, 1], s=3, color="0.75", label="unlabelled")
     for c in range(n_colors):
         m = y == c
         if m.any():
@@ -145,7 +161,9 @@ def occupancy_heatmap(count_rows, title: str = "", ax=None, xlabel: str = "epoch
     """
     from matplotlib.colors import LogNorm
 
-    rows = np.asarray(count_rows, dtype=float)
+    rows = np.atleast_2d(np.asarray(count_rows, dtype=float))  # one epoch's counts: one column
+    if rows.size == 0:
+        raise ValueError("occupancy_heatmap needs at least one row of cluster counts, got none")
     shares = np.sort(_shares(rows), axis=1)[:, ::-1]
     fig, ax = _figure(ax, (5, 3))
     K = shares.shape[1]
@@ -172,6 +190,8 @@ def entropy_curve(count_rows, labels=None, title: str = "", ax=None, xlabel: str
     series = count_rows if isinstance(count_rows, dict) else {labels or "run": count_rows}
     colours = {}
     for name, rows in series.items():
+        if len(rows) and np.ndim(rows[0]) == 0:  # one epoch's counts [3, 1, 0], not three one-cluster epochs
+            rows = [rows]
         ys = [occupancy_stats(torch.as_tensor(r))["entropy_ratio"] for r in rows]
         colours[name] = ax.plot(range(1, len(ys) + 1), ys, label=name,
                                 marker="o" if len(ys) == 1 else None)[0].get_color()  # one epoch: a visible point
@@ -278,8 +298,12 @@ def same_class_negatives_figure(counts: dict, batch_size: int, num_classes: int,
     from .analysis import binomial_pmf
     from .methods.triplet import rank_window
 
+    if num_classes < 1 or batch_size < 2:
+        raise ValueError(f"same_class_negatives_figure needs num_classes ≥ 1 and batch_size ≥ 2, got {num_classes} "
+                         f"and {batch_size}")
     fig, ax = _figure(ax, (5.5, 3.2))
     pmf = binomial_pmf(batch_size - 1, 1.0 / num_classes)
+    counts = {name: c for name, c in counts.items() if np.asarray(c).size}  # no labelled anchor: nothing to draw
     top = int(max([int(np.asarray(c).max()) for c in counts.values()] + [np.nonzero(pmf > 1e-4)[0].max()])) + 2
     bins = np.arange(-0.5, top + 0.5)
     for name, c in counts.items():
@@ -320,6 +344,8 @@ def rank_window_figure(batch_sizes=None, class_counts=(10, 100, 1000), epsilon: 
 def homogeneity_completeness_figure(rows, ax=None):
     """Each run as a point: completeness (x; low = classes torn apart, over-clustering) against homogeneity
     (y; low = classes merged, under-clustering) of a K = C k-means clustering of its features."""
+    if not rows:
+        raise ValueError("homogeneity_completeness_figure needs at least one row (a run's scores), got none")
     fig, ax = _figure(ax, (5, 4))
     _scatter_rows(ax, rows, "completeness", "homogeneity")
     lo = min(min(r["completeness"] for r in rows), min(r["homogeneity"] for r in rows)) - 0.05
@@ -359,6 +385,8 @@ def cosine_distributions_figure(distributions: dict, bins: int = 60):
 
     `distributions` maps a title to a dict with arrays "intra" and "inter" (`analysis.cosine_distributions`).
     """
+    if not distributions:
+        raise ValueError("cosine_distributions_figure needs at least one run's distributions, got none")
     plt = _plt()
     rows, cols = grid_shape(len(distributions))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False, sharex=True)
@@ -405,8 +433,9 @@ def metric_vs_batch_figure(rows, keys=("knn_top1", "same_class_neg_rate"), refer
                 b, v, e = zip(*pts)
                 ax.errorbar(b, v, yerr=e, marker="o", color=colors[m], label=m, capsize=2)
         if key == "same_class_neg_rate" and reference:
-            ax.plot(sizes, [reference[b]["random_expected"] for b in sizes], "k--", lw=1, label="random (expected)")
-            ax.plot(sizes, [reference[b]["floor"] for b in sizes], "k:", lw=1, label="floor (B/C per class)")
+            known = [b for b in sizes if b in reference]  # reference lines where they were given
+            ax.plot(known, [reference[b]["random_expected"] for b in known], "k--", lw=1, label="random (expected)")
+            ax.plot(known, [reference[b]["floor"] for b in known], "k:", lw=1, label="floor (B/C per class)")
             ax.legend(fontsize=7, frameon=False)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(b) for b in sizes])

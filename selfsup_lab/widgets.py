@@ -1212,6 +1212,9 @@ def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
     if len(x) < MIN_MAP_POINTS[method]:
         raise ValueError(f"{len(x)} images are too few for a {method} map ({MIN_MAP_POINTS[method]} or more); "
                          f"use a larger test split" + (", or method='pca'" if method != "pca" else ""))
+    if float(x.std(axis=0).max()) < 1e-6:  # t-SNE's start divides by this spread (a crash, not an error)
+        raise ValueError("all the features are the same point (the representation has collapsed): there is "
+                         "nothing to map")
     if method == "umap":
         import warnings
 

@@ -200,3 +200,31 @@ def test_alignment_exponent_and_uniformity_subsample():
     pair_values = {-2.0, -4.0}  # orthogonal pairs and the antipodal one
     value = analysis.uniformity(x, t=1.0, max_points=2)
     assert any(value == pytest.approx(v, abs=1e-6) for v in pair_values)
+
+
+def test_a_boolean_mask_as_a_batch_selects_images_rather_than_indexing_0_and_1():
+    from selfsup_lab import analysis
+
+    labels = torch.tensor([0, 1, 0, 1])
+    mask = torch.tensor([True, False, True, False])  # images 0 and 2: both class 0
+    assert analysis.same_class_negative_rate(labels, [mask]) == 1.0
+    assert analysis.same_class_negative_rate(labels, [mask]) == analysis.same_class_negative_rate(labels, [
+        torch.tensor([0, 2])])
+
+
+def test_degenerate_inputs_to_the_geometry_measures_are_one_sentence():
+    from selfsup_lab import analysis
+
+    z = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="z1 and z2 must have one shape"):
+        analysis.alignment(z, z[:5])
+    with pytest.raises(ValueError, match="max_points must be at least 2, got 1"):
+        analysis.uniformity(z, max_points=1)
+    nan = z.clone()
+    nan[0, 0] = float("nan")
+    for call in (lambda: analysis.uniformity(nan), lambda: analysis.alignment(nan, z),
+                 lambda: analysis.cosine_distributions(nan, torch.tensor([0, 0, 1, 1, 2, 2]))):
+        with pytest.raises(ValueError, match="NaN or infinite values in 1 of 6 rows"):
+            call()
+    with pytest.raises(ValueError, match="no point has a label"):
+        analysis.clustering_report(z, torch.full((6,), -1))

@@ -347,3 +347,48 @@ def test_random_init_draws_distinct_data_points_from_the_generator():
         assert ((c @ xn.T).max(dim=1).values > 1 - 1e-6).all()  # every seed is a data point
     assert any(not torch.equal(inits[0], c) for c in inits[1:])  # ...chosen by the generator
     assert any(not torch.allclose(c, xn[:4]) for c in inits)  # ...not simply the first k rows
+
+
+# --- inputs a researcher can plausibly pass (an audit, 2026-11-24) -----------------------------------------
+
+def _blobs(n_per_class=10, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(classes, 8, generator=g), dim=1) * 5
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[labels] + 0.1 * torch.randn(len(labels), 8, generator=g), labels
+
+
+def test_one_nan_row_is_refused_instead_of_skewing_knn_kmeans_and_the_probe():
+    from selfsup_lab import metrics
+
+    x, y = _blobs()
+    assert metrics.knn_accuracy(x, y, x, y, k=5) == 1.0
+    broken = x.clone()
+    broken[3, 1] = float("nan")  # topk would rank this row nearest to every query
+    for call in (lambda: metrics.knn_accuracy(broken, y, x, y, k=5),
+                 lambda: metrics.kmeans_clustering_scores(broken, y),
+                 lambda: metrics.linear_probe(broken, y, x, y, epochs=5)):
+        with pytest.raises(ValueError, match="NaN or infinite values in 1 of 30 rows"):
+            call()
+
+
+def test_the_probe_refuses_features_of_two_widths_in_one_sentence():
+    from selfsup_lab import metrics
+
+    x, y = _blobs()
+    with pytest.raises(ValueError, match="train_features have 8 dimensions but test_features 3"):
+        metrics.linear_probe(x, y, x[:, :3], y, epochs=5)
+
+
+def test_clustering_scores_leave_unlabelled_points_out():
+    from selfsup_lab import metrics
+
+    labelled_only = metrics.clustering_scores([0, 0, 1, 1], [0, 0, 1, 1])
+    assert metrics.clustering_scores([0, 0, 1, 1, -1, -1], [0, 0, 1, 1, 0, 1]) == labelled_only == {
+        "acc": 1.0, "nmi": 1.0, "ari": 1.0}
+    with pytest.raises(ValueError, match="no point has a label"):
+        metrics.clustering_scores([-1, -1], [0, 1])
+    x, y = _blobs()
+    y_with_unlabelled = y.clone()
+    y_with_unlabelled[::5] = -1
+    assert metrics.kmeans_clustering_scores(x, y_with_unlabelled)["acc"] == 1.0  # K = 3 classes, not 4

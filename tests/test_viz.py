@@ -390,3 +390,46 @@ def test_metric_vs_batch_draws_sorted_lines_and_the_reference_rates():
     assert list(lines["random (expected)"].get_ydata()) == [0.1, 0.1]
     assert list(lines["floor (B/C per class)"].get_ydata()) == [0.02, 0.005]
     close(fig)
+
+
+# --- degenerate inputs (an audit, 2026-11-24) ----------------------------------------------------------------
+
+def test_embedding_of_collapsed_features_says_so_instead_of_crashing_tsne():
+    fig = viz.embedding_2d(torch.ones(30, 4), torch.arange(30) % 3, method="tsne")  # t-SNE would segfault here
+    assert "the representation has collapsed" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    with pytest.raises(ValueError, match="unknown projection 'tnse'"):
+        viz.embedding_2d(torch.randn(30, 4), torch.arange(30) % 3, method="tnse")
+
+
+def test_embedding_draws_unlabelled_points_grey_and_few_points_with_pca():
+    labels = torch.arange(30) % 3
+    labels[:10] = -1
+    fig = viz.embedding_2d(torch.randn(30, 4, generator=torch.Generator().manual_seed(0)), labels, method="pca")
+    drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert drawn == 30 and "unlabelled" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    few = viz.embedding_2d(torch.randn(5, 4), torch.arange(5) % 2, method="tsne")  # t-SNE needs perplexity < N
+    assert sum(len(c.get_offsets()) for c in few.axes[0].collections) == 5
+
+
+def test_one_epochs_counts_as_a_flat_list_are_one_epoch_not_one_per_cluster():
+    from selfsup_lab.metrics import occupancy_stats
+
+    fig = viz.entropy_curve([3, 1, 0])
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_ydata()) == pytest.approx([occupancy_stats([3, 1, 0])["entropy_ratio"]])
+    assert viz.occupancy_heatmap([3, 1, 0]).axes[0].images[0].get_array().shape == (3, 1)
+    with pytest.raises(ValueError, match="at least one row of cluster counts"):
+        viz.occupancy_heatmap([])
+
+
+def test_empty_figure_inputs_are_one_sentence_or_drawn_without_the_missing_part():
+    with pytest.raises(ValueError, match="at least one run's distributions"):
+        viz.cosine_distributions_figure({})
+    with pytest.raises(ValueError, match="at least one row"):
+        viz.homogeneity_completeness_figure([])
+    with pytest.raises(ValueError, match="num_classes ≥ 1 and batch_size ≥ 2"):
+        viz.same_class_negatives_figure({"r": [1]}, 8, 0)
+    viz.same_class_negatives_figure({"random": [0, 1, 2], "all unlabelled": []}, 8, 2)  # the empty one is skipped
+    rows = [{"method": "simclr", "batch_size": b, "same_class_neg_rate": 0.1, "knn_top1": 0.5} for b in (32, 64)]
+    fig = viz.metric_vs_batch_figure(rows, reference={32: {"random_expected": 0.1, "floor": 0.05}})  # no B = 64
+    assert len(fig.axes) == 2

@@ -611,3 +611,8 @@ def test_embedding_explorer_refuses_bad_arguments_before_computing_anything(args
         EmbeddingExplorer(NotToBeUsed(), **args)
     with pytest.raises(ValueError, match="needs a run .* got a tuple"):
         widgets.explore_embedding((torch.zeros(4, 2), torch.zeros(4)))
+
+
+def test_a_map_of_collapsed_features_is_refused_in_one_sentence_not_a_crash():
+    with pytest.raises(ValueError, match="all the features are the same point"):
+        widgets.project_2d(torch.ones(12, 8), method="tsne")  # scikit-learn's t-SNE would segfault on these
