@@ -68,41 +68,80 @@ def training_curves(history: list[dict], title: str = ""):
     return fig
 
 
+PROJECTIONS = ("umap", "tsne", "pca")
+# Below these, UMAP's spectral start (k >= N) and t-SNE's perplexity (< N) fail, and PCA has nothing to show.
+MIN_MAP_POINTS = {"umap": 10, "tsne": 10, "pca": 3}
+
+
+def check_projection(method: str) -> None:
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose {', '.join(PROJECTIONS)}")
+
+
+def _is_one_point(x: np.ndarray) -> bool:
+    """All rows (nearly) equal: a collapsed representation. t-SNE's start divides by this spread (a segfault in
+    scikit-learn, not an error), so every map checks it first."""
+    return len(x) < 2 or float(x.std(axis=0).max()) < 1e-6
+
+
+def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0) -> np.ndarray:
+    """(N, d) features → (N, 2) numpy coordinates, on the unit sphere's cosine geometry.
+
+    umap: umap-learn (imported only here; its first call in a fresh process compiles with numba, ~10–20 s),
+    tsne: scikit-learn's t-SNE, pca: the two main directions (instant). Too few points for the method, or
+    features that are all one point, are refused in one sentence (`embedding_2d` draws those cases instead).
+    """
+    check_projection(method)
+    x = torch.nn.functional.normalize(torch.as_tensor(features).float(), dim=1).cpu().numpy()
+    if len(x) < MIN_MAP_POINTS[method]:
+        raise ValueError(f"{len(x)} images are too few for a {method} map ({MIN_MAP_POINTS[method]} or more); "
+                         f"use a larger test split" + (", or method='pca'" if method != "pca" else ""))
+    if _is_one_point(x):
+        raise ValueError("all the features are the same point (the representation has collapsed): there is "
+                         "nothing to map")
+    if method == "umap":
+        import warnings
+
+        import umap  # notebook extra: imported only when asked for
+
+        with warnings.catch_warnings():  # "n_jobs overridden by random_state": reproducibility wins, as intended
+            warnings.simplefilter("ignore", UserWarning)
+            return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed).fit_transform(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(n_components=2, init="pca", random_state=seed,
+                    perplexity=min(30, max(5, len(x) // 10))).fit_transform(x)
+    from sklearn.decomposition import PCA  # method == "pca"
+
+    return PCA(n_components=2, random_state=seed).fit_transform(x)
+
+
 def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None, method: str = "tsne",
                  max_points: int = 2000, seed: int = 0, title: str = "", ax=None):
-    """Features projected to 2-D (t-SNE, PCA, or UMAP if umap-learn is installed), coloured by label; unlabelled
-    points (label −1) in grey. Fewer than 10 points take PCA (t-SNE and UMAP need more), and features that are
-    all one point (a collapsed representation) get a panel that says so."""
-    if method not in ("tsne", "umap", "pca"):
-        raise ValueError(f"unknown projection {method!r}; choose tsne, umap or pca")
+    """Features projected to 2-D by `project_2d` (t-SNE, PCA, or UMAP if umap-learn is installed), coloured by
+    label; unlabelled points (label −1) in grey. Where `project_2d` would refuse, this draws something instead:
+    fewer than 10 points take PCA (t-SNE and UMAP need more), and features that are all one point (a collapsed
+    representation) get a panel that says so."""
+    check_projection(method)
     plt = _plt()
-    x = torch.nn.functional.normalize(features.float(), dim=1).cpu().numpy()
+    x = torch.nn.functional.normalize(features.float(), dim=1).cpu()
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if len(x) > max_points:
         keep = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
-        x, y = x[keep], y[keep]
-    if len(x) < 2 or float(x.std(axis=0).max()) < 1e-6:  # (t-SNE's start would divide by this spread: a crash)
+        x, y = x[torch.from_numpy(keep)], y[keep]
+    if len(x) < MIN_MAP_POINTS["pca"] or _is_one_point(x.numpy()):
         fig, ax = _figure(ax, (5, 4.5))
-        ax.text(0.5, 0.5, f"all {len(x)} features are the same point:\nthe representation has collapsed",
-                ha="center", va="center", transform=ax.transAxes, fontsize=10)
+        what = (f"all {len(x)} features are the same point:\nthe representation has collapsed" if _is_one_point(x.numpy())
+                else f"{len(x)} points are too few to map")
+        ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(title or "backbone features", fontsize=10)
         return fig
-    if method != "pca" and len(x) < 10:
+    if len(x) < MIN_MAP_POINTS[method]:
         method = "pca"
-    if method == "umap":
-        import umap  # notebook extra: imported only when asked for
-
-        xy = umap.UMAP(random_state=seed).fit_transform(x)
-    elif method == "tsne":
-        from sklearn.manifold import TSNE
-
-        xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(x) // 10))).fit_transform(x)
-    else:
-        from sklearn.decomposition import PCA
-
-        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    xy = project_2d(x, method, seed)
     fig, ax = _figure(ax, (5, 4.5))
     n_colors = int(y.max()) + 1 if len(y) else 1
     cmap = plt.get_cmap("tab10" if n_colors <= 10 else "tab20")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import balancing, data
+from . import balancing, data, viz
 from .metrics import occupancy_stats
 from .train import Callback, ProgressBar
 
@@ -1191,46 +1191,9 @@ class ClusterSizePlayground:
 
 # --- embeddings -------------------------------------------------------------------------------------------
 
-PROJECTIONS = ("umap", "tsne", "pca")
-# Below these, UMAP's spectral start (k >= N) and t-SNE's perplexity (< N) fail, and PCA has nothing to show.
-MIN_MAP_POINTS = {"umap": 10, "tsne": 10, "pca": 3}
-
-
-def _check_projection(method: str) -> None:
-    if method not in PROJECTIONS:
-        raise ValueError(f"unknown projection {method!r}; choose {', '.join(PROJECTIONS)}")
-
-
-def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0):
-    """(N, d) features → (N, 2) numpy coordinates, on the unit sphere's cosine geometry.
-
-    umap: umap-learn (imported only here; its first call in a fresh process compiles with numba, ~10–20 s),
-    tsne: scikit-learn's t-SNE, pca: the two main directions (instant).
-    """
-    _check_projection(method)
-    x = F.normalize(features.float(), dim=1).cpu().numpy()
-    if len(x) < MIN_MAP_POINTS[method]:
-        raise ValueError(f"{len(x)} images are too few for a {method} map ({MIN_MAP_POINTS[method]} or more); "
-                         f"use a larger test split" + (", or method='pca'" if method != "pca" else ""))
-    if float(x.std(axis=0).max()) < 1e-6:  # t-SNE's start divides by this spread (a crash, not an error)
-        raise ValueError("all the features are the same point (the representation has collapsed): there is "
-                         "nothing to map")
-    if method == "umap":
-        import warnings
-
-        import umap
-
-        with warnings.catch_warnings():  # "n_jobs overridden by random_state": reproducibility wins, as intended
-            warnings.simplefilter("ignore", UserWarning)
-            return umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed).fit_transform(x)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-
-        return TSNE(n_components=2, init="pca", random_state=seed,
-                    perplexity=min(30, max(5, len(x) // 10))).fit_transform(x)
-    from sklearn.decomposition import PCA  # method == "pca"
-
-    return PCA(n_components=2, random_state=seed).fit_transform(x)
+# One implementation of the 2-D map, shared with the static figure (viz.embedding_2d); imported here so
+# widgets.project_2d keeps working.
+project_2d = viz.project_2d
 
 
 def _check_color_by(color_by: str) -> None:
@@ -1257,7 +1220,7 @@ class EmbeddingExplorer:
             raise ValueError(f"EmbeddingExplorer needs a run (from selfsup_lab.train(...) or selfsup_lab.load_run(path)), "
                              f"got a {type(run).__name__}; for features of your own, project_2d(features) gives the "
                              f"2-D coordinates to plot")
-        _check_projection(method)  # before the features are computed
+        viz.check_projection(method)  # before the features are computed
         if max_points < 10:
             raise ValueError(f"max_points must be at least 10 (a 2-D map of fewer points shows nothing), got {max_points}")
         self.run, self.split, self.method, self.dpi = run, split, method, dpi

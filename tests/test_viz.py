@@ -411,6 +411,19 @@ def test_embedding_draws_unlabelled_points_grey_and_few_points_with_pca():
     assert sum(len(c.get_offsets()) for c in few.axes[0].collections) == 5
 
 
+def test_embedding_and_the_widgets_map_share_one_projection():
+    from selfsup_lab import widgets
+
+    features = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
+    fig = viz.embedding_2d(features, torch.zeros(40, dtype=torch.long), method="pca")
+    drawn = fig.axes[0].collections[0].get_offsets()
+    assert np.allclose(drawn, widgets.project_2d(features, method="pca"), atol=1e-5)
+    two = viz.embedding_2d(torch.randn(2, 4), torch.arange(2), method="pca")  # PCA needs 3 points: a panel says so
+    assert "2 points are too few to map" in " ".join(t.get_text() for t in two.axes[0].texts)
+    with pytest.raises(ValueError, match="2 images are too few for a pca map"):
+        viz.project_2d(torch.randn(2, 4), method="pca")
+
+
 def test_one_epochs_counts_as_a_flat_list_are_one_epoch_not_one_per_cluster():
     from selfsup_lab.metrics import occupancy_stats
 
