@@ -430,9 +430,10 @@ def _synthetic_options(arg: str, options: dict) -> dict[str, int]:
             merged[key] = int(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise UserError(f"synthetic option {key}={value!r} must be a whole number") from None
-    if merged["classes"] < 1 or merged["n"] < 4 * merged["classes"] or merged["size"] < 4:
+    # One class would make every label the same, and every accuracy and clustering score 1.0 whatever is learnt.
+    if merged["classes"] < 2 or merged["n"] < 4 * merged["classes"] or merged["size"] < 4:
         raise UserError(
-            f"synthetic needs classes >= 1, n >= 4 * classes and size >= 4 "
+            f"synthetic needs classes >= 2, n >= 4 * classes and size >= 4 "
             f"(got n={merged['n']}, classes={merged['classes']}, size={merged['size']})"
         )
     gigabytes = merged["n"] * 3 * merged["size"] ** 2 / 1e9  # uint8 images, made at once

@@ -147,6 +147,9 @@ def test_synthetic_determinism_and_options():
         load_dataset("synthetic:n=many")
     with pytest.raises(UserError, match="would be 15,360 GB of images"):  # refused before allocating
         load_dataset("synthetic:size=100000")
+    for bad in ("classes=1", "n=7,classes=2", "size=3"):  # one class would score 1.0 whatever is learnt
+        with pytest.raises(UserError, match=r"synthetic needs classes >= 2, n >= 4 \* classes and size >= 4"):
+            load_dataset(f"synthetic:{bad}")
 
 
 def test_synthetic_classes_are_learnable_but_not_by_pixels():
