@@ -844,7 +844,27 @@ def _decoded(source: Path, data_dir: Path) -> dict[str, dict]:
             "source": str(source),
         },
     )
+    _remove_superseded_caches(cache, source)
     return splits
+
+
+def _remove_superseded_caches(cache: Path, source: Path) -> None:
+    """Delete the caches of this same folder or archive made before it changed (or by an older cache format):
+    nothing reads them again, and for CIFAR each is ~180 MB. Another source with the same file name is kept —
+    its cache names a different path."""
+    if not cache.is_file():  # the new cache could not be written: keep what there is
+        return
+    for old in cache.parent.glob(cache.name.rsplit("-", 1)[0] + "-*.pt"):
+        if old == cache:
+            continue
+        try:  # mmap: only the small "source" entry is read, not the images
+            stale = torch.load(old, map_location="cpu", weights_only=True, mmap=True).get("source") == str(source)
+        except Exception:  # unreadable, or not ours: leave it alone
+            continue
+        if stale:
+            with contextlib.suppress(OSError):
+                old.unlink()
+                log.info("removed %s, the cache of %s before it changed", old, source)
 
 
 class _TailReader:

@@ -305,6 +305,11 @@ def test_imagefolder_folder_change_invalidates_cache(tmp_path):
     Image.new("RGB", (8, 8), (0, 0, 0)).save(src / "cat" / "extra.png")
     train, test = load_splits(f"imagefolder:{src}", data_dir=tmp_path / "d")
     assert len(train) + len(test) == 16
+    # The superseded cache is removed (~180 MB each for CIFAR); another folder's cache of the same name stays.
+    other = make_folder(tmp_path / "elsewhere" / "pets", per_class=2)
+    load_dataset(f"imagefolder:{other}", data_dir=tmp_path / "d")
+    caches = [torch.load(p, weights_only=True)["source"] for p in (tmp_path / "d" / "cache").glob("*.pt")]
+    assert sorted(caches) == sorted([str(src.resolve()), str(other.resolve())])
 
 
 def test_imagefolder_errors(tmp_path):
