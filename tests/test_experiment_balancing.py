@@ -97,10 +97,14 @@ def test_a_steps_budget_that_whole_epochs_cannot_meet_says_what_each_run_gets():
     from selfsup_lab.experiments import epoch_budget
 
     # 96 images: B = 16 → 6 steps per epoch, B = 32 → 3; 4 steps round to 1 epoch (6 steps) and 1 epoch (3 steps)
-    epochs, label = epoch_budget(None, 4, (16, 32), TINY["dataset"], {}, default_epochs=5)
+    with pytest.warns(UserWarning, match=r"--steps 4 cannot be matched at B = 16: runs train whole epochs, so they "
+                                         r"get 6 steps at B = 16, 3 steps at B = 32"):  # 50 % off; 3 is 25 % off
+        epochs, label = epoch_budget(None, 4, (16, 32), TINY["dataset"], {}, default_epochs=5)
     assert epochs == {16: 1, 32: 1}
     assert label == "about 4 steps per run (whole epochs: 6 at B = 16, 3 at B = 32)"
-    assert epoch_budget(None, 6, (16, 32), TINY["dataset"], {}, default_epochs=5)[1] == "6 steps per run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # met exactly: nothing to warn about
+        assert epoch_budget(None, 6, (16, 32), TINY["dataset"], {}, default_epochs=5)[1] == "6 steps per run"
 
 
 def test_several_seeds_give_one_row_per_method_with_mean_and_std(tmp_path):
@@ -303,8 +307,9 @@ def test_a_steps_budget_rounds_to_the_nearest_whole_epoch():
     # 96 images: B = 16 → 6 steps per epoch, B = 20 → 4; 11 steps = 1.8 and 2.8 epochs
     assert epochs_for_steps(11, (16, 20), TINY["dataset"], {}) == {16: 2, 20: 3}
     # one batch size meets 6 steps exactly, the other cannot (1.5 epochs → 2): the label says so
-    assert epoch_budget(None, 6, (16, 20), TINY["dataset"], {}, default_epochs=5)[1] == \
-        "about 6 steps per run (whole epochs: 6 at B = 16, 8 at B = 20)"
+    with pytest.warns(UserWarning, match="cannot be matched at B = 20"):  # 8 steps for 6: a third more
+        assert epoch_budget(None, 6, (16, 20), TINY["dataset"], {}, default_epochs=5)[1] == \
+            "about 6 steps per run (whole epochs: 6 at B = 16, 8 at B = 20)"
 
 
 def test_the_smallest_batch_size_allowed_is_accepted():

@@ -1,8 +1,10 @@
 """A method of your own: a Method subclass outside the package trains, resumes, reloads and compares like the
 built-in ones, named by its import path (from Python, the command line and a comparison)."""
+import json
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,44 +18,10 @@ from selfsup_lab.methods.naive import Naive
 TINY = dict(dataset="synthetic:n=64,classes=4,size=16", batch_size=16, backbone="convnet", device="cpu",
             progress=False, figures=False, proj_hidden=32, proj_dim=16)
 
-# Naive swapped prediction with DINO's centering of the teacher's scores (notebook 03 builds the same class).
-OWN_MODULE = '''
-from dataclasses import dataclass
-
-import torch
-
-from selfsup_lab import distributed
-from selfsup_lab.methods.base import StepOutput
-from selfsup_lab.methods.naive import Naive, NaiveOptions, swapped_cross_entropy
-
-
-@dataclass
-class CenteringOptions(NaiveOptions):
-    center_momentum: float = 0.9
-
-
-class Centering(Naive):
-    name = "centering"
-    Options = CenteringOptions
-
-    def __init__(self, backbone, options, context):
-        super().__init__(backbone, options, context)
-        self.register_buffer("center", torch.zeros(self.num_clusters))
-
-    def training_step(self, views, indices):
-        s1, s2 = (self.scores(v) for v in views[:2])
-        with torch.no_grad():
-            q1, q2 = (torch.softmax((s - self.center) / self.options.teacher_temperature, dim=1) for s in (s1, s2))
-            m = self.options.center_momentum
-            batch_mean = distributed.gather_no_grad(torch.cat([s1, s2])).mean(dim=0)  # over all processes
-            self.center.mul_(m).add_((1 - m) * batch_mean)
-        tau = self.options.student_temperature
-        loss = 0.5 * (swapped_cross_entropy(q1, s2, tau) + swapped_cross_entropy(q2, s1, tau))
-        return StepOutput(loss=loss, assignments=q1.argmax(dim=1), assignments_without_rule=s1.argmax(dim=1))
-
-
-NOT_A_METHOD = 3
-'''
+# Naive swapped prediction with DINO's centering of the teacher's scores: the example the README's commands use
+# (notebook 03 builds the same class; a test below keeps the two equal), plus a name that is not a method.
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "myrules.py"
+OWN_MODULE = EXAMPLE.read_text() + "\n\nNOT_A_METHOD = 3\n"
 
 
 class NoStep(Method):  # forgot training_step
@@ -277,3 +245,10 @@ def test_a_subclass_that_changes_nothing_trains_exactly_as_the_built_in(tmp_path
     assert own_state.keys() == builtin_state.keys()
     assert all(torch.equal(own_state[k], builtin_state[k]) for k in own_state)
     assert own.metrics["knn_top1"] == builtin.metrics["knn_top1"]
+
+
+def test_the_example_file_is_the_class_notebook_03_builds():
+    """examples/myrules.py (what the README's commands name) and the notebook's cell must not drift apart."""
+    notebook = json.loads((EXAMPLE.parents[1] / "notebooks" / "03_cluster_size_playground.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"] if "class Centering(Naive)" in "".join(c["source"]))
+    assert cell[cell.index("@dataclass"):].strip() in EXAMPLE.read_text()

@@ -350,8 +350,16 @@ def epoch_budget(epochs: int | None, steps: int | None, batch_sizes, dataset: st
         if all(n == int(steps) for n in taken.values()):
             return epochs_for, f"{steps} steps per run"
         # Runs train whole epochs: say what each batch size really gets rather than the number asked for.
-        return epochs_for, (f"about {steps} steps per run (whole epochs: "
-                            + ", ".join(f"{n} at B = {b}" for b, n in taken.items()) + ")")
+        really = ", ".join(f"{n} at B = {b}" for b, n in taken.items())
+        far = [b for b, n in taken.items() if abs(n - int(steps)) > 0.25 * int(steps)]
+        if far:  # e.g. fewer steps than one epoch: the runs are not comparable the way --steps promises
+            import warnings
+
+            got = ", ".join(f"{n} steps at B = {b}" for b, n in taken.items())
+            warnings.warn(f"--steps {steps} cannot be matched at B = {', '.join(map(str, far))}: runs train whole "
+                          f"epochs, so they get {got}; ask for several epochs of the largest batch size",
+                          stacklevel=2)
+        return epochs_for, f"about {steps} steps per run (whole epochs: {really})"
     epochs = default_epochs if epochs is None else int(epochs)
     _check_batch_sizes_fit(batch_sizes, dataset, train_options)
     return {b: epochs for b in batch_sizes}, f"{epochs} epochs"

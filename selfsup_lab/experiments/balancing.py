@@ -319,8 +319,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, help=f"epochs per run (default {DEFAULT_EPOCHS}; --quick: {QUICK['epochs']})")
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="one run per method and batch size (default "
                         f"{' '.join(map(str, DEFAULT_BATCH_SIZES))}; --quick: {' '.join(map(str, QUICK['batch_sizes']))})")
-    parser.add_argument("--steps", type=int, help="the same number of optimiser steps for every batch size "
-                                                  "(instead of --epochs)")
+    parser.add_argument("--steps", type=int, help="about the same number of optimiser steps for every "
+                                                  "batch size (whole epochs; instead of --epochs)")
     parser.add_argument("--out", default="runs/compare-balancing")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
                         help="one run per seed; several give mean ± std in the table")
