@@ -24,13 +24,19 @@ from .errors import UserError
 from .train import CHECKPOINT, Callback, Trainer, TrainConfig, load_checkpoint
 
 
-def evaluate(trainer: Trainer, linear: bool = True) -> dict:
-    """metrics.json: kNN (METHODS.md §5), linear probe, clustering ACC/NMI/ARI and final occupancy.
+def evaluate(trainer: Trainer | Run, linear: bool = True) -> dict:
+    """metrics.json: kNN (METHODS.md §5), linear probe, clustering ACC/NMI/ARI and final occupancy, of a `Run`
+    (from `train` or `load_run`) or its `Trainer`. Nothing is written: `run.evaluate()` also saves metrics.json.
 
     Methods without a K = C head are clustered by k-means seeded with the run's own seed, so evaluating the same
     checkpoint twice gives the same numbers."""
     from .metrics import clustering_scores, kmeans_clustering_scores, knn_accuracy, linear_probe
 
+    if isinstance(trainer, Run):
+        trainer = trainer.trainer
+    if not isinstance(trainer, Trainer):
+        raise UserError(f"evaluate takes a run (from selfsup_lab.train or selfsup_lab.load_run), got {trainer!r}; "
+                        f"for a run directory, selfsup_lab.load_run(path).evaluate() also writes its metrics.json")
     config = trainer.config
     train_set = trainer.labelled_train_set  # the unlabelled training images (STL-10) have nothing to score
     train_x = trainer.features(train_set.images)
@@ -150,10 +156,13 @@ class Run:
         return self.trainer.features(self._split(split).images, fn=self.method.assign_clusters).long().cpu()
 
     def evaluate(self, save: bool = True) -> dict:
+        """Compute the metrics (`evaluate`) and, with save, write metrics.json — and history.jsonl again from the
+        checkpoint, which a run interrupted right after its checkpoint was written leaves one epoch short."""
         self.metrics = evaluate(self.trainer)
         if save and distributed.is_main_process():
-            from .train import _atomic_write_text
+            from .train import HistoryWriter, _atomic_write_text
 
+            HistoryWriter.write(self.trainer)
             _atomic_write_text(self.out / "metrics.json", json.dumps(self.metrics, indent=2))
         return self.metrics
 
@@ -258,7 +267,10 @@ def resume_settings(method: str | None, dataset: str | None, options: dict) -> t
     if not isinstance(saved_method, str) or not isinstance(saved_dataset, str):
         raise UserError(f"the checkpoint in {out} names no method or dataset, so it is not a checkpoint of this lab "
                         f"(or it is damaged); start a new run with another --out")
-    method_options = {**(saved.pop("method_options", None) or {}), **options.get("method_options", {})}
+    saved_options = saved.pop("method_options", None) or {}
+    if method is not None and method != saved_method:  # the trainer refuses the change; the run's options would
+        saved_options = {}  # otherwise be another method's, and the first one it lacks would be the error
+    method_options = {**saved_options, **options.get("method_options", {})}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {**{k: v for k, v in saved.items() if k in fields}, **options, "out": str(out),
                 "method_options": method_options}
@@ -286,4 +298,6 @@ def load_run(out: str | Path, device: str = "auto") -> Run:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     except (OSError, ValueError):  # unreadable: as if absent (`Run.evaluate` writes a new one)
         metrics = None
+    if isinstance(metrics, dict) and metrics.get("epochs_trained", trainer.epoch) != trainer.epoch:
+        metrics = None  # an earlier epoch's scores (written by a version that kept them on resume): not this run's
     return Run(trainer, metrics)

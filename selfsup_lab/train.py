@@ -21,6 +21,8 @@ import json
 import math
 import numbers
 import os
+import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -239,13 +241,13 @@ class HistoryWriter(Callback):
     history, no duplicates) and after every epoch (an append cut short would leave a half line no reader parses)."""
 
     def on_train_start(self, trainer):
-        self._write(trainer)
+        self.write(trainer)
 
     def on_epoch_end(self, trainer, record):
-        self._write(trainer)
+        self.write(trainer)
 
     @staticmethod
-    def _write(trainer):
+    def write(trainer):
         if trainer.out is not None and distributed.is_main_process():
             _atomic_write_text(trainer.out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
 
@@ -254,6 +256,72 @@ class HistoryWriter(Callback):
 
 # What a run directory holds (a fresh run in a folder with other files warns that it mixes in with them).
 RUN_FILES = {CHECKPOINT, "config.json", "metrics.json", "history.jsonl", "figures"}
+# checkpoint.pt.tmp while it is written; left behind only if the process was killed (kill -9), and then replaced
+# by the run's next write of that file
+TEMPORARY = ".tmp"
+LOCK = ".lock"  # "pid@host" of the process writing the run: two runs into one folder would mix their files
+
+
+def _leftover_temporaries(out: Path) -> list[Path]:
+    return [out / (name + TEMPORARY) for name in RUN_FILES if (out / (name + TEMPORARY)).exists()]
+
+
+class RunLock:
+    """out/.lock while a process writes a run there. A second run into the same folder is refused in one sentence
+    (the two would overwrite each other's checkpoint and leave config.json describing the other run); a lock left
+    by a process that no longer exists (killed) on this machine is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        me = f"{os.getpid()}@{socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or not self._alive(owner):  # killed, or an unreadable leftover: take it over
+                    with contextlib.suppress(OSError):
+                        self.path.unlink()
+                    continue
+                raise UserError(f"another run (process {owner}) is writing to {self.path.parent}; wait for it to "
+                                f"finish or choose another --out (if no run is writing there, delete "
+                                f"{self.path})") from None
+            except OSError:  # a folder we cannot write: the run's own first write says so in one sentence
+                return self
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        return self  # lost a race for a stale lock twice: go on without one rather than refuse
+
+    def _owner(self) -> str | None:
+        try:
+            owner = self.path.read_text().strip()
+        except OSError:
+            return None
+        return owner if owner.partition("@")[0].isdigit() else None
+
+    @staticmethod
+    def _alive(owner: str) -> bool:
+        pid, _, host = owner.partition("@")
+        if host != socket.gethostname() or os.name == "nt":  # another machine's process: cannot tell, so alive
+            return True
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return False
+        except OSError:  # e.g. another user's process: it exists
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.held = False
 
 
 def make_output_dir(path: Path) -> Path:
@@ -269,11 +337,15 @@ def make_output_dir(path: Path) -> Path:
 def _write_atomically(path: Path, write) -> None:
     """`write(tmp)` to a temporary file, then rename: a crash or a full disk mid-write leaves the previous file
     intact and no temporary behind; a place that cannot be written is one sentence, not a traceback."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + TEMPORARY)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as err:  # a write error or Ctrl-C mid-write: the previous file stays, no temporary
+        disk_full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if isinstance(err, RuntimeError):  # torch.save reports a full disk as "unexpected pos ...": look at it
+            with contextlib.suppress(OSError):
+                disk_full = shutil.disk_usage(path.parent).free < 1 << 20  # (measured before the temporary goes)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if not isinstance(err, (OSError, RuntimeError)):  # torch.save reports file errors as RuntimeError
@@ -281,7 +353,8 @@ def _write_atomically(path: Path, write) -> None:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
         if isinstance(err, PermissionError):
             advice = f"make {path.parent} writable (a new run can also go to another --out)"
-        elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        elif disk_full:
+            reason = "the disk is full" if isinstance(err, RuntimeError) else reason
             advice = "free some disk space (a new run can also go to another --out)"
         else:  # e.g. a folder of the system's, such as /proc/self
             advice = f"{path.parent} cannot hold the run's files: choose another --out"
@@ -334,6 +407,7 @@ CONFIG_BOUNDS: Bounds = [
     (("seed",), lambda v: 0 <= v < 2**32, "between 0 and 4294967295 (2**32 − 1)"),
 ]
 _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-every",
+          "occupancy_every": "--occupancy-every",
           "train_subset": "--train-subset", "crop_scale": "--crop-scale", "epochs": "--epochs",
           "augmentation": "--augmentation", "warmup_epochs": "--warmup-epochs",
           "batch_size": "--batch-size", "seed": "--seed", "knn_k": "--knn-k"}
@@ -344,6 +418,7 @@ _FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "eval_every": "--eval-
 _WHOLE = ("epochs", "batch_size", "seed", "warmup_epochs", "eval_every", "train_subset", "knn_k", "occupancy_every")
 _REAL = ("lr", "weight_decay", "momentum", "knn_temperature")
 _YES_NO = ("amp", "channels_last", "sync_batchnorm", "figures", "progress")
+_NONE_MEANS_DEFAULT = ("epochs", "warmup_epochs", "train_subset", "lr", "amp", "channels_last")  # see TrainConfig
 
 
 def check_config_types(config: TrainConfig) -> None:
@@ -354,7 +429,7 @@ def check_config_types(config: TrainConfig) -> None:
 
     for name in _WHOLE + _REAL + _YES_NO:
         value = getattr(config, name)
-        if value is None:
+        if value is None and name in _NONE_MEANS_DEFAULT:
             continue
         if name in _YES_NO:
             if not isinstance(value, (bool, np.bool_)):
@@ -646,6 +721,14 @@ class Trainer:
             raise UserError(f"the run in {self.out} has already trained {checkpoint['epoch']} epochs, more than "
                             f"--epochs {self.epochs}; pass a larger --epochs to extend it, or re-evaluate it with "
                             f"`selfsup-lab eval {self.out}`")
+        if not changed and checkpoint["epoch"] == self.epochs:  # nothing will train: these would change nothing
+            unused = [_FLAGS.get(name, name) for name in ("lr", "eval_every", "occupancy_every")
+                      if _comparable(saved.get(name)) != _comparable(getattr(self.config, name))]
+            if unused:
+                raise UserError(f"the run in {self.out} has already trained all its {self.epochs} epochs, so "
+                                f"{' and '.join(unused)} would change nothing (and config.json would no longer "
+                                f"describe the run); leave {'it' if len(unused) == 1 else 'them'} out to "
+                                f"re-evaluate it, or pass a larger --epochs to extend it")
         if changed:
             raise UserError(f"--resume continues the run in {self.out} with its own settings, but "
                             f"{'; '.join(changed)}; drop the changed settings, or start a new run with another --out")
@@ -692,20 +775,35 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> "Trainer":
-        foreign = []  # e.g. --out . or --out runs: the run is mixed in with other files (nothing is lost)
+        lock, foreign = RunLock(self.out), []
+        if distributed.is_main_process() and (self.out.is_dir() or not self.resume):
+            # e.g. --out . or --out runs: the run is mixed in with other files (nothing is lost)
+            if not self.resume and self.out.is_dir() and not (self.out / CHECKPOINT).exists():
+                leftovers = {p.name for p in _leftover_temporaries(self.out)}
+                foreign = sorted(p.name for p in self.out.iterdir() if p.name not in RUN_FILES | leftovers
+                                 and not p.name.startswith("."))
+            make_output_dir(self.out)
+            lock.acquire()
+        try:
+            return self._fit(foreign)
+        finally:
+            lock.release()
+
+    def _fit(self, foreign: list[str]) -> "Trainer":
         if self.resume:
             checkpoint = load_checkpoint(self.out / CHECKPOINT)
             self._check_resume_matches(checkpoint)
             self._load(checkpoint)
+            if self.epoch < self.epochs and distributed.is_main_process():
+                # The metrics of the epochs done so far: once training goes on they describe no checkpoint
+                # (an interrupted extension would leave them beside a later one). Written again at the end.
+                with contextlib.suppress(OSError):
+                    (self.out / "metrics.json").unlink(missing_ok=True)
         else:
             if not self.overwrite and (self.out / CHECKPOINT).exists():
                 raise UserError(f"{self.out} already holds a run (checkpoint.pt); continue it with --resume --out "
                                 f"{self.out}, train it again from scratch with --overwrite, or choose another --out")
             if distributed.is_main_process():
-                if self.out.is_dir() and not (self.out / CHECKPOINT).exists():
-                    foreign = sorted(p.name for p in self.out.iterdir()
-                                     if p.name not in RUN_FILES and not p.name.startswith("."))
-                make_output_dir(self.out)
                 stale_files = [self.out / name for name in ("metrics.json", "history.jsonl", CHECKPOINT)]
                 stale_files += (self.out / "figures").glob("*.png")  # a replaced run's pictures are not this run's
                 for stale in stale_files:
@@ -720,7 +818,7 @@ class Trainer:
             if foreign:  # said once the folder is known to take the run's files
                 warnings.warn(f"{self.out} already holds files that are not a run's ({', '.join(foreign[:3])}"
                               f"{', …' if len(foreign) > 3 else ''}); the run's files are written among them — a new "
-                              f"folder per run keeps runs apart", stacklevel=2)
+                              f"folder per run keeps runs apart", stacklevel=3)
 
         for cb in self.callbacks:
             cb.on_train_start(self)

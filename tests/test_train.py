@@ -719,3 +719,124 @@ def test_evaluation_clusters_with_the_runs_own_seed(tmp_path, monkeypatch):
     first, second = api.evaluate(trainer, linear=False), api.evaluate(trainer, linear=False)
     assert seeds == [3, 3] and first["clustering_from"].startswith("spherical k-means")
     assert {k: first[k] for k in ("acc", "nmi", "ari")} == {k: second[k] for k in ("acc", "nmi", "ari")}
+
+
+# --- interrupted, concurrent and resumed runs (an audit, 2026-11-25) -------------------------------------------
+
+class CheckLockHeld(Callback):
+    def on_epoch_end(self, trainer, record):
+        self.lock = (trainer.out / ".lock").read_text()
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    watcher = CheckLockHeld()
+    selfsup_lab.train("simclr", epochs=1, out=str(out), callbacks=[watcher], **QUICK)
+    assert watcher.lock == f"{os.getpid()}@{socket.gethostname()}"  # held while training ...
+    assert not (out / ".lock").exists()  # ... and released at the end
+    (out / ".lock").write_text(f"{os.getpid()}@{socket.gethostname()}")  # a live process writes the run
+    before = (out / "config.json").read_text()
+    for resume in (False, True):
+        with pytest.raises(UserError, match=rf"another run \(process {os.getpid()}@.*\) is writing to .*r; wait "
+                                            r"for it to finish or choose another --out \(if no run is writing there, "
+                                            r"delete .*\.lock\)"):
+            selfsup_lab.train("simclr", epochs=2, out=str(out), resume=resume, seed=1, **QUICK)
+    assert (out / "config.json").read_text() == before  # nothing of the other run was written
+    (out / ".lock").write_text("7@another-machine")  # a run on another machine sharing the folder: alive for all we know
+    with pytest.raises(UserError, match="another run"):
+        selfsup_lab.train("simclr", epochs=2, out=str(out), resume=True, **QUICK)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(f"{dead.stdout.strip()}@{socket.gethostname()}")  # its process is gone (kill -9)
+    (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # what kill -9 mid-write leaves
+    run = selfsup_lab.train("simclr", epochs=2, out=str(out), resume=True, **QUICK)
+    assert run.status == "finished" and not (out / ".lock").exists() and not (out / "checkpoint.pt.tmp").exists()
+
+
+def test_a_killed_runs_temporary_file_is_not_called_another_files_and_is_replaced(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not a run's")
+        selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    assert not (out / "checkpoint.pt.tmp").exists()
+
+
+def test_an_interrupted_extension_leaves_no_metrics_of_an_earlier_epoch(tmp_path):
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    assert json.loads((out / "metrics.json").read_text())["epochs_trained"] == 1
+    with pytest.raises(KeyboardInterrupt):
+        selfsup_lab.train(resume=True, out=str(out), epochs=4, callbacks=[InterruptAt(epoch=2, step=1)])
+    assert torch.load(out / CHECKPOINT, weights_only=False)["epoch"] == 2
+    assert not (out / "metrics.json").exists()  # epoch 1's scores would sit beside epoch 2's checkpoint
+    assert selfsup_lab.load_run(out).metrics == {}
+    (out / "metrics.json").write_text(json.dumps({"knn_top1": 0.5, "epochs_trained": 1}))  # as older versions left it
+    reopened = selfsup_lab.load_run(out)
+    assert reopened.metrics == {} and "knn_top1" not in repr(reopened)
+
+
+def test_evaluating_a_run_rewrites_a_history_one_epoch_short(tmp_path):
+    """Ctrl-C right after a checkpoint is written, before history.jsonl is: `eval` brings the two together."""
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=2, out=str(out), **QUICK)
+    full = (out / "history.jsonl").read_text()
+    (out / "history.jsonl").write_text(full.splitlines(keepends=True)[0])
+    selfsup_lab.load_run(out).evaluate()
+    assert (out / "history.jsonl").read_text() == full
+
+
+def test_resuming_a_finished_run_with_training_settings_is_refused(tmp_path):
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), **QUICK)
+    config = (out / "config.json").read_text()
+    with pytest.raises(UserError, match=r"has already trained all its 1 epochs, so --lr and --eval-every would change "
+                                        r"nothing .*leave them out to re-evaluate it, or pass a larger --epochs"):
+        selfsup_lab.train(resume=True, out=str(out), lr=0.5, eval_every=1)
+    assert (out / "config.json").read_text() == config  # still the settings the run trained with
+    run = selfsup_lab.train(resume=True, out=str(out), knn_k=5)  # an evaluation setting: re-evaluates
+    assert run.status == "finished" and json.loads((out / "config.json").read_text())["knn_k"] == 5
+
+
+def test_resuming_with_another_method_names_the_method_not_an_option_it_lacks(tmp_path):
+    out = tmp_path / "r"
+    selfsup_lab.train("simclr", epochs=1, out=str(out), temperature=0.5, **QUICK)
+    with pytest.raises(UserError, match="method is 'byol' here and 'simclr' in the run"):
+        selfsup_lab.train("byol", resume=True, out=str(out), epochs=2)
+
+
+def test_none_where_a_setting_has_no_default_and_evaluate_of_a_run(tmp_path):
+    for name in ("seed", "batch_size", "knn_k", "weight_decay"):
+        with pytest.raises(UserError, match=f"--{name.replace('_', '-')} must be a (whole )?number, got None"):
+            selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / name), **{**QUICK, name: None})
+    run = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "r"), **QUICK)
+    assert selfsup_lab.evaluate(run)["knn_top1"] == run.metrics["knn_top1"]  # a Run, as train and load_run give
+    with pytest.raises(UserError, match=r"evaluate takes a run \(from selfsup_lab.train or selfsup_lab.load_run\), "
+                                        r"got 'runs/r'; for a run directory, selfsup_lab.load_run\(path\).evaluate\(\)"):
+        selfsup_lab.evaluate("runs/r")
+
+
+def test_a_full_disk_reported_by_torch_save_is_called_a_full_disk(tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    train_module = sys.modules["selfsup_lab.train"]  # (selfsup_lab.train is the function)
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"part of it")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5122624 vs 5122512")
+
+    monkeypatch.setattr(train_module.torch, "save", full_disk_save)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    with pytest.raises(UserError, match=r"cannot write .*checkpoint.pt \(the disk is full\); free some disk space"):
+        train_module.atomic_torch_save({}, tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage._replace(free=10 << 30))
+    with pytest.raises(UserError, match=r"\(\[enforce fail .*\); .* cannot hold the run's files"):  # not the disk
+        train_module.atomic_torch_save({}, tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == []
