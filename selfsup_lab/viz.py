@@ -81,7 +81,7 @@ def check_projection(method: str) -> None:
 def _is_one_point(x: np.ndarray) -> bool:
     """All rows (nearly) equal: a collapsed representation. t-SNE's start divides by this spread (a segfault in
     scikit-learn, not an error), so every map checks it first."""
-    return len(x) < 2 or float(x.std(axis=0).max()) < 1e-6
+    return float(x.std(axis=0).max()) < 1e-6
 
 
 def project_2d(features: torch.Tensor, method: str = "umap", seed: int = 0) -> np.ndarray:
@@ -130,9 +130,10 @@ def embedding_2d(features: torch.Tensor, labels: torch.Tensor, class_names=None,
     if len(x) > max_points:
         keep = np.random.default_rng(seed).choice(len(x), max_points, replace=False)
         x, y = x[torch.from_numpy(keep)], y[keep]
-    if len(x) < MIN_MAP_POINTS["pca"] or _is_one_point(x.numpy()):
+    one_point = len(x) >= 2 and _is_one_point(x.numpy())
+    if one_point or len(x) < MIN_MAP_POINTS["pca"]:
         fig, ax = _figure(ax, (5, 4.5))
-        what = (f"all {len(x)} features are the same point:\nthe representation has collapsed" if _is_one_point(x.numpy())
+        what = (f"all {len(x)} features are the same point:\nthe representation has collapsed" if one_point
                 else f"{len(x)} points are too few to map")
         ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, fontsize=10)
         ax.set_xticks([])
