@@ -262,10 +262,6 @@ TEMPORARY = ".tmp"
 LOCK = ".lock"  # "pid@host" of the process writing the run: two runs into one folder would mix their files
 
 
-def _leftover_temporaries(out: Path) -> list[Path]:
-    return [out / (name + TEMPORARY) for name in RUN_FILES if (out / (name + TEMPORARY)).exists()]
-
-
 class RunLock:
     """out/.lock while a process writes a run there. A second run into the same folder is refused in one sentence
     (the two would overwrite each other's checkpoint and leave config.json describing the other run); a lock left
@@ -779,9 +775,8 @@ class Trainer:
         if distributed.is_main_process() and (self.out.is_dir() or not self.resume):
             # e.g. --out . or --out runs: the run is mixed in with other files (nothing is lost)
             if not self.resume and self.out.is_dir() and not (self.out / CHECKPOINT).exists():
-                leftovers = {p.name for p in _leftover_temporaries(self.out)}
-                foreign = sorted(p.name for p in self.out.iterdir() if p.name not in RUN_FILES | leftovers
-                                 and not p.name.startswith("."))
+                ours = RUN_FILES | {name + TEMPORARY for name in RUN_FILES}  # (a killed run's temporaries too)
+                foreign = sorted(p.name for p in self.out.iterdir() if p.name not in ours and not p.name.startswith("."))
             make_output_dir(self.out)
             lock.acquire()
         try:
