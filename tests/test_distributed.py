@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ddp_utils import assert_same_state, free_port, one_step
+from ddp_utils import assert_same_state, free_port, leave_process_group, one_step
 from selfsup_lab.methods import MethodContext
 from selfsup_lab.methods.simclr import SimCLR, SimCLROptions
 from selfsup_lab.models import build_backbone
@@ -68,8 +68,7 @@ def _train_and_record(rank: int, world: int, port: int, out: str, result_dir: st
     trainer.method.training_step = record_local_loss
     trainer.fit()
     torch.save(seen, os.path.join(result_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 def test_the_trainer_logs_the_global_batchs_loss_on_every_rank(tmp_path):

@@ -1,6 +1,9 @@
 """environment.yml and pyproject.toml list the same dependencies (conda cannot run here, so we compare)."""
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (the dev extra installs tomli there)
+    import tomli as tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +33,27 @@ def test_environment_yml_matches_pyproject():
 def test_console_script_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["selfsup-lab"] == "selfsup_lab.cli:main"
+
+
+def test_the_minimum_versions_file_pins_each_declared_floor():
+    """.ci/minimum-versions.txt is how the floors were checked (every test passing on them): it must pin every
+    dependency pyproject.toml declares, at a version that release of the floor names (torch>=2.3 → 2.3.x)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    pins = {}
+    for line in (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = Version(version.strip())
+    for requirement in declared:
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue  # e.g. tomli, for Python < 3.11 only
+        floor = next(Version(s.version) for s in requirement.specifier if s.operator == ">=")
+        pinned = pins.get(requirement.name.lower())
+        assert pinned is not None, f"{requirement.name} has no pin in .ci/minimum-versions.txt"
+        assert pinned in requirement.specifier, f"{requirement.name}=={pinned} is below its floor {floor}"
+        assert pinned.release[:len(floor.release)] == floor.release, (
+            f"{requirement.name}=={pinned} is not the floor {floor}: the check ran on a newer release than declared")
