@@ -1,4 +1,5 @@
-"""environment.yml and pyproject.toml list the same dependencies (conda cannot run here, so we compare)."""
+"""environment.yml and pyproject.toml list the same dependencies (conda cannot run here, so we compare), and
+.ci/minimum-versions.txt pins each of their floors."""
 import re
 try:
     import tomllib
@@ -11,13 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PYPI = {"pytorch": "torch"}
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def _name_and_spec(requirement: str) -> tuple[str, str]:
     m = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", requirement)
     return m.group(1).lower().replace("_", "-"), m.group(2).replace(" ", "")
 
 
 def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()
     pip_deps = dict(_name_and_spec(r) for r in project["dependencies"])
     conda_deps = {}
     text = (ROOT / "environment.yml").read_text()
@@ -31,7 +36,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_console_script_is_declared():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()
     assert project["scripts"]["selfsup-lab"] == "selfsup_lab.cli:main"
 
 
@@ -41,7 +46,7 @@ def test_the_minimum_versions_file_pins_each_declared_floor():
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()
     declared = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
     pins = {}
     for line in (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
