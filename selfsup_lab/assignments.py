@@ -786,6 +786,13 @@ def check_sinkhorn(student_fn: Callable, strict: bool = False) -> CheckResult:
     s_sharp = 0.5 + 0.5 * torch.rand(24, 5, generator=_generator(6))
     chk.case("edge case: ε = 0.01 and scores in [0.5, 1] (exp(100) overflows float32)",
              lambda: compare(s_sharp, 0.01, 3))
+    # Confident images: each is near +0.9 to one cluster and near -0.9 to the rest. s/ε spans 180, so only the
+    # largest s/ε is a safe constant to subtract: less the smallest, the mean or the median, exp() overflows.
+    s_confident = -0.9 + 0.05 * torch.rand(30, 5, generator=_generator(10))
+    s_confident[torch.arange(30), torch.arange(30) % 5] = 0.9 + 0.05 * torch.rand(30, generator=_generator(11))
+    chk.case("edge case: ε = 0.01 and confident scores from -0.9 to 0.95 (the largest s/ε is the constant to "
+             "subtract; less the smallest or the mean, exp() still overflows)",
+             lambda: compare(s_confident, 0.01, 3))
 
     s_default = _cosines(12, 4, 8, 7)
     chk.case("keeps the scaffold's defaults: sinkhorn(scores) uses ε = 0.05 and 3 iterations",

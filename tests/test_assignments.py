@@ -257,6 +257,30 @@ MISTAKES = [
                 q = q / (B * q.sum(1, keepdim=True))
             return (q * B).detach()
         """, "overflowed"),
+    ("sinkhorn", "the smallest s/ε subtracted (overflows once s/ε spans more than 88)", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.min())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "subtract the largest s/ε"),
+    ("sinkhorn", "the mean s/ε subtracted", """
+        @torch.no_grad()
+        def sinkhorn(scores, epsilon=0.05, iterations=3):
+            s = scores.float() / epsilon
+            q = torch.exp(s - s.mean())
+            q = q / q.sum()
+            B, K = q.shape
+            for _ in range(iterations):
+                q = q / (K * q.sum(0, keepdim=True))
+                q = q / (B * q.sum(1, keepdim=True))
+            return q * B
+        """, "subtract the largest s/ε"),
     ("sinkhorn", "rows not rescaled", """
         @torch.no_grad()
         def sinkhorn(scores, epsilon=0.05, iterations=3):
