@@ -524,6 +524,7 @@ def _start_worker(config: AugmentConfig) -> None:
 
     global _WORKER_TRANSFORM
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle, not every worker's
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker must not inherit the command's SIGTERM handler
     torch.set_num_threads(1)  # one image at a time: the parallelism is across workers
     _WORKER_TRANSFORM = torchvision_transform(config)
 

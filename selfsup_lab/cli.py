@@ -6,13 +6,16 @@ as one sentence on stderr with a non-zero exit code — no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Terminated, UserError, interrupted_exit_code
 
 
 def _parse_set(pairs: list[str]) -> dict:
@@ -73,14 +76,14 @@ def cmd_train(args) -> int:
     try:
         run = api.train(method, dataset, resume=args.resume, overwrite=args.overwrite, method_options=method_options,
                         **options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         out = run_directory(TrainConfig(method=method or "simclr", dataset=dataset or "digits", out=options.get("out")))
         if (out / CHECKPOINT).exists():  # the newline ends a progress bar's line
             print(f"\ninterrupted; the checkpoint of the last completed epoch is kept — continue with: "
                   f"{continue_command(out)}", file=sys.stderr)
         else:
             print("\ninterrupted before the first epoch ended; no checkpoint was written", file=sys.stderr)
-        return 130
+        return interrupted_exit_code(err)
     if distributed.is_main_process():
         if run.status != "finished":
             print(f"{run.status}; the last checkpoint is in {run.out} — continue with: {continue_command(run.out)}")
@@ -223,9 +226,35 @@ def main(argv: list[str] | None = None) -> int:
     callers_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_one_line_warning, others=callers_format)
     try:
-        return _run(argv)
+        with sigterm_stops_like_ctrl_c():
+            return _run(argv)
     finally:  # a notebook or test that calls main() gets its own format back
         warnings.formatwarning = callers_format
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c():
+    """Within this block, SIGTERM raises `Terminated`, a KeyboardInterrupt, instead of ending the process at once.
+
+    A job scheduler stops a run with SIGTERM (Slurm at a time limit or on preemption, Kubernetes, `docker stop`,
+    `kill`) and kills it only some seconds later. Python's default would end the process on the spot and leave
+    the run's .lock behind, which refuses a `--resume` on another machine (a lock from another host cannot be
+    checked). As a KeyboardInterrupt, SIGTERM stops the run the way Ctrl-C does: the checkpoint of the last
+    completed epoch is kept (one being written is abandoned, the previous one stays), the lock is removed, the
+    message says how to continue, and the exit code is 143.
+    """
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a signal handler (a notebook or test calling main() from a thread)
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -246,9 +275,9 @@ def _run(argv: list[str] | None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted_exit_code(err)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,16 @@ class TrainingDiverged(UserError):
         self.what = what or message
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the command line where Ctrl-C raises KeyboardInterrupt, so that both stop a run the
+    same clean way (see `cli.sigterm_stops_like_ctrl_c`)."""
+
+
+def interrupted_exit_code(err: KeyboardInterrupt) -> int:
+    """The shell's code for a process stopped by a signal, 128 + its number: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 143 if isinstance(err, Terminated) else 130
+
+
 # A range rule: (setting names, test a value must pass, what the value must be — for the message).
 Bounds = list[tuple[tuple[str, ...], Callable[[float], bool], str]]
 

@@ -262,23 +262,38 @@ TEMPORARY = ".tmp"
 LOCK = ".lock"  # "pid@host" of the process writing the run: two runs into one folder would mix their files
 
 
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from Linux's /proc), or None where that cannot be read.
+    With the pid it names one process: a pid alone is reused, so a killed run's pid may belong to another process
+    later (in a restarted container, often to the very command that asks)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # the fields after "(command name)", which may hold spaces
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5), starttime
+
+
 class RunLock:
     """out/.lock while a process writes a run there. A second run into the same folder is refused in one sentence
     (the two would overwrite each other's checkpoint and leave config.json describing the other run); a lock left
-    by a process that no longer exists (killed) on this machine is taken over."""
+    by a process that no longer exists (killed) on this machine is taken over. The file holds "pid@host" and,
+    where Linux tells it, a second line with the process's start time, so a reused pid is not mistaken for the
+    run's process."""
 
     def __init__(self, out: Path):
         self.path = out / LOCK
         self.held = False
 
     def acquire(self) -> "RunLock":
-        me = f"{os.getpid()}@{socket.gethostname()}"
+        started = _process_start(os.getpid())
+        me = f"{os.getpid()}@{socket.gethostname()}" + (f"\nstarted {started}" if started else "")
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                owner = self._owner()
-                if owner is None or not self._alive(owner):  # killed, or an unreadable leftover: take it over
+                owner, started = self._owner()
+                if owner is None or not self._alive(owner, started):  # killed, or an unreadable leftover: take it over
                     with contextlib.suppress(OSError):
                         self.path.unlink()
                     continue
@@ -293,15 +308,18 @@ class RunLock:
             return self
         return self  # lost a race for a stale lock twice: go on without one rather than refuse
 
-    def _owner(self) -> str | None:
+    def _owner(self) -> tuple[str | None, str | None]:
+        """("pid@host", its start time or None) from the lock file; (None, None) if it is not a lock's."""
         try:
-            owner = self.path.read_text().strip()
-        except OSError:
-            return None
-        return owner if owner.partition("@")[0].isdigit() else None
+            owner, _, started = self.path.read_text().strip().partition("\n")
+        except (OSError, ValueError):
+            return None, None
+        if not owner.partition("@")[0].isdigit():
+            return None, None
+        return owner, started.removeprefix("started ").strip() or None
 
     @staticmethod
-    def _alive(owner: str) -> bool:
+    def _alive(owner: str, started: str | None = None) -> bool:
         pid, _, host = owner.partition("@")
         if host != socket.gethostname() or os.name == "nt":  # another machine's process: cannot tell, so alive
             return True
@@ -310,8 +328,9 @@ class RunLock:
         except ProcessLookupError:
             return False
         except OSError:  # e.g. another user's process: it exists
-            return True
-        return True
+            pass
+        now = _process_start(int(pid))
+        return started is None or now is None or now == started  # a later start: the pid was reused
 
     def release(self) -> None:
         if self.held:

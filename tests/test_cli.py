@@ -118,6 +118,56 @@ def test_ctrl_c_says_whether_a_checkpoint_was_kept_and_where(tmp_path, monkeypat
     assert "--resume continues the run in --out and --overwrite starts it over" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows ends a process on SIGTERM without running a handler")
+def test_sigterm_stops_a_run_like_ctrl_c_keeping_the_checkpoint_and_removing_the_lock(tmp_path):
+    """What a job scheduler does at a time limit (Slurm, `docker stop`): SIGTERM, then kill -9 some seconds later."""
+    import signal
+    import time
+
+    import torch
+
+    out = tmp_path / "run"
+    tiny = ["--dataset", "synthetic:n=64,classes=2,size=16", "--batch-size", "32", "--device", "cpu", "--out", str(out),
+            "--no-figures", "--no-progress", "--set", "proj_hidden=32"]
+    command = subprocess.Popen([sys.executable, "-m", "selfsup_lab.cli", "train", "--epochs", "10000", *tiny],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists():  # at least one epoch done
+            assert command.poll() is None and time.monotonic() < deadline, command.communicate()
+            time.sleep(0.02)
+        command.send_signal(signal.SIGTERM)
+        _, stderr = command.communicate(timeout=60)
+    finally:
+        command.kill()
+    assert command.returncode == 143, stderr
+    assert "interrupted; the checkpoint of the last completed epoch is kept — continue with: selfsup-lab train " \
+           f"--resume --out {out}" in stderr and "Traceback" not in stderr
+    assert not (out / ".lock").exists()  # left behind, it would refuse a resume on another machine
+    epoch = torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]
+    assert 1 <= epoch < 10000
+    resumed = run_cli("train", "--resume", "--out", str(out), "--epochs", str(epoch + 1), "--no-progress", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == epoch + 1
+
+
+def test_sigterm_handler_is_the_callers_again_after_main(monkeypatch, capsys):
+    import signal
+
+    from selfsup_lab.errors import Terminated
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stopped(*args, **kwargs):
+        assert signal.getsignal(signal.SIGTERM) is not before  # the command's own while it runs
+        raise Terminated
+
+    monkeypatch.setattr(api, "train", stopped)
+    assert main(["train", "--out", "never-written"]) == 143
+    assert "interrupted before the first epoch ended" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_fresh_start_never_replaces_a_run_unless_asked(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "figures").mkdir(parents=True)
@@ -195,6 +245,15 @@ def test_ctrl_c_in_a_comparison_says_how_to_continue(command, module, function, 
     assert main([command, "--quick", "--overwrite", "--batch-sizes", "16"]) == 130  # --reuse with it would be refused
     assert "re-run the same command with --reuse instead of --overwrite" in capsys.readouterr().err
     assert tuple(received["batch_sizes"]) == (16,)  # --quick keeps batch sizes given on the command line
+
+    from selfsup_lab.errors import Terminated
+
+    def terminated(*args, **kwargs):  # SIGTERM from a job scheduler: the same stop, the shell's code for it
+        raise Terminated
+
+    monkeypatch.setattr(importlib.import_module(module), function, terminated)
+    assert main([command, "--quick"]) == 143
+    assert capsys.readouterr().err.strip().endswith("re-run the same command with --reuse to continue")
 
 
 def test_the_summary_line_gives_the_occupancy_per_epoch_per_batch_and_without_the_rule():

@@ -1,6 +1,7 @@
 """The trainer: resume reproduces an uninterrupted run, NaN stops cleanly, checkpoints are atomic."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -737,7 +738,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_l
     out = tmp_path / "r"
     watcher = CheckLockHeld()
     selfsup_lab.train("simclr", epochs=1, out=str(out), callbacks=[watcher], **QUICK)
-    assert watcher.lock == f"{os.getpid()}@{socket.gethostname()}"  # held while training ...
+    assert watcher.lock.partition("\n")[0] == f"{os.getpid()}@{socket.gethostname()}"  # held while training ...
     assert not (out / ".lock").exists()  # ... and released at the end
     (out / ".lock").write_text(f"{os.getpid()}@{socket.gethostname()}")  # a live process writes the run
     before = (out / "config.json").read_text()
@@ -755,6 +756,27 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_l
     (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # what kill -9 mid-write leaves
     run = selfsup_lab.train("simclr", epochs=2, out=str(out), resume=True, **QUICK)
     assert run.status == "finished" and not (out / ".lock").exists() and not (out / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times are read from Linux's /proc")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
+    # kill -9, then the pid is reused: in a restarted container the new command often gets the killed run's pid.
+    import os
+    import socket
+
+    from selfsup_lab.train import _process_start
+
+    out = tmp_path / "r"
+    watcher = CheckLockHeld()
+    selfsup_lab.train("simclr", epochs=1, out=str(out), callbacks=[watcher], **QUICK)
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    assert watcher.lock == f"{me}\nstarted {_process_start(os.getpid())}"
+    (out / ".lock").write_text(watcher.lock)  # this very process, still writing the run: refused
+    with pytest.raises(UserError, match=rf"another run \(process {me}\) is writing to"):
+        selfsup_lab.train(resume=True, out=str(out), epochs=2)
+    (out / ".lock").write_text(f"{me}\nstarted 1")  # the same pid, but a process that started long before this one
+    run = selfsup_lab.train(resume=True, out=str(out), epochs=2)
+    assert run.status == "finished" and not (out / ".lock").exists()
 
 
 def test_a_killed_runs_temporary_file_is_not_called_another_files_and_is_replaced(tmp_path):

@@ -372,9 +372,11 @@ def says_how_to_continue(run_cli):
     def wrapper(args) -> int:
         try:
             return run_cli(args)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:  # (SIGTERM too: see cli.sigterm_stops_like_ctrl_c)
+            from ..errors import interrupted_exit_code
+
             how = "with --reuse instead of --overwrite" if getattr(args, "overwrite", False) else "with --reuse"
             print(f"interrupted; finished runs and the interrupted run's last epoch are kept — re-run the same "
                   f"command {how} to continue", file=sys.stderr)
-            return 130
+            return interrupted_exit_code(err)
     return wrapper
