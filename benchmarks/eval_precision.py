@@ -25,11 +25,25 @@ from selfsup_lab import api
 from selfsup_lab.metrics import knn_predict
 
 
+@contextlib.contextmanager
+def without_tf32():
+    """Float32 that is float32: on Ampere and later GPUs cuDNN runs float32 convolutions in TF32 (a 10-bit
+    mantissa) unless told not to, which would make the "float32" pass a third precision."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def features_both_ways(trainer, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 features, bf16-autocast features) of the same images, both returned as float32. Both passes name
-    their precision: on a GPU the trainer's own autocast is bf16, so the float32 pass must switch it off."""
+    their precision: on a GPU the trainer's own autocast is bf16, so the float32 pass must switch it off (and
+    TF32 with it)."""
     device_type = trainer.device.type
-    full = trainer.features(images, autocast=contextlib.nullcontext)
+    with without_tf32():
+        full = trainer.features(images, autocast=contextlib.nullcontext)
     reduced = trainer.features(images, autocast=lambda: torch.autocast(device_type, dtype=torch.bfloat16))
     return full, reduced
 

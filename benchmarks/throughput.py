@@ -108,6 +108,10 @@ def build_model(backbone: str, device, channels_last: bool, compile_mode: str | 
     elif compile_mode:
         loss_fn = torch.compile(loss_of, fullgraph=True, **options)  # a graph break would split the graphs: fail
         if compiled_step:
+            # The momentum buffers exist before the first compiled step: created inside it, they would be outputs
+            # of a CUDA graph that a later replay may overwrite. Zeros give SGD's first step (buf = grad) exactly.
+            for p in model.parameters():
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
             optimizer_step = torch.compile(optimizer.step, **options)
     return model, optimizer, loss_fn, optimizer_step
 

@@ -670,7 +670,9 @@ class Trainer:
         # DeepCluster's epoch-0 projections) fails on a last chunk of one image.
         for chunk in torch.tensor_split(images_uint8, max(1, -(-len(images_uint8) // batch_size))):
             with autocast():
-                outs.append(fn(self.prepare(chunk)).float())
+                # A copy even when fn already returns float32: a CUDA graph (--compile reduce-overhead) writes
+                # its next chunk's output into the same memory.
+                outs.append(fn(self.prepare(chunk)).to(torch.float32, copy=True))
         self.method.train(was_training)
         return torch.cat(outs)
 

@@ -108,13 +108,16 @@ def test_whole_step_scopes_trace_without_graph_breaks_and_take_the_eager_step():
     views = [torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     reference, optimizer, loss_fn, optimizer_step = throughput.build_model("convnet", cpu, False, None, 8, 32,
                                                                          one_pass=True)
-    reference_loss = throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False)
+    reference_losses = [throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False) for _ in range(2)]
     for scope in ("forward", "step"):
         model, optimizer, loss_fn, optimizer_step = throughput.build_model(
             "convnet", cpu, False, "reduce-overhead", 8, 32, one_pass=True, scope=scope, backend="eager")
         assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor) == (scope == "step")
-        torch.testing.assert_close(throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False),
-                                   reference_loss)
+        # a compiled step finds its momentum buffers made (zeros) rather than making them inside a CUDA graph
+        assert all(not optimizer.state[p]["momentum_buffer"].any() if scope == "step" else not optimizer.state[p]
+                   for p in model.parameters())
+        losses = [throughput.train_step(loss_fn, optimizer, optimizer_step, views, amp=False) for _ in range(2)]
+        torch.testing.assert_close(losses, reference_losses)  # the second step uses the momentum buffers
         for p, q in zip(model.parameters(), reference.parameters()):
             torch.testing.assert_close(p, q)
         assert not torch.equal(next(model.parameters()), next(throughput.build_model(
@@ -241,6 +244,17 @@ def test_eval_precision_float32_pass_switches_off_a_trainers_own_bf16():
     assert not torch.equal(full, reduced)
     assert torch.equal(full, trainer.features(trainer.test_set.images, autocast=contextlib.nullcontext))
     assert torch.equal(reduced, trainer.features(trainer.test_set.images))  # the trainer's own: bf16 here
+
+    tf32_seen, features = [], trainer.features  # on a GPU, cuDNN's TF32 would make the float32 pass a third format
+
+    def recording(*args, **kwargs):
+        tf32_seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return features(*args, **kwargs)
+
+    trainer.features, before = recording, (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    bench.features_both_ways(trainer, trainer.test_set.images)
+    assert tf32_seen == [(False, False), before]  # float32 pass, then bf16 with the settings as they were
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_knn_protocols_reports_ours_and_the_references_on_one_run(tmp_path):

@@ -758,6 +758,26 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_l
     assert run.status == "finished" and not (out / ".lock").exists() and not (out / "checkpoint.pt.tmp").exists()
 
 
+def test_features_are_copies_that_the_next_chunk_cannot_overwrite(tmp_path):
+    # A CUDA graph (--compile reduce-overhead) writes every call's output into the same memory: simulated here by
+    # an fn that hands out one buffer and overwrites it on each call, float32 so that no dtype cast copies it.
+    import contextlib
+
+    trainer = selfsup_lab.api.untrained_run("synthetic:n=64,classes=2,size=16", linear=False, device="cpu",
+                                         batch_size=32).trainer
+    buffer = torch.empty(0)
+
+    def graph_replay(x):
+        nonlocal buffer
+        buffer = buffer if len(buffer) == len(x) else torch.empty(len(x), 3)
+        return buffer.copy_(x.mean(dim=(2, 3)))
+
+    images = trainer.test_set.images[:40]
+    features = trainer.features(images, fn=graph_replay, batch_size=10, autocast=contextlib.nullcontext)
+    expected = torch.cat([trainer.prepare(chunk).mean(dim=(2, 3)) for chunk in images.split(10)])
+    torch.testing.assert_close(features, expected)  # not the last chunk's values four times
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times are read from Linux's /proc")
 def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path):
     # kill -9, then the pid is reused: in a restarted container the new command often gets the killed run's pid.

@@ -49,16 +49,17 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tupl
 
     anchors = torch.cat([z1, z2])  # (2b, d)
     rows = torch.arange(local, device=z1.device) + offset
+    anchor_rows = torch.arange(2 * local, device=z1.device)  # on the device: a CPU index would make a GPU wait
     self_index = torch.cat([rows, rows + global_batch])  # where each anchor sits among the candidates
     positive_index = torch.cat([rows + global_batch, rows])  # its partner view
 
     with torch.autocast(z1.device.type, enabled=False):  # float32 logits even under bf16 autocast
         logits = anchors @ candidates.t() / temperature
-    logits[torch.arange(2 * local), self_index] = float("-inf")  # j ≠ i
+    logits[anchor_rows, self_index] = float("-inf")  # j ≠ i
     loss = F.cross_entropy(logits, positive_index)
 
     with torch.no_grad():
-        positive_logit = logits[torch.arange(2 * local), positive_index]
+        positive_logit = logits[anchor_rows, positive_index]
         positive_rank = (logits > positive_logit[:, None]).sum(dim=1)
     return loss, positive_rank
 
