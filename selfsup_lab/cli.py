@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import re
 import signal
 import sys
@@ -58,7 +59,7 @@ def cmd_train(args) -> int:
                    weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, crop_scale=args.crop_scale,
                    augmentation=args.augmentation, compile=args.compile,
                    eval_every=args.eval_every, knn_k=args.knn_k, data_dir=args.data_dir, train_subset=args.train_subset,
-                   figures=not args.no_figures, progress=args.progress)
+                   figures=args.figures, progress=args.progress)
     options = {k: v for k, v in options.items() if v is not None}  # what was given on the command line
     method, dataset, method_options = args.method, args.dataset, _parse_set(args.set)
     if args.resume:
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method options, e.g. --set temperature=0.5 (several pairs, or several --set, add up)")
     t.add_argument("--overwrite", action="store_true",
                    help="start from scratch in an --out that already holds a run (its files are replaced)")
-    t.add_argument("--no-figures", action="store_true")
+    t.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the run's figures at the end (default: drawn; --resume keeps the run's own choice)")
     add_progress_argument(t, "a progress bar with loss, learning rate and throughput")
     t.set_defaults(func=cmd_train)
 
@@ -225,11 +227,36 @@ _python_formatwarning = warnings.formatwarning
 def main(argv: list[str] | None = None) -> int:
     callers_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_one_line_warning, others=callers_format)
+    code = None
     try:
-        with sigterm_stops_like_ctrl_c():
-            return _run(argv)
+        with sigterm_stops_like_ctrl_c(), only_rank_0_speaks():
+            code = _run(argv)
+        return code
     finally:  # a notebook or test that calls main() gets its own format back
         warnings.formatwarning = callers_format
+        _leave_process_group(succeeded=code == 0)
+
+
+@contextlib.contextmanager
+def only_rank_0_speaks():
+    """Under torchrun every process runs the command: only rank 0's output, messages and warnings are shown, so
+    each sentence appears once. (An unexpected exception's traceback still reaches the terminal from any rank.)"""
+    from .distributed import launched_rank
+
+    if launched_rank() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
+        yield
+
+
+def _leave_process_group(succeeded: bool) -> None:
+    """Destroy the process group a torchrun command joined, before the interpreter exits: left to the exit,
+    gloo's threads can abort the process ("terminate called without an active exception")."""
+    from . import distributed
+
+    if distributed.is_distributed():
+        distributed.leave_process_group(together=succeeded)
 
 
 @contextlib.contextmanager

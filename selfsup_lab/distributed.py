@@ -18,6 +18,7 @@ gradients over ranks then equals the gradient of the mean over the global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -40,15 +41,71 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_from_environment() -> bool:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); returns whether we did."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
-        return is_distributed()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
+def launched_rank() -> int:
+    """This process's rank as torchrun set it, known before (or without) the process group: who may print."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_from_environment(device: torch.device) -> torch.device:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1) and return the device this process
+    trains on: on GPUs each process takes the one of its LOCAL_RANK and reduces over NCCL; on the CPU, gloo."""
+    from .errors import UserError
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes <= 1:
+        return device
+    if device.type == "cuda":
+        if device.index is not None:
+            raise UserError(f"under torchrun every process takes the GPU of its LOCAL_RANK, so --device {device} "
+                            f"would put them all on one; use --device cuda (or auto)")
+        local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= visible:
+            raise UserError(f"torchrun started more processes on this machine than the {visible} GPU(s) visible; "
+                            f"use --nproc_per_node={visible} (or fewer)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def leave_process_group(together: bool = True) -> None:
+    """Destroy the process group. `together`: every rank calls this at the same point (a finished command), so
+    wait for all first, twice: on torch < 2.8 gloo's destructor holds the GIL while its worker thread frees the
+    last collective's tensors, which needs the GIL (a hang in about 1 run in 6 on torch 2.3 when that collective
+    was a training step's all_gather); after an extra barrier it holds no tensor of ours. A rank that failed or
+    was interrupted leaves at once: the others may be gone, or waiting in a collective that a barrier would be
+    mistaken for (torchrun stops them)."""
+    if together:
+        dist.barrier()
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_process_first(device: torch.device | str = "cpu"):
+    """Rank 0 runs the block first and the other ranks after it: a download, or a cache written once and then
+    read, rather than every rank writing the same files at once. If the block fails on rank 0 (a missing path,
+    no network), the other ranks do not run it but stop with a `UserError` of their own, and rank 0's says why.
+    `device`: where the process group can send a tensor (this rank's GPU under NCCL)."""
+    from .errors import UserError
+
+    if not is_distributed():
+        yield
+        return
+    rank_0_succeeded = torch.zeros(1, device=device)
+    if is_main_process():
+        try:
+            yield
+        except BaseException:
+            dist.broadcast(rank_0_succeeded, src=0)  # 0: the others must not wait for a download that failed
+            raise
+        dist.broadcast(rank_0_succeeded.fill_(1), src=0)
+    else:
+        dist.broadcast(rank_0_succeeded, src=0)
+        if not rank_0_succeeded.item():
+            raise UserError("rank 0 failed to prepare the data set (its own message says why), so this rank stops")
+        yield
 
 
 class _GatherWithGrad(torch.autograd.Function):

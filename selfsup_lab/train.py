@@ -520,8 +520,7 @@ class Trainer:
         self.config = config
         self.resume = resume
         self.overwrite = overwrite  # False: a fresh start refuses an --out that already holds a run
-        distributed.init_from_environment()
-        self.device = resolve_device(config.device)
+        self.device = distributed.init_from_environment(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
         check_config_types(config)
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):  # before any data is loaded
             raise UserError(f"callbacks must be a list such as [LiveDashboard()], got {callbacks!r}")
@@ -560,7 +559,8 @@ class Trainer:
         options = parse_options(method_cls.Options, config.method_options, config.method)
 
         # Data: kept as uint8 tensors; the training images live on the device.
-        self.train_set, self.test_set = data.load_splits(config.dataset, data_dir=config.data_dir)
+        with distributed.main_process_first(self.device):  # one download and one cache under torchrun
+            self.train_set, self.test_set = data.load_splits(config.dataset, data_dir=config.data_dir)
         if not (self.test_set.labels >= 0).any():  # found now, not after the whole training run
             raise UserError(f"{config.dataset} has no labelled test images to evaluate on; give it a test/ split, or "
                             f"class folders with at least 3 images each (a fifth of every class is held out)")
@@ -634,7 +634,8 @@ class Trainer:
         self.status = "created"
         self._stop_requested = False
         self.callbacks = list(callbacks) if callbacks is not None else []
-        if config.progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
+        if config.progress and distributed.is_main_process() and not any(isinstance(c, ProgressBar)
+                                                                         for c in self.callbacks):
             self.callbacks.insert(0, ProgressBar())
         self.callbacks.append(HistoryWriter())
 

@@ -54,13 +54,11 @@ def _one_step(rank: int, world: int, port: int, build, views, indices, result_pa
 
 
 def leave_process_group() -> None:
-    """Wait for every rank, then destroy the gloo group. The second barrier is for torch < 2.8, whose gloo
-    destructor holds the GIL while its worker thread frees the last collective's tensors and needs the GIL to do
-    so: with the step's all_gather as that last collective, a rank could hang here (about 1 run in 6 on
-    torch 2.3). After an extra barrier, the last collective holds no tensor of ours."""
-    dist.barrier()
-    dist.barrier()
-    dist.destroy_process_group()
+    """Wait for every rank, then destroy the gloo group, as the command line does at its end (the two barriers
+    keep torch < 2.8 from hanging in gloo's destructor: see `distributed.leave_process_group`)."""
+    from selfsup_lab import distributed
+
+    distributed.leave_process_group(together=True)
 
 
 def one_step(build, views, indices, world: int, lr: float = 0.1) -> dict:

@@ -348,8 +348,10 @@ def test_every_train_flag_reaches_the_training_under_its_own_name(tmp_path, monk
     # a score of 0 is a score; no figures drawn, no figures line
     assert capsys.readouterr().out == f"done: {out}\n  knn_top1=0.000  linear_top1=0.250\n"
     assert main(["train"]) == 0  # flags not given are left out: the library's defaults decide
-    assert received.pop() == (None, None, dict(resume=False, overwrite=False, method_options={}, figures=True,
-                                               progress=True))
+    assert received.pop() == (None, None, dict(resume=False, overwrite=False, method_options={}, progress=True))
+    # a resume keeps the run's own choice of figures unless told (a --no-figures run stays without them)
+    assert main(["train", "--resume", "--out", str(out)]) == 0 and "figures" not in received.pop()[2]
+    assert main(["train", "--resume", "--out", str(out), "--figures"]) == 0 and received.pop()[2]["figures"] is True
 
 
 def test_set_keys_are_trimmed_so_a_stray_space_still_counts_as_the_same_option(monkeypatch, capsys):

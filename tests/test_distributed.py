@@ -96,6 +96,76 @@ def test_gather_without_process_group_is_identity():
     assert distributed.world_size() == 1 and distributed.rank() == 0
 
 
+# --- joining the process group ------------------------------------------------------------------------------
+
+def test_torchrun_processes_take_their_own_gpu_and_gloo_on_the_cpu(monkeypatch):
+    import pytest
+    import torch.distributed as dist
+
+    from selfsup_lab import distributed
+    from selfsup_lab.errors import UserError
+
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with 2 GPUs, simulated
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: joined.append(device))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    # --device cpu on a GPU machine: gloo (NCCL reduces GPU tensors only)
+    assert distributed.init_from_environment(torch.device("cpu")) == torch.device("cpu") and joined == ["gloo"]
+    assert distributed.init_from_environment(torch.device("cuda")) == torch.device("cuda", 1)
+    assert joined[1:] == [torch.device("cuda", 1), "nccl"]  # each rank its own GPU, not all on cuda:0
+    with pytest.raises(UserError, match=r"--device cuda:0 would put them all on one; use --device cuda \(or auto\)"):
+        distributed.init_from_environment(torch.device("cuda", 0))
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(UserError, match=r"more processes on this machine than the 2 GPU\(s\) visible; use "
+                                        r"--nproc_per_node=2 \(or fewer\)"):
+        distributed.init_from_environment(torch.device("cuda"))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # not under torchrun: the device as asked, no process group
+    assert distributed.init_from_environment(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert len(joined) == 3
+
+
+def _first_and_after(rank: int, world: int, port: int, folder: str) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    from selfsup_lab import distributed
+    from selfsup_lab.errors import UserError
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    with distributed.main_process_first():
+        if rank == 0:
+            time.sleep(0.5)  # a slow download: rank 1 must not start before it ends
+            Path(folder, "downloaded").write_text("done")
+        else:
+            Path(folder, "rank1-saw").write_text(str(Path(folder, "downloaded").exists()))
+    try:  # a download that fails on rank 0: rank 1 neither waits forever nor tries it
+        with distributed.main_process_first():
+            Path(folder, f"rank{rank}-tried").write_text("")
+            if rank == 0:
+                raise UserError("no network")
+    except UserError as err:
+        Path(folder, f"rank{rank}-error").write_text(str(err))
+    leave_process_group()
+
+
+def test_the_main_process_runs_a_download_before_the_others():
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(_first_and_after, args=(2, free_port(), folder), nprocs=2, join=True)
+        assert Path(folder, "rank1-saw").read_text() == "True"
+        assert Path(folder, "rank0-error").read_text() == "no network"
+        assert Path(folder, "rank1-error").read_text().startswith("rank 0 failed to prepare the data set")
+        assert not Path(folder, "rank1-tried").exists()
+
+
 # --- the command line under torchrun: two CPU processes (gloo), end to end -----------------------------------
 
 def torchrun(*args: str, out: Path) -> subprocess.CompletedProcess:
@@ -105,6 +175,16 @@ def torchrun(*args: str, out: Path) -> subprocess.CompletedProcess:
                "-m", "selfsup_lab.cli", "train", "--dataset", "synthetic:n=128,classes=4,size=16", "--batch-size", "32",
                "--backbone", "convnet", "--no-progress", "--no-figures", "--out", str(out), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_mistake_under_torchrun_is_one_sentence_once(tmp_path):
+    result = torchrun("--set", "temperature=abc", out=tmp_path / "run")  # found on every rank, before they meet
+    assert result.returncode != 0
+    assert result.stderr.count("error: option 'temperature'") == 1, result.stderr[-2000:]
+    # found by rank 0 while the others wait for it to load the data: they stop too, quietly
+    result = torchrun("--dataset", "imagefolder:" + str(tmp_path / "missing"), out=tmp_path / "run")
+    assert result.returncode != 0
+    assert result.stderr.count("does not exist") == 1 and "[rank1]" not in result.stderr, result.stderr[-2000:]
 
 
 def test_torchrun_trains_on_two_ranks_and_only_rank_0_reports(tmp_path):
@@ -123,4 +203,5 @@ def test_an_error_on_rank_0_alone_ends_every_rank(tmp_path):
     result = torchrun("--epochs", "1", "--overwrite", out=tmp_path / "run")
     assert result.returncode != 0
     assert result.stderr.count("error: cannot replace the run in") == 1 and "stuck.png cannot be deleted" in result.stderr
+    assert "interrupted" not in result.stderr  # rank 1, stopped by torchrun's SIGTERM, says nothing
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
