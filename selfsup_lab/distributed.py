@@ -125,7 +125,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd's own tensor is not ours to reduce into
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.batch
         return grad[start : start + ctx.batch]

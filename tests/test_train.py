@@ -1,5 +1,6 @@
 """The trainer: resume reproduces an uninterrupted run, NaN stops cleanly, checkpoints are atomic."""
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -756,6 +757,32 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_l
     (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # what kill -9 mid-write leaves
     run = selfsup_lab.train("simclr", epochs=2, out=str(out), resume=True, **QUICK)
     assert run.status == "finished" and not (out / ".lock").exists() and not (out / "checkpoint.pt.tmp").exists()
+
+
+@pytest.mark.parametrize("method, options", [("simclr", {"one_pass": True}), ("excb", {"num_small_views": 2})])
+def test_a_compiled_backbone_under_bf16_trains_resumes_and_reopens(tmp_path, monkeypatch, method, options):
+    """--compile on a GPU: the backbone compiled, run under bf16 autocast in channels_last. Stood in for on the CPU
+    by CPU bf16 autocast and the aot_eager backend (AOTAutograd's traced graphs, without code generation)."""
+    from selfsup_lab.train import Trainer
+
+    compiled = []
+    plain_compile = torch.nn.Module.compile
+
+    def compile_traced(module, mode=None):
+        compiled.append(mode)
+        return plain_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_traced)
+    monkeypatch.setattr(Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    torch._dynamo.reset()
+    out = tmp_path / method
+    settings = {**QUICK, "channels_last": True, "knn_k": 10, "eval_every": 1, **options}
+    selfsup_lab.train(method, epochs=1, compile=True, out=str(out), **settings)
+    run = selfsup_lab.train(resume=True, out=str(out), epochs=2, compile=True)  # (without a GPU not taken over)
+    assert compiled == ["default", "default"] and run.status == "finished"
+    assert all(math.isfinite(record["loss"]) for record in run.history) and len(run.history) == 2
+    reopened = selfsup_lab.load_run(out)  # compiling leaves the checkpoint's keys as they are
+    assert set(reopened.method.state_dict()) == set(run.method.state_dict())
 
 
 def test_features_are_copies_that_the_next_chunk_cannot_overwrite(tmp_path):
