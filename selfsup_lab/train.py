@@ -63,7 +63,7 @@ class TrainConfig:
     # None: min(10, epochs // 10) — METHODS.md's 10 warm-up epochs from 100 epochs up; a short run (a 5-epoch
     # comparison, a 20-epoch lesson) keeps a tenth of its steps for warm-up rather than spending half or all on it
     warmup_epochs: int | None = None
-    amp: bool | None = None  # bf16 autocast; None: on for CUDA
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA (on a CPU only if True: most CPUs are slower in bf16)
     channels_last: bool | None = None  # None: on for CUDA
     # torch.compile the backbone: False, True (= "default") or a mode name. "reduce-overhead" replays the
     # compiled forward and backward as CUDA graphs — on a fast GPU a ResNet-18 step on 32 px images is
@@ -645,8 +645,8 @@ class Trainer:
         self._stop_requested = True
 
     def autocast(self):
-        if self.use_amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.use_amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare(self, images_uint8: torch.Tensor) -> torch.Tensor:

@@ -759,12 +759,29 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_killed_runs_l
     assert run.status == "finished" and not (out / ".lock").exists() and not (out / "checkpoint.pt.tmp").exists()
 
 
+class RecordMatmulPrecision(Callback):
+    def on_train_start(self, trainer):
+        self.dtypes, step = [], trainer.method.training_step
+
+        def recording(views, indices):
+            self.dtypes.append((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)  # what autocast makes of a float32 matmul
+            return step(views, indices)
+
+        trainer.method.training_step = recording
+
+
+@pytest.mark.parametrize("amp, dtype", [(None, torch.float32), (True, torch.bfloat16)])
+def test_bf16_autocast_on_a_cpu_only_when_asked(tmp_path, amp, dtype):
+    recorder = RecordMatmulPrecision()
+    run = selfsup_lab.train("simclr", epochs=1, out=str(tmp_path / "r"), amp=amp, callbacks=[recorder], **QUICK)
+    assert recorder.dtypes and set(recorder.dtypes) == {dtype}
+    assert json.loads((run.out / "config.json").read_text())["resolved"]["amp_bf16"] == (amp is True)
+
+
 @pytest.mark.parametrize("method, options", [("simclr", {"one_pass": True}), ("excb", {"num_small_views": 2})])
 def test_a_compiled_backbone_under_bf16_trains_resumes_and_reopens(tmp_path, monkeypatch, method, options):
     """--compile on a GPU: the backbone compiled, run under bf16 autocast in channels_last. Stood in for on the CPU
     by CPU bf16 autocast and the aot_eager backend (AOTAutograd's traced graphs, without code generation)."""
-    from selfsup_lab.train import Trainer
-
     compiled = []
     plain_compile = torch.nn.Module.compile
 
@@ -773,10 +790,9 @@ def test_a_compiled_backbone_under_bf16_trains_resumes_and_reopens(tmp_path, mon
         return plain_compile(module, backend="aot_eager")
 
     monkeypatch.setattr(torch.nn.Module, "compile", compile_traced)
-    monkeypatch.setattr(Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     torch._dynamo.reset()
     out = tmp_path / method
-    settings = {**QUICK, "channels_last": True, "knn_k": 10, "eval_every": 1, **options}
+    settings = {**QUICK, "amp": True, "channels_last": True, "knn_k": 10, "eval_every": 1, **options}
     selfsup_lab.train(method, epochs=1, compile=True, out=str(out), **settings)
     run = selfsup_lab.train(resume=True, out=str(out), epochs=2, compile=True)  # (without a GPU not taken over)
     assert compiled == ["default", "default"] and run.status == "finished"
