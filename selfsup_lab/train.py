@@ -292,8 +292,8 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                owner, started = self._owner()
-                if owner is None or not self._alive(owner, started):  # killed, or an unreadable leftover: take it over
+                owner, owner_started = self._owner()
+                if owner is None or not self._alive(owner, owner_started):  # killed, or unreadable: take it over
                     with contextlib.suppress(OSError):
                         self.path.unlink()
                     continue
@@ -634,8 +634,8 @@ class Trainer:
         self.status = "created"
         self._stop_requested = False
         self.callbacks = list(callbacks) if callbacks is not None else []
-        if config.progress and distributed.is_main_process() and not any(isinstance(c, ProgressBar)
-                                                                         for c in self.callbacks):
+        wants_bar = config.progress and distributed.is_main_process()  # under torchrun: one bar, rank 0's
+        if wants_bar and not any(isinstance(c, ProgressBar) for c in self.callbacks):
             self.callbacks.insert(0, ProgressBar())
         self.callbacks.append(HistoryWriter())
 
