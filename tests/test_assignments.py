@@ -257,30 +257,18 @@ MISTAKES = [
                 q = q / (B * q.sum(1, keepdim=True))
             return (q * B).detach()
         """, "overflowed"),
-    ("sinkhorn", "the smallest s/ε subtracted (overflows once s/ε spans more than 88)", """
+    *[("sinkhorn", f"the {which} s/ε subtracted (overflows once s/ε spans more than 88)", f"""
         @torch.no_grad()
         def sinkhorn(scores, epsilon=0.05, iterations=3):
             s = scores.float() / epsilon
-            q = torch.exp(s - s.min())
+            q = torch.exp(s - s.{reduction}())
             q = q / q.sum()
             B, K = q.shape
             for _ in range(iterations):
                 q = q / (K * q.sum(0, keepdim=True))
                 q = q / (B * q.sum(1, keepdim=True))
             return q * B
-        """, "subtract the largest s/ε"),
-    ("sinkhorn", "the mean s/ε subtracted", """
-        @torch.no_grad()
-        def sinkhorn(scores, epsilon=0.05, iterations=3):
-            s = scores.float() / epsilon
-            q = torch.exp(s - s.mean())
-            q = q / q.sum()
-            B, K = q.shape
-            for _ in range(iterations):
-                q = q / (K * q.sum(0, keepdim=True))
-                q = q / (B * q.sum(1, keepdim=True))
-            return q * B
-        """, "subtract the largest s/ε"),
+        """, "subtract the largest s/ε") for which, reduction in (("smallest", "min"), ("mean", "mean"))],
     ("sinkhorn", "rows not rescaled", """
         @torch.no_grad()
         def sinkhorn(scores, epsilon=0.05, iterations=3):
