@@ -884,9 +884,13 @@ class Trainer:
             counts_without_rule = None  # stays None for methods that do not report assignments without their rule
             views_seen, t0 = 0, time.perf_counter()
             local = config.batch_size // distributed.world_size()
+            # This rank's share of every batch, moved to the device in one copy per epoch: a copy from host memory
+            # first waits for the GPU to finish all it was given, so one per step would keep the host from
+            # launching a step's kernels while the GPU still runs the previous step's backward.
+            shares = [batch[distributed.rank() * local : (distributed.rank() + 1) * local] for batch in batches]
+            shares = torch.cat(shares).to(self.device).split([len(share) for share in shares])
 
-            for step, batch in enumerate(batches):
-                batch = batch[distributed.rank() * local : (distributed.rank() + 1) * local].to(self.device)
+            for step, batch in enumerate(shares):
                 lr = learning_rate(self.global_step, self.total_steps, self.warmup_steps, self.base_lr)
                 lr *= self.method.lr_scale(epoch)
                 for group in self.optimizer.param_groups:
