@@ -80,7 +80,8 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, queue_s
     logits = scores.float() / epsilon
     if queue_scores is not None:
         logits = torch.cat([logits, queue_scores.float() / epsilon])
-    num_rows = distributed.all_reduce_sum(torch.tensor(float(local), device=logits.device)) + (logits.shape[0] - local)
+    # (torch.full, not torch.tensor: a number copied from host memory would make the host wait for the GPU)
+    num_rows = distributed.all_reduce_sum(torch.full((), float(local), device=logits.device)) + (logits.shape[0] - local)
     log_k, log_n = math.log(logits.shape[1]), torch.log(num_rows)
 
     def column_logsumexp(L: Tensor) -> Tensor:

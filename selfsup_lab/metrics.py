@@ -314,12 +314,16 @@ def kmeans_clustering_scores(features, true_labels, k: int | None = None, seed: 
 
 
 def assignment_counts(assignments, num_clusters: int) -> Tensor:
-    """(K,) int64 count of points hard-assigned to each cluster, zeros included (bincount with minlength)."""
+    """(K,) int64 count of points hard-assigned to each cluster, zeros included.
+
+    Counted by a scatter rather than `bincount`, whose output size depends on the data: on a GPU either that or
+    a range check would make the host wait for the GPU every training step. The range is checked on the CPU
+    only (on a GPU an assignment outside 0..K−1 stops with a device-side assertion instead)."""
     a = _as_tensor(assignments, torch.long).flatten()
-    if a.numel() and (int(a.min()) < 0 or int(a.max()) >= num_clusters):
+    if a.device.type == "cpu" and a.numel() and (int(a.min()) < 0 or int(a.max()) >= num_clusters):
         raise ValueError(f"assignments must lie in 0..{num_clusters - 1}, got values in "
                          f"{int(a.min())}..{int(a.max())}.")
-    return torch.bincount(a, minlength=num_clusters)
+    return torch.zeros(num_clusters, dtype=torch.long, device=a.device).scatter_add_(0, a, torch.ones_like(a))
 
 
 def occupancy_stats(counts) -> dict:

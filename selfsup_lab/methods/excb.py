@@ -148,7 +148,9 @@ class ExCB(Method):
     @torch.no_grad()
     def _update_sizes(self, assignments: torch.Tensor) -> None:
         """r ← m_s·r + (1 − m_s)·f with f from the global batch (counts summed over ranks, in float32)."""
-        counts = distributed.all_reduce_sum(torch.bincount(assignments, minlength=self.num_clusters).float())
+        from ..metrics import assignment_counts  # (not at the top: metrics imports scikit-learn, a method need not)
+
+        counts = distributed.all_reduce_sum(assignment_counts(assignments, self.num_clusters).float())
         self.sizes.copy_(excb_update_sizes(self.sizes, counts / counts.sum(), self.size_momentum))
 
     def after_optimizer_step(self, progress):

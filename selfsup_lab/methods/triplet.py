@@ -112,7 +112,7 @@ def truncated_triplet_loss(p: torch.Tensor, t: torch.Tensor, r_lo: int, r_hi: in
     rows = torch.arange(local, device=p.device)
     positive = sims[rows, rows + offset]
     # Exclude the anchor's own target, then keep the r_hi most similar negatives in order.
-    negatives = sims.index_put((rows, rows + offset), torch.tensor(float("-inf"), device=p.device))
+    negatives = sims.index_put((rows, rows + offset), torch.full((), float("-inf"), device=p.device))
     ranked = negatives.topk(r_hi, dim=1).values  # (b, r_hi), most similar first
     deputy = ranked[:, r_lo - 1 : r_hi].mean(dim=1)
     # γ·d_ap − d_an with d(a, b) = −2 a·b.
