@@ -1,4 +1,4 @@
-"""The losses and balancing rules a training step runs never make the host wait for the GPU.
+"""The augmentation, losses and balancing rules a training step runs never make the host wait for the GPU.
 
 On an H100 a ResNet-18 step on CIFAR's 32-px images is bound by the host launching kernels (benchmarks/
 RESULTS.md), so the host must keep queueing while the GPU works. Each function is traced here with fake CUDA
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fake_cuda import fake_cuda, host_waits
-from selfsup_lab import balancing, metrics
+from selfsup_lab import augment, balancing, metrics
 from selfsup_lab.methods.byol import normalized_mse
 from selfsup_lab.methods.coke import coke_swapped_loss
 from selfsup_lab.methods.naive import swapped_cross_entropy
@@ -47,6 +47,19 @@ def test_a_step_function_never_waits_for_the_gpu(name):
         inputs = (z, torch.randn(B, K, device="cuda"), torch.randn(8, K, device="cuda"),
                   torch.randint(0, K, (B,), device="cuda"), torch.rand(K, device="cuda"))
         assert host_waits(STEP_FUNCTIONS[name], *inputs) == []
+
+
+def test_augmenting_a_batch_never_waits_for_the_gpu(monkeypatch):
+    # The colour operations' order comes from the CUDA generator's state, which lives on the host (no wait); a
+    # fake trace has no CUDA generator, so a fixed order stands in for that draw.
+    monkeypatch.setattr(augment, "_batch_order", lambda n, generator: list(range(n)))
+    with fake_cuda():
+        images = torch.zeros(B, 3, 32, 32, dtype=torch.uint8, device="cuda")
+        for config in (augment.cifar_preset(), augment.AugmentConfig(blur_p=0.5, solarize_p=0.2),
+                       augment.small_crop_preset(16, augment.cifar_preset())):
+            augmenter = augment.Augmenter(config)
+            augmenter.views(images, 2)  # the first call copies mean and std to the GPU, once
+            assert host_waits(augmenter.views, images, 2) == []
 
 
 def test_the_tracer_sees_each_kind_of_wait():
