@@ -914,14 +914,6 @@ class Trainer:
                 if not math.isfinite(step_logs["loss"]):
                     self._diverged(f"the {config.method} loss became {step_logs['loss']} at epoch {epoch + 1}, "
                                    f"step {step + 1}")
-                # The clusters' counts, taken while the GPU is idle anyway (loss.item() waited for it): after the
-                # backward, the counts' range check would wait for the backward and the optimiser step too.
-                counts = plain_counts = None
-                if out.assignments is not None and K:
-                    counts = distributed.all_reduce_sum(assignment_counts(out.assignments.detach(), K))
-                if out.assignments_without_rule is not None and K:  # the same head with its balancing rule off
-                    plain = assignment_counts(out.assignments_without_rule.detach(), K)
-                    plain_counts = distributed.all_reduce_sum(plain)
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -932,7 +924,8 @@ class Trainer:
                 self.method.after_optimizer_step(self.global_step / self.total_steps)
 
                 views_seen += sum(v.shape[0] for v in views) * distributed.world_size()
-                if counts is not None:
+                if out.assignments is not None and K:
+                    counts = distributed.all_reduce_sum(assignment_counts(out.assignments.detach(), K))
                     epoch_counts += counts
                     window_counts += counts
                     batch_balance_sum += batch_balance(counts)
@@ -941,9 +934,9 @@ class Trainer:
                         self.occupancy_log["steps"].append(
                             {"epoch": epoch, "step": self.global_step, "counts": window_counts.tolist()})
                         window_counts.zero_()
-                if plain_counts is not None:
-                    so_far = counts_without_rule if counts_without_rule is not None else 0
-                    counts_without_rule = so_far + plain_counts
+                if out.assignments_without_rule is not None and K:
+                    counts = distributed.all_reduce_sum(assignment_counts(out.assignments_without_rule.detach(), K))
+                    counts_without_rule = counts if counts_without_rule is None else counts_without_rule + counts
                 step_logs["lr"] = lr
                 for k, v in step_logs.items():
                     sums[k] = sums.get(k, 0.0) + v
